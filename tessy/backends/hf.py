@@ -1,0 +1,171 @@
+"""The `hf` backend: transformers in this process, batched across samples, with cached state.
+
+Each session keeps its own per-layer key/value tensors. A call to `generate` stacks the sessions'
+caches into one left-padded batch, feeds each session's not-yet-cached tokens (its last sampled
+token, or the other model's text) in one forward pass, decodes up to k tokens for all rows, and
+splits the cache back. Rolling back slices a session's tensors: nothing computed is recomputed.
+
+Known approximation: inside one call, a session whose uncached chunk is shorter than the longest
+has a gap of masked positions between its cache and its chunk. Models with sliding-window layers
+(Gemma 3: 512 tokens) then see up to that many fewer real tokens at the far edge of the window.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from tessy.backends import Sampling, Session, Span, span_from_ids
+
+
+class HFBackend:
+    def __init__(self, model, tokenizer, sampling: Sampling | None = None):
+        from transformers.generation.logits_process import (
+            LogitsProcessorList,
+            TemperatureLogitsWarper,
+            TopPLogitsWarper,
+        )
+
+        self.model = model
+        self.tokenizer = tokenizer
+        self.sampling = sampling or Sampling()
+        self.device = next(model.parameters()).device
+        eos = model.generation_config.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        if tokenizer.eos_token_id is not None:
+            eos.append(tokenizer.eos_token_id)
+        self.eos_ids = set(eos)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids or {0})
+        self.warpers = LogitsProcessorList()
+        if self.sampling.temperature > 0:
+            self.warpers.append(TemperatureLogitsWarper(self.sampling.temperature))
+            if self.sampling.top_p < 1.0:
+                self.warpers.append(TopPLogitsWarper(self.sampling.top_p))
+        self.generator = torch.Generator(device=self.device)
+        if self.sampling.seed is not None:
+            self.generator.manual_seed(self.sampling.seed)
+
+    @classmethod
+    def from_config(cls, config) -> "HFBackend":
+        from tessy.models import load
+
+        model, tokenizer = load(config.model, dtype=config.dtype, device=config.device)
+        return cls(model, tokenizer, Sampling(config.temperature, config.top_p, config.seed))
+
+    # --- sessions -------------------------------------------------------------------------
+    def start(self, prompt: str, add_special_tokens: bool = False) -> Session:
+        return Session(ids=self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens))
+
+    def extend(self, session: Session, text: str) -> int:
+        ids = self.tokenizer.encode(text, add_special_tokens=False) if text else []
+        session.ids.extend(ids)
+        return len(ids)
+
+    def rollback(self, session: Session, n_tokens: int) -> None:
+        if n_tokens <= 0:
+            return
+        del session.ids[-n_tokens:]
+        if session.n_cached > len(session.ids) - 1:
+            session.n_cached = max(len(session.ids) - 1, 0)
+            session.state = [(k[:, :, : session.n_cached], v[:, :, : session.n_cached]) for k, v in session.state]
+
+    def release(self, session: Session) -> None:
+        session.state, session.n_cached = None, 0
+
+    # --- generation -----------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, sessions: list[Session], max_new_tokens: list[int], stop: list[tuple[str, ...]]) -> list[Span]:
+        """Write up to `max_new_tokens[i]` tokens for each session; return one `Span` each.
+
+        The spans' ids are appended to the sessions; EOS is never part of a span.
+        """
+        from transformers import DynamicCache
+
+        rows = len(sessions)
+        chunks = [s.ids[s.n_cached :] for s in sessions]
+        past = [s.n_cached for s in sessions]
+        P, N = max(past), max(len(c) for c in chunks)
+        cache = DynamicCache(ddp_cache_data=self._stack_caches(sessions, P)) if P else DynamicCache()
+        mask = torch.zeros(rows, P + N, dtype=torch.long)
+        input_ids = torch.full((rows, N), self.pad_id, dtype=torch.long)
+        positions = torch.zeros(rows, N, dtype=torch.long)
+        for i, (p, c) in enumerate(zip(past, chunks)):
+            mask[i, P - p : P] = 1
+            mask[i, P + N - len(c) :] = 1
+            input_ids[i, N - len(c) :] = torch.tensor(c)
+            positions[i, N - len(c) :] = torch.arange(p, p + len(c))
+        last_pos = positions[:, -1:].clone()
+
+        generated: list[list[int]] = [[] for _ in range(rows)]
+        finish = ["length"] * rows
+        done = [m <= 0 for m in max_new_tokens]
+        steps = 0
+        while True:
+            out = self.model(
+                input_ids=input_ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                position_ids=positions.to(self.device),
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            cache = out.cache
+            next_ids = self._sample(out.logits[:, -1, :].float())
+            steps += 1
+            for i, tok in enumerate(next_ids.tolist()):
+                if done[i]:
+                    continue
+                if tok in self.eos_ids:
+                    done[i], finish[i] = True, "eos"
+                    continue
+                generated[i].append(tok)
+                if stop[i] and any(s in self.tokenizer.decode(generated[i], skip_special_tokens=False) for s in stop[i]):
+                    done[i], finish[i] = True, "stop"
+                elif len(generated[i]) >= max_new_tokens[i]:
+                    done[i] = True
+            if all(done):
+                break
+            input_ids = next_ids.view(rows, 1).cpu()
+            last_pos = last_pos + 1
+            positions = last_pos
+            mask = torch.cat([mask, torch.ones(rows, 1, dtype=torch.long)], dim=1)
+
+        # The sampled token of the last step was never fed, so the cache holds steps-1 of them.
+        layers = [(layer.keys, layer.values) for layer in cache.layers]
+        for i, s in enumerate(sessions):
+            kept_generated = min(len(generated[i]), steps - 1)
+            old = slice(P - past[i], P)
+            new = slice(P + N - len(chunks[i]), P + N + kept_generated)
+            s.state = [(torch.cat([k[i : i + 1, :, old], k[i : i + 1, :, new]], dim=2),
+                        torch.cat([v[i : i + 1, :, old], v[i : i + 1, :, new]], dim=2)) for k, v in layers]
+            s.ids.extend(generated[i])
+            # The last token always stays uncached, so the next call has a query to feed.
+            s.n_cached = min(past[i] + len(chunks[i]) + kept_generated, len(s.ids) - 1)
+            if s.n_cached < past[i] + len(chunks[i]) + kept_generated:
+                s.state = [(k[:, :, : s.n_cached], v[:, :, : s.n_cached]) for k, v in s.state]
+        return [span_from_ids(self.tokenizer, g, f) for g, f in zip(generated, finish)]
+
+    def _stack_caches(self, sessions: list[Session], width: int):
+        """Left-pad every session's per-layer tensors to `width` and stack them into a batch."""
+        template = next(s.state for s in sessions if s.n_cached)
+        stacked = []
+        for layer, (k0, v0) in enumerate(template):
+            ks, vs = [], []
+            for s in sessions:
+                if s.n_cached:
+                    k, v = s.state[layer]
+                else:
+                    k = k0.new_zeros(k0.shape[:2] + (0,) + k0.shape[3:])
+                    v = v0.new_zeros(v0.shape[:2] + (0,) + v0.shape[3:])
+                pad = width - k.shape[2]
+                ks.append(F.pad(k, (0, 0, pad, 0)))
+                vs.append(F.pad(v, (0, 0, pad, 0)))
+            stacked.append((torch.cat(ks), torch.cat(vs)))
+        return stacked
+
+    def _sample(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.sampling.temperature <= 0:
+            return logits.argmax(dim=-1)
+        scores = self.warpers(None, logits)
+        probs = torch.softmax(scores, dim=-1)
+        return torch.multinomial(probs.cpu(), 1, generator=self.generator).view(-1)

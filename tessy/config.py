@@ -1,0 +1,84 @@
+"""Typed run configuration. A run's config file is also its record: it is saved beside the output
+and its hash goes into every record."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from tessy.models import STUDENT_DEFAULT, TEACHER_DEFAULT
+
+
+@dataclass
+class ModelConfig:
+    model: str = field(metadata={"help": "embedded default name, a .gguf file, or a Hugging Face model directory"})
+    profile: str = field(default="plain", metadata={"help": "qwen3 | deepseek-r1 | gpt-oss | plain | a name under profiles:"})
+    backend: str = field(default="hf", metadata={"help": "hf (transformers in this process)"})
+    temperature: float = field(default=0.6, metadata={"help": "sampling temperature; 0 is greedy (paper: 0.6)"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling"})
+    seed: int | None = field(default=0, metadata={"help": "seed of this role's sampler"})
+    dtype: str = field(default="float32", metadata={"help": "torch dtype of the weights"})
+    device: str = field(default="cpu", metadata={"help": "torch device"})
+
+
+@dataclass
+class SynthConfig:
+    student: ModelConfig = field(default_factory=lambda: ModelConfig(STUDENT_DEFAULT), metadata={"help": "writes the style spans and the final answer"})
+    teacher: ModelConfig = field(default_factory=lambda: ModelConfig(TEACHER_DEFAULT, seed=1), metadata={"help": "writes the capability spans"})
+    method: str = field(default="tessy", metadata={"help": "synthesis method"})
+    student_predictor: str = field(default="lexicon", metadata={"help": "B_S, cuts student spans at the first capability token"})
+    teacher_predictor: str = field(default="lexicon", metadata={"help": "B_T, cuts teacher spans at the first style token"})
+    style_phrases: list[str] | None = field(default=None, metadata={"help": "phrase list of the lexicon predictor; null is the built-in list"})
+    k: int = field(default=20, metadata={"help": "tokens per turn (paper: 20)"})
+    max_think_tokens: int = field(default=256, metadata={"help": "thinking budget; tessy closes the thinking when it is spent"})
+    max_answer_tokens: int = field(default=128, metadata={"help": "budget of the final answer"})
+    max_rounds: int = field(default=200, metadata={"help": "guard: most turns per sample"})
+    batch_size: int = field(default=8, metadata={"help": "samples in flight at once"})
+    profiles: dict[str, dict] = field(default_factory=dict, metadata={"help": "user-defined profiles: name -> {think_open, think_close, answer_open, fallback_template}"})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _build(cls, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        if fields[name].type in ("ModelConfig",) or name in ("student", "teacher"):
+            value = _build(ModelConfig, value, f"{where}.{name}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path | None = None, **overrides) -> SynthConfig:
+    """The default config, updated from a YAML file, then from `overrides` (None values ignored)."""
+    data = {}
+    if path is not None:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: the config file must hold a mapping")
+    defaults = SynthConfig().to_dict()
+    for role in ("student", "teacher"):
+        if role in data:
+            data[role] = {**defaults[role], **data[role]}
+    config = _build(SynthConfig, data, str(path or "config"))
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(config, key, value)
+    return config

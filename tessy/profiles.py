@@ -1,0 +1,73 @@
+"""Model profiles: how one model sees the shared transcript.
+
+A profile knows the text tessy prefills to open the thinking, the marker that closes it, and the
+text that opens the final answer. The prompt itself goes through the tokenizer's chat template;
+a model without one (a base model) gets a plain `Question:` rendering.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    think_open: str = field(metadata={"help": "text tessy writes after the generation prompt to open the thinking"})
+    think_close: str = field(metadata={"help": "marker that ends the thinking, written by the model or by tessy"})
+    answer_open: str = field(default="\n\n", metadata={"help": "text between the think-close marker and the answer"})
+    fallback_template: str = field(
+        default="Question: {prompt}\n\nAnswer: ",
+        metadata={"help": "rendering used when the tokenizer has no chat template; {prompt} is the user text"},
+    )
+
+    def response(self, thinking: str, answer: str) -> str:
+        """The assistant message in this profile's own markers, as it goes into SFT data."""
+        return f"{self.think_open}{thinking.strip()}\n{self.think_close}{self.answer_open}{answer.strip()}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# Qwen3 and DeepSeek-R1 differ only in their chat templates, which come from the tokenizer.
+QWEN3 = Profile("qwen3", think_open="<think>\n", think_close="</think>")
+DEEPSEEK_R1 = Profile("deepseek-r1", think_open="<think>\n", think_close="</think>")
+# gpt-oss speaks harmony: the thinking is the analysis channel, closed by <|end|>.
+GPT_OSS = Profile(
+    "gpt-oss",
+    think_open="<|channel|>analysis<|message|>",
+    think_close="<|end|>",
+    answer_open="<|start|>assistant<|channel|>final<|message|>",
+)
+# Instruct or base models that never think: tessy writes the markers itself.
+PLAIN = Profile("plain", think_open="<think>\n", think_close="</think>")
+
+BUILTIN = {p.name: p for p in (QWEN3, DEEPSEEK_R1, GPT_OSS, PLAIN)}
+
+
+def get_profile(name: str, custom: dict[str, dict] | None = None) -> Profile:
+    """A built-in profile, or one defined under `profiles:` in the config file."""
+    if custom and name in custom:
+        return Profile(name=name, **{k: v for k, v in custom[name].items() if k != "name"})
+    if name not in BUILTIN:
+        known = ", ".join(sorted(BUILTIN) + sorted(custom or {}))
+        raise ValueError(f"unknown profile {name!r}; known profiles: {known}")
+    return BUILTIN[name]
+
+
+def render_prompt(profile: Profile, tokenizer, messages: list[dict]) -> tuple[str, bool]:
+    """Render chat `messages` up to the opened thinking.
+
+    Returns (text, used_chat_template). A template that already opens the thinking itself
+    (DeepSeek-R1's does) is not opened twice.
+    """
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        used_template = True
+    else:
+        user = "\n\n".join(m["content"] for m in messages if m["role"] != "assistant")
+        text = profile.fallback_template.format(prompt=user)
+        used_template = False
+    if not text.rstrip().endswith(profile.think_open.strip()):
+        text += profile.think_open
+    return text, used_template

@@ -1,0 +1,97 @@
+"""Scripted generators: a backend whose model writes what the test says, one character per token.
+
+They drive the real loop and scheduler, so the tests pin the control flow of Algorithm 1 without
+model weights. (The real models are tested in test_real_models.py.)
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from tessy.backends import Session, Span, span_from_ids
+from tessy.loop import LoopSettings, tessy_sample
+from tessy.predictors import STUDENT, TEACHER, LexiconPredictor
+from tessy.profiles import PLAIN
+from tessy.scheduler import Scheduler
+from tessy.transcript import Party, Transcript
+
+EOS = "<eos>"
+
+
+class CharTokenizer:
+    """One token per character; `name` makes two vocabularies differ."""
+
+    eos_token_id = 0
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def encode(self, text, add_special_tokens=False):
+        return [ord(c) for c in text]
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join(chr(i) for i in ids)
+
+    def get_vocab(self):
+        return {"vocabulary": self.name}
+
+
+class ScriptedBackend:
+    """Each call pops the next scripted text for the session (EOS when the text is `EOS`)."""
+
+    def __init__(self, script: list[str], vocab: str = "a"):
+        self.script = script
+        self.tokenizer = CharTokenizer(vocab)
+        self.calls: list[int] = []  # batch size of every generate call
+        self.sampled: list[str] = []  # every text this model wrote
+
+    def start(self, prompt, add_special_tokens=False) -> Session:
+        return Session(ids=self.tokenizer.encode(prompt), state=deque(self.script))
+
+    def extend(self, session, text):
+        session.ids.extend(self.tokenizer.encode(text))
+        return len(text)
+
+    def rollback(self, session, n):
+        if n > 0:
+            del session.ids[-n:]
+
+    def release(self, session):
+        pass
+
+    def generate(self, sessions, max_new_tokens, stop) -> list[Span]:
+        self.calls.append(len(sessions))
+        spans = []
+        for s, limit, stops in zip(sessions, max_new_tokens, stop):
+            text = s.state.popleft() if s.state else EOS
+            if text == EOS:
+                spans.append(span_from_ids(self.tokenizer, [], "eos"))
+                continue
+            text, finish = text[:limit], "length"
+            for marker in stops:
+                if marker and marker in text:
+                    text, finish = text[: text.index(marker) + len(marker)], "stop"
+            self.sampled.append(text)
+            ids = self.tokenizer.encode(text)
+            s.ids.extend(ids)
+            spans.append(span_from_ids(self.tokenizer, ids, finish))
+        return spans
+
+
+def run_scripted(student_script, teacher_script, n_samples=1, same_vocab=False, **settings):
+    """Run the loop over scripted models; return (transcripts, student, teacher)."""
+    student = ScriptedBackend(student_script, "a")
+    teacher = ScriptedBackend(teacher_script, "a" if same_vocab else "b")
+    s = LoopSettings(**{"k": 20, "same_vocab": same_vocab, **settings})
+    lexicon = LexiconPredictor()
+    done: list[Transcript] = []
+
+    def start(i):
+        parties = {STUDENT: Party(student, PLAIN, student.start(f"q{i}")), TEACHER: Party(teacher, PLAIN, teacher.start(f"q{i}"))}
+        x = Transcript(f"s{i}", [{"role": "user", "content": f"q{i}"}], parties)
+        return x, tessy_sample(x, s)
+
+    Scheduler({STUDENT: student, TEACHER: teacher}, {STUDENT: lexicon, TEACHER: lexicon}, max_in_flight=n_samples).run(
+        (lambda i=i: start(i) for i in range(n_samples)), done.append
+    )
+    return done, student, teacher

@@ -54,6 +54,7 @@ def tessy_sample(x: Transcript, s: LoopSettings):
         x.accept(role, raw, n)  # line 11
         x.rounds += 1
         if cut:  # lines 12-18: a cut means the other kind of token starts here
+            x.cuts.append({"round": x.rounds, "role": role, "predictor": x.predictors.get(role, "")})
             role = other(role)
             x.switches += 1
         elif closed:  # a model closed its thinking (a cut would have rolled the marker back)

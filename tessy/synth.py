@@ -44,7 +44,7 @@ def settings_for(config: SynthConfig, backends: dict) -> LoopSettings:
     )
 
 
-def start_sample(prompt: Prompt, config: SynthConfig, backends: dict, settings: LoopSettings):
+def start_sample(prompt: Prompt, config: SynthConfig, backends: dict, settings: LoopSettings, predictors: dict | None = None):
     """A new transcript for `prompt`, each model's prompt rendered by its own profile."""
     parties = {}
     for role in (STUDENT, TEACHER):
@@ -53,6 +53,7 @@ def start_sample(prompt: Prompt, config: SynthConfig, backends: dict, settings: 
         text, used_template = render_prompt(profile, backend.tokenizer, list(prompt.messages))
         parties[role] = Party(backend, profile, backend.start(text, add_special_tokens=not used_template))
     x = Transcript(prompt.id, list(prompt.messages), parties)
+    x.predictors = {role: p.name for role, p in (predictors or {}).items()}
     return x, tessy_sample(x, settings)
 
 
@@ -101,7 +102,7 @@ def synthesize(config: SynthConfig, prompts_path, out_path, limit: int | None = 
     try:
         with bar:
             task = bar.add_task("synth", total=len(todo), info="")
-            starts = (lambda p=p: start_sample(p, config, backends, settings) for p in todo)
+            starts = (lambda p=p: start_sample(p, config, backends, settings, predictors) for p in todo)
             scheduler.run(starts, on_done)
     finally:
         writer.close()

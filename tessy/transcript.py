@@ -38,6 +38,8 @@ class Transcript:
     forced_progress: int = 0
     generated_tokens: dict[str, int] = field(default_factory=lambda: {STUDENT: 0, TEACHER: 0})
     stop_reason: str | None = None
+    predictors: dict[str, str] = field(default_factory=dict)  # role -> name of its boundary predictor
+    cuts: list[dict] = field(default_factory=list)  # every cut: round, role, predictor
     started: float = field(default_factory=time.perf_counter)
 
     # --- what the loop reads ------------------------------------------------------------------
@@ -106,6 +108,8 @@ class Transcript:
                 "answer_tokens": self.tokens("answer"),
                 "generated_tokens": dict(self.generated_tokens),
                 "forced_progress": self.forced_progress,
+                "predictors": dict(self.predictors),
+                "cuts": self.cuts,
                 "stop_reason": self.stop_reason,
                 "wall_s": round(time.perf_counter() - self.started, 3),
             },

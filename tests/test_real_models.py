@@ -80,8 +80,8 @@ def test_provenance_is_true(backends, prompts_file, tmp_path):
 
     real_start = synth.start_sample
 
-    def start(prompt, config, b, settings):
-        x, steps = real_start(prompt, config, b, settings)
+    def start(prompt, config, b, settings, predictors=None):
+        x, steps = real_start(prompt, config, b, settings, predictors)
         sessions[x.id] = {role: p.session for role, p in x.parties.items()}
         return x, steps
 
@@ -99,6 +99,9 @@ def test_provenance_is_true(backends, prompts_file, tmp_path):
             assert splits_into_prefixes(kept, spans), (r["id"], role)
         assert any(s["source"] == STUDENT and s["part"] == "answer" for s in r["segments"]) or r["answer"] == ""
         assert all(s["source"] == STUDENT for s in r["segments"] if s["part"] == "answer")
+        assert r["stats"]["predictors"] == {STUDENT: "lexicon", TEACHER: "lexicon"}
+        assert len(r["stats"]["cuts"]) == r["stats"]["switches"]
+        assert all(c["predictor"] == "lexicon" for c in r["stats"]["cuts"])
 
 
 @pytest.mark.parametrize("role", [STUDENT, TEACHER])

@@ -14,23 +14,36 @@ import yaml
 from tessy.models import STUDENT_DEFAULT, TEACHER_DEFAULT
 
 
+# Where a role's generation runs is not what the data is: shards served by other endpoints, or a run
+# resumed against a restarted server, keep one config hash.
+TRANSPORT_FIELDS = ("urls", "api_key_env", "timeout_s", "max_retries", "concurrency")
+
+
 @dataclass
 class ModelConfig:
     model: str = field(metadata={"help": "embedded default name, a .gguf file, or a Hugging Face model directory"})
     profile: str = field(default="plain", metadata={"help": "qwen3 | deepseek-r1 | gpt-oss | plain | a name under profiles:"})
-    backend: str = field(default="hf", metadata={"help": "hf (transformers in this process)"})
+    backend: str = field(default="hf", metadata={"help": "hf (transformers in this process) | openai (OpenAI-compatible servers at `urls`) | vllm (vllm.LLM in this process)"})
     temperature: float = field(default=0.6, metadata={"help": "sampling temperature; 0 is greedy (paper: 0.6)"})
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling"})
     seed: int | None = field(default=0, metadata={"help": "seed of this role's sampler"})
     dtype: str = field(default="float32", metadata={"help": "torch dtype of the weights"})
     device: str = field(default="cpu", metadata={"help": "torch device"})
+    urls: list[str] = field(default_factory=list, metadata={"help": "openai backend: base URLs ending in /v1 (vLLM, SGLang, llama.cpp); several spread the samples"})
+    api_key_env: str | None = field(default=None, metadata={"help": "openai backend: name of the environment variable holding the API key (never the key itself)"})
+    timeout_s: float = field(default=120.0, metadata={"help": "openai backend: seconds one request may take before it counts as failed"})
+    max_retries: int = field(default=3, metadata={"help": "openai backend: retries of a failed request (with backoff) before the sample is written as an error"})
+    concurrency: int = field(default=64, metadata={"help": "openai backend: most requests in flight per endpoint"})
 
 
 @dataclass
 class SynthConfig:
     student: ModelConfig = field(default_factory=lambda: ModelConfig(STUDENT_DEFAULT), metadata={"help": "writes the style spans and the final answer"})
     teacher: ModelConfig = field(default_factory=lambda: ModelConfig(TEACHER_DEFAULT, seed=1), metadata={"help": "writes the capability spans"})
-    method: str = field(default="tessy", metadata={"help": "synthesis method"})
+    method: str = field(default="tessy", metadata={"help": "tessy | student-only | teacher-only | teacher-mix | teacher-answer | teacher-think | teacher-reference | teacher-score (paper, section 3.4)"})
+    final_answer: str = field(default="student", metadata={"help": "tessy: who writes the final answer; teacher is the paper's appendix A.1 variant"})
+    score_candidates: int = field(default=5, metadata={"help": "teacher-score: student candidates per prompt (paper: 5)"})
+    mix_seed: int = field(default=0, metadata={"help": "teacher-mix: seed of the 1:1 split of prompts between teacher and student"})
     student_predictor: str = field(default="lexicon", metadata={"help": "B_S, cuts student spans at the first capability token"})
     teacher_predictor: str = field(default="lexicon", metadata={"help": "B_T, cuts teacher spans at the first style token"})
     style_phrases: list[str] | None = field(default=None, metadata={"help": "phrase list of the lexicon predictor; null is the built-in list"})
@@ -45,7 +58,11 @@ class SynthConfig:
         return dataclasses.asdict(self)
 
     def hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        data = self.to_dict()
+        for role in ("student", "teacher"):
+            for name in TRANSPORT_FIELDS:
+                data[role].pop(name, None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)

@@ -7,9 +7,9 @@ samples in flight, so this file holds no batching, caching or engine details.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from tessy.backends import Span
+from tessy.backends import Session, Span
 from tessy.predictors import STUDENT
 from tessy.transcript import Transcript, other
 
@@ -19,6 +19,9 @@ class Generate:
     role: str
     max_new_tokens: int
     stop: tuple[str, ...] = ()
+    # The session to write in; None is the sample's own session for `role`. A baseline with a
+    # prompt of its own (tessy/methods.py) names another session of the same model here.
+    session: Session | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class LoopSettings:
     max_rounds: int = 200
     same_vocab: bool = False  # different vocabularies: a handed-over span ends on a whole word
     repetition_min_chars: int = 48
+    final_answer: str = STUDENT  # who writes the answer; "teacher" is the paper's appendix A.1 variant
 
 
 def tessy_sample(x: Transcript, s: LoopSettings):
@@ -58,16 +62,17 @@ def tessy_sample(x: Transcript, s: LoopSettings):
             role = other(role)
             x.switches += 1
         elif closed:  # a model closed its thinking (a cut would have rolled the marker back)
-            x.close_thinking(f"{role}_closed")
+            x.close_thinking(f"{role}_closed", s.final_answer)
         if x.stop_reason is None and (guard := stop_guard(x, s)):
-            x.close_thinking(guard)
-    yield from write_answer(x, s)  # lines 21-22
+            x.close_thinking(guard, s.final_answer)
+    yield from write_answer(x, s, s.final_answer)  # lines 21-22
 
 
 def write_answer(x: Transcript, s: LoopSettings, role: str = STUDENT):
     """The final answer, after the writer's think-close marker (tessy has appended it)."""
     while x.tokens("answer") < s.max_answer_tokens:
-        span: Span = yield Generate(role, min(s.k, s.max_answer_tokens - x.tokens("answer")))
+        n = min(s.k, s.max_answer_tokens - x.tokens("answer"))
+        span: Span = yield Generate(role, n, session=x.parties[role].session)
         x.accept(role, span, len(span.ids), part="answer")
         if span.finish != "length":
             return

@@ -40,6 +40,7 @@ class Transcript:
     stop_reason: str | None = None
     predictors: dict[str, str] = field(default_factory=dict)  # role -> name of its boundary predictor
     cuts: list[dict] = field(default_factory=list)  # every cut: round, role, predictor
+    method_stats: dict = field(default_factory=dict)  # a baseline's own numbers (tessy/methods.py), into stats
     started: float = field(default_factory=time.perf_counter)
 
     # --- what the loop reads ------------------------------------------------------------------
@@ -60,8 +61,8 @@ class Transcript:
         self.generated_tokens[role] += len(span.ids)
         me.backend.rollback(me.session, len(span.ids) - n_tokens)
         text = span.text_of(n_tokens)
-        if part == "think" and text:
-            peer = self.parties[other(role)]
+        peer = self.parties.get(other(role))  # a baseline's side transcript may hold one model only
+        if part == "think" and text and peer is not None:
             peer.backend.extend(peer.session, text)
         if not text:
             return text
@@ -112,6 +113,7 @@ class Transcript:
                 "cuts": self.cuts,
                 "stop_reason": self.stop_reason,
                 "wall_s": round(time.perf_counter() - self.started, 3),
+                **self.method_stats,
             },
             "config_hash": config_hash,
         }

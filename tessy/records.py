@@ -51,3 +51,33 @@ class RecordWriter:
 
     def close(self) -> None:
         self._f.close()
+
+
+def errors_path_for(out: Path) -> Path:
+    """The errors file beside an output: `<stem>.errors.jsonl`."""
+    out = Path(out)
+    return out.with_name(out.stem + ".errors.jsonl")
+
+
+def read_errors(path: Path) -> dict[str, dict]:
+    """The error records in `path`, the last one for each id (a retry appends a newer one)."""
+    if not Path(path).exists():
+        return {}
+    errors = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.endswith("\n") and line.strip():
+                record = json.loads(line)
+                errors[str(record["id"])] = record
+    return errors
+
+
+def compact_errors(path: Path, done: set[str]) -> dict[str, dict]:
+    """Rewrite the errors file without the ids that are done now; return what is left."""
+    path = Path(path)
+    left = {i: r for i, r in read_errors(path).items() if i not in done}
+    if path.exists():
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in left.values()), encoding="utf-8")
+        os.replace(tmp, path)
+    return left

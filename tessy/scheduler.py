@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from tessy.backends import SampleError
 from tessy.loop import Boundary, Generate
 from tessy.predictors import STUDENT, TEACHER, BoundaryPredictor, boundary
 from tessy.transcript import Transcript
@@ -39,8 +40,13 @@ class Scheduler:
     max_in_flight: int = 8
     timing: Timing = field(default_factory=Timing)
 
-    def run(self, starts: Iterator[Callable[[], tuple[Transcript, Any]]], on_done: Callable[[Transcript], None]) -> None:
-        """Drive every sample that `starts` yields to its end; call `on_done` as each finishes."""
+    def run(self, starts: Iterator[Callable[[], tuple[Transcript, Any]]], on_done: Callable[[Transcript], None],
+            on_error: Callable[[Transcript, SampleError], None] | None = None) -> None:
+        """Drive every sample that `starts` yields to its end; call `on_done` as each finishes.
+
+        A sample whose backend call failed for good (a `SampleError` in its row) is dropped and
+        given to `on_error` (raised when there is none); the other samples go on."""
+        self._on_error = on_error
         flying: list[_InFlight] = []
         starts = iter(starts)
 
@@ -89,7 +95,7 @@ class Scheduler:
             return
         t = time.perf_counter()
         spans = self.backends[role].generate(
-            [f.transcript.parties[role].session for f in group],
+            [f.transcript.parties[role].session if f.request.session is None else f.request.session for f in group],
             [f.request.max_new_tokens for f in group],
             [f.request.stop for f in group],
         )
@@ -97,4 +103,15 @@ class Scheduler:
         self.timing.calls += 1
         self.timing.batch_rows += len(group)
         for f, span in zip(group, spans):
-            self._advance(f, span, on_done)
+            if isinstance(span, SampleError):
+                self._fail(f, span)
+            else:
+                self._advance(f, span, on_done)
+
+    def _fail(self, item: _InFlight, error: SampleError) -> None:
+        item.request = None  # leaves the flight at the end of this tick
+        item.steps.close()  # a method's side sessions are released in its `finally`
+        item.transcript.release()
+        if self._on_error is None:
+            raise error
+        self._on_error(item.transcript, error)

@@ -6,13 +6,15 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from tessy.config import SynthConfig
+from tessy import methods
+from tessy.config import SynthConfig, load_config
 from tessy.loop import LoopSettings, tessy_sample
 from tessy.predictors import STUDENT, TEACHER, load_predictor
 from tessy.profiles import get_profile, render_prompt
 from tessy.prompts import Prompt, read_prompts
-from tessy.records import RecordWriter, done_ids
+from tessy.records import RecordWriter, compact_errors, done_ids, errors_path_for
 from tessy.scheduler import Scheduler
+from tessy.shards import select_shard
 from tessy.transcript import Party, Transcript
 
 
@@ -41,11 +43,14 @@ def settings_for(config: SynthConfig, backends: dict) -> LoopSettings:
         max_answer_tokens=config.max_answer_tokens,
         max_rounds=config.max_rounds,
         same_vocab=same_vocabulary(backends[STUDENT].tokenizer, backends[TEACHER].tokenizer),
+        final_answer=config.final_answer,
     )
 
 
-def start_sample(prompt: Prompt, config: SynthConfig, backends: dict, settings: LoopSettings, predictors: dict | None = None):
-    """A new transcript for `prompt`, each model's prompt rendered by its own profile."""
+def start_sample(prompt: Prompt, config: SynthConfig, backends: dict, settings: LoopSettings, predictors: dict | None = None,
+                 mix: dict[str, str] | None = None):
+    """A new transcript for `prompt`, each model's prompt rendered by its own profile, and the
+    generator of `config.method` over it (`mix`: teacher-mix's prompt id -> source)."""
     parties = {}
     for role in (STUDENT, TEACHER):
         backend = backends[role]
@@ -53,30 +58,55 @@ def start_sample(prompt: Prompt, config: SynthConfig, backends: dict, settings: 
         text, used_template = render_prompt(profile, backend.tokenizer, list(prompt.messages))
         parties[role] = Party(backend, profile, backend.start(text, add_special_tokens=not used_template))
     x = Transcript(prompt.id, list(prompt.messages), parties)
-    x.predictors = {role: p.name for role, p in (predictors or {}).items()}
-    return x, tessy_sample(x, settings)
+    m = config.method
+    if m == "tessy":
+        x.predictors = {role: p.name for role, p in (predictors or {}).items()}
+        return x, tessy_sample(x, settings)
+    if m == "student-only":
+        return x, methods.student_only(x, settings)
+    if m == "teacher-only":
+        return x, methods.teacher_only(x, settings)
+    if m == "teacher-mix":
+        return x, methods.teacher_mix(x, settings, (mix or {}).get(prompt.id, STUDENT))
+    if m == "teacher-answer":
+        return x, methods.teacher_answer(x, settings)
+    if m == "teacher-think":
+        return x, methods.teacher_think(x, settings)
+    if m == "teacher-reference":
+        return x, methods.teacher_reference(x, settings)
+    if m == "teacher-score":
+        return x, methods.teacher_score(x, settings, config.score_candidates)
+    raise ValueError(f"unknown method {m!r}; known: {', '.join(methods.METHODS)}")
 
 
 def synthesize(config: SynthConfig, prompts_path, out_path, limit: int | None = None, backends: dict | None = None,
-               console=None, progress: bool = True) -> dict:
-    """Run the whole job; return the summary (also printed when `console` is given)."""
+               console=None, progress: bool = True, shard: tuple[int, int] | None = None, retry_errors: bool = False) -> dict:
+    """Run the whole job; return the summary (also printed when `console` is given).
+
+    `shard` (i, n) runs only shard i of n (see `tessy.shards`). A sample whose backend failed for
+    good goes to the errors file beside the output, not into it; a later run skips its id unless
+    `retry_errors`, which runs only those ids."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    methods.check_method(config.method, config.final_answer)
     prompts = read_prompts(prompts_path)[:limit] if limit else read_prompts(prompts_path)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     cfg_path = config_path_for(out)
     if out.exists() and cfg_path.exists():
-        old = cfg_path.read_text()
-        if old != config.to_yaml():
+        if load_config(cfg_path).hash() != config.hash():  # where the servers are is no part of it
             raise ConfigMismatchError(
                 f"{out} was written with another config ({cfg_path}); resume with that config or choose a new --out"
             )
     cfg_path.write_text(config.to_yaml())
     done = done_ids(out)
-    todo = [p for p in prompts if p.id not in done]
+    errors_path = errors_path_for(out)
+    failed = compact_errors(errors_path, done)  # ids whose last try failed for good
+    mine = select_shard(prompts, *shard) if shard else prompts
+    todo = [p for p in mine if p.id not in done and (p.id in failed) == retry_errors]
 
-    summary = {"samples": 0, "skipped": len(prompts) - len(todo), "out": str(out), "config": str(cfg_path)}
+    summary = {"samples": 0, "skipped": len(mine) - len(todo), "out": str(out), "config": str(cfg_path),
+               "errors": 0, "errors_left": len(failed), "errors_file": str(errors_path)}
     if not todo:
         return _finish(summary, [], 0.0, console)
     backends = backends or load_backends(config)
@@ -99,13 +129,29 @@ def synthesize(config: SynthConfig, prompts_path, out_path, limit: int | None = 
         records.append(record)
         bar.update(task, advance=1, info=f"last: {x.id} ({record['stats']['stop_reason']})")
 
+    error_writer = None
+
+    def on_error(x: Transcript, error) -> None:
+        nonlocal error_writer
+        error_writer = error_writer or RecordWriter(errors_path)
+        before = failed.get(x.id, {}).get("attempts", 0)
+        error_writer.write({"id": x.id, "error": str(error), "attempts": before + error.attempts, "endpoint": error.endpoint,
+                            "rounds": x.rounds, "method": config.method, "config_hash": config_hash})
+        summary["errors"] += 1
+        bar.update(task, advance=1, info=f"error: {x.id}")
+
     try:
         with bar:
             task = bar.add_task("synth", total=len(todo), info="")
-            starts = (lambda p=p: start_sample(p, config, backends, settings, predictors) for p in todo)
-            scheduler.run(starts, on_done)
+            # Teacher-Mix splits the whole prompt set 1:1, so a resumed run keeps the same split.
+            extra = {"mix": methods.mix_sources([p.id for p in prompts], config.mix_seed)} if config.method == "teacher-mix" else {}
+            starts = (lambda p=p: start_sample(p, config, backends, settings, predictors, **extra) for p in todo)
+            scheduler.run(starts, on_done, on_error)
     finally:
         writer.close()
+        if error_writer is not None:
+            error_writer.close()
+        summary["errors_left"] = len(compact_errors(errors_path, done_ids(out)))
     wall = time.perf_counter() - t0
     summary["timing"] = {"generate_s": round(scheduler.timing.generate_s, 2), "predict_s": round(scheduler.timing.predict_s, 3),
                          "mean_batch_rows": round(scheduler.timing.batch_rows / max(scheduler.timing.calls, 1), 2)}
@@ -137,11 +183,13 @@ def _finish(summary: dict, records: list[dict], wall: float, console) -> dict:
         from rich.table import Table
 
         table = Table(title="tessy synth", show_header=False)
-        for key in ("samples", "skipped", "teacher_token_share", "switches_per_sample", "mean_tokens",
+        for key in ("samples", "skipped", "errors", "teacher_token_share", "switches_per_sample", "mean_tokens",
                     "records_with_both_sources", "kept_tokens_per_s", "generated_tokens_per_s", "wall_s"):
             table.add_row(key.replace("_", " "), str(summary.get(key, "")))
         table.add_row("stop reasons", ", ".join(f"{k}: {v}" for k, v in summary["stop_reasons"].items()) or "-")
         table.add_row("records", summary["out"])
         table.add_row("config", summary["config"])
+        if summary.get("errors_left"):
+            table.add_row("failed ids", f"[red]{summary['errors_left']} in {summary['errors_file']}; rerun with --retry-errors")
         console.print(table)
     return summary

@@ -55,6 +55,17 @@ class Span:
         return self.text[: self.offsets[n_tokens - 1]] if n_tokens else ""
 
 
+class SampleError(Exception):
+    """One row of a `generate` call that failed for good (a server backend gave up after its
+    retries). A backend returns it in that row's place; the scheduler drops that sample and reports
+    it, and the other rows go on."""
+
+    def __init__(self, message: str, attempts: int = 1, endpoint: str = ""):
+        super().__init__(message)
+        self.attempts = attempts
+        self.endpoint = endpoint
+
+
 class Backend(Protocol):
     tokenizer: Any
     sampling: Sampling
@@ -63,7 +74,7 @@ class Backend(Protocol):
 
     def extend(self, session: Session, text: str) -> int: ...
 
-    def generate(self, sessions: list[Session], max_new_tokens: list[int], stop: list[tuple[str, ...]]) -> list[Span]: ...
+    def generate(self, sessions: list[Session], max_new_tokens: list[int], stop: list[tuple[str, ...]]) -> list[Span | SampleError]: ...
 
     def rollback(self, session: Session, n_tokens: int) -> None: ...
 
@@ -85,9 +96,17 @@ def span_from_ids(tokenizer, ids: list[int], finish: str) -> Span:
 
 
 def make_backend(config, role_name: str = "") -> Backend:
-    """Build the backend a model config asks for (`backend: hf`)."""
+    """Build the backend a model config asks for (`backend: hf | openai | vllm`)."""
     if config.backend == "hf":
         from tessy.backends.hf import HFBackend
 
         return HFBackend.from_config(config)
-    raise ValueError(f"{role_name or 'model'}: unknown backend {config.backend!r} (available: hf)")
+    elif config.backend == "openai":
+        from tessy.backends.openai import OpenAIBackend
+
+        return OpenAIBackend.from_config(config)
+    elif config.backend == "vllm":
+        from tessy.backends.vllm import VLLMBackend
+
+        return VLLMBackend.from_config(config)
+    raise ValueError(f"{role_name or 'model'}: unknown backend {config.backend!r} (available: hf, openai, vllm)")

@@ -1,0 +1,95 @@
+"""The `vllm` backend: `vllm.LLM` in this process, with automatic prefix caching (GPU only).
+
+Install with `pip install 'tessy[vllm]'`. vllm is imported only when this backend is built.
+
+Each session is its token ids and nothing else: one `generate` call sends every session's ids as
+a token prompt, and vLLM's prefix cache (full 16-token blocks) finds the part it has computed
+before. Rolling back only shortens the ids; the cached blocks of the kept prefix stay valid, so no
+token is computed twice (DESIGN: "Rolling back means truncating cached state").
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from tessy.backends import Sampling, Session, Span, span_from_ids
+from tessy.backends.openai import eos_ids_of, load_tokenizer, server_span
+
+
+def is_vllm_available() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+class VLLMBackend:
+    def __init__(self, llm, tokenizer, sampling: Sampling | None = None, eos_ids: set[int] | None = None):
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.sampling = sampling or Sampling()
+        self.eos_ids = eos_ids if eos_ids is not None else eos_ids_of(tokenizer)
+
+    @classmethod
+    def from_config(cls, config, **llm_kwargs) -> "VLLMBackend":
+        if not is_vllm_available():
+            raise ValueError("backend: vllm needs the vllm package: pip install 'tessy[vllm]' (a GPU machine)")
+        from pathlib import Path
+
+        import vllm
+
+        from tessy.models import EMBEDDED, resolve
+
+        path = Path(config.model).expanduser()
+        local = config.model in EMBEDDED or path.suffix == ".gguf" or path.is_dir()
+        model = str(resolve(config.model)) if local else config.model
+        dtype = "auto" if config.dtype == "float32" and config.device != "cpu" else config.dtype
+        llm = vllm.LLM(model=model, enable_prefix_caching=True, dtype=dtype, seed=config.seed or 0, **llm_kwargs)
+        tokenizer = load_tokenizer(config.model)
+        return cls(llm, tokenizer, Sampling(config.temperature, config.top_p, config.seed))
+
+    # --- sessions ---------------------------------------------------------------------------------
+    def start(self, prompt: str, add_special_tokens: bool = False) -> Session:
+        return Session(ids=self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens))
+
+    def extend(self, session: Session, text: str) -> int:
+        ids = self.tokenizer.encode(text, add_special_tokens=False) if text else []
+        session.ids.extend(ids)
+        return len(ids)
+
+    def rollback(self, session: Session, n_tokens: int) -> None:
+        if n_tokens > 0:
+            del session.ids[-n_tokens:]
+
+    def release(self, session: Session) -> None:
+        pass  # the engine frees cache blocks itself
+
+    # --- generation -------------------------------------------------------------------------------
+    def generate(self, sessions: list[Session], max_new_tokens: list[int], stop: list[tuple[str, ...]]) -> list[Span]:
+        """Up to `max_new_tokens[i]` tokens for each session in one batched engine call; the spans'
+        ids are appended to the sessions (EOS never is)."""
+        from vllm import SamplingParams
+
+        rows = [i for i, n in enumerate(max_new_tokens) if n > 0]
+        spans = [span_from_ids(self.tokenizer, [], "length") for _ in sessions]
+        if not rows:
+            return spans
+        s = self.sampling
+        params = [
+            SamplingParams(
+                max_tokens=max_new_tokens[i],
+                temperature=s.temperature,
+                top_p=s.top_p,
+                seed=None if s.seed is None else (s.seed * 1_000_003 + len(sessions[i].ids)) % 2**31,
+                stop=[m for m in stop[i] if m] or None,
+                include_stop_str_in_output=True,
+                skip_special_tokens=False,
+                spaces_between_special_tokens=False,
+            )
+            for i in rows
+        ]
+        prompts = [{"prompt_token_ids": list(sessions[i].ids)} for i in rows]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        for i, out in zip(rows, outputs):
+            choice = out.outputs[0]
+            span = server_span(self.tokenizer, list(choice.token_ids), choice.finish_reason, stop[i], self.eos_ids)
+            sessions[i].ids.extend(span.ids)
+            spans[i] = span
+        return spans

@@ -79,7 +79,12 @@ def boundary(text: str, style_spans: list[tuple[int, int]], role: str) -> int:
 
 
 def load_predictor(spec: str, phrases: list[str] | None = None) -> BoundaryPredictor:
-    """`lexicon` (optionally with a custom phrase list); learned predictors come with issue 3."""
+    """`lexicon` (optionally with a custom phrase list), or the directory of a trained checkpoint
+    (`tessy predictor train`), which runs on the GPU when there is one."""
     if spec == "lexicon":
         return LexiconPredictor(phrases or DEFAULT_STYLE_PHRASES)
-    raise ValueError(f"unknown predictor {spec!r}: use 'lexicon'")
+    from tessy.learned import LearnedPredictor, is_checkpoint
+
+    if is_checkpoint(spec):
+        return LearnedPredictor.load(spec)
+    raise ValueError(f"unknown predictor {spec!r}: use 'lexicon' or a directory written by `tessy predictor train`")

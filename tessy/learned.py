@@ -1,0 +1,287 @@
+"""Learned boundary predictors: token classifiers trained on annotated segments (paper, section 2.2).
+
+The paper puts a binary head on a small causal LM (Qwen3-0.6B-Base) and labels each token style or
+capability. Here any base model works through `AutoModelForTokenClassification`; the default is the
+embedded student's checkpoint. A token is style when its first non-space character lies in a style
+span (the tokenizer's offset mapping turns character spans into token labels). Optional left
+context: tokens of the text before the segment are fed to the model but not scored.
+
+A checkpoint directory holds the Hugging Face model and tokenizer plus `tessy_predictor.json`: base,
+data, role, label semantics, settings and the held-out metrics of every epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+META_FILE = "tessy_predictor.json"
+CAPABILITY, STYLE = 0, 1
+LABELS = {CAPABILITY: "capability", STYLE: "style"}
+IGNORE = -100  # label of tokens that are seen but not scored (special tokens, left context, padding)
+
+
+def is_checkpoint(path) -> bool:
+    return (Path(path) / META_FILE).is_file()
+
+
+@dataclass
+class TrainConfig:
+    data: str = field(metadata={"help": "annotated segments (JSONL from `tessy annotate`)"})
+    out: str = field(metadata={"help": "checkpoint directory to write"})
+    base: str = field(default="smollm2-135m-instruct", metadata={"help": "base model: embedded name, .gguf or HF directory (paper: Qwen3-0.6B-Base)"})
+    source: str | None = field(default=None, metadata={"help": "train on student segments (B_S) or teacher segments (B_T); None: all"})
+    epochs: int = field(default=2, metadata={"help": "passes over the training split"})
+    lr: float = field(default=5e-5, metadata={"help": "AdamW learning rate (linear decay)"})
+    batch_size: int = field(default=16, metadata={"help": "segments per optimizer step"})
+    max_length: int = field(default=128, metadata={"help": "most tokens of a segment (plus context) the model reads"})
+    left_context: int = field(default=0, metadata={"help": "tokens of preceding text seen but not scored"})
+    class_weights: bool = field(default=True, metadata={"help": "weigh the loss by inverse class frequency (style is rare)"})
+    eval_fraction: float = field(default=0.2, metadata={"help": "share of docs held out for the per-epoch evaluation"})
+    seed: int = field(default=0, metadata={"help": "split and shuffle seed"})
+    device: str = field(default="auto", metadata={"help": "cpu | cuda | auto"})
+
+
+def pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+# --- encoding -----------------------------------------------------------------------------------------
+def token_labels(text: str, offsets: list[tuple[int, int]], spans: list) -> list[int]:
+    """STYLE or CAPABILITY per token from character spans; IGNORE for tokens with no characters."""
+    labels = []
+    for start, end in offsets:
+        while start < end and text[start].isspace():
+            start += 1  # byte-level BPE glues the leading space to a word: judge the word
+        if start >= end:
+            labels.append(IGNORE)
+        else:
+            labels.append(STYLE if any(s <= start < e for s, e in spans) else CAPABILITY)
+    return labels
+
+
+def encode(tokenizer, text: str, context: str = "", spans: list | None = None, max_length: int = 128,
+           left_context: int = 0) -> dict:
+    """input_ids, offsets into `text` (None for non-text tokens) and, given `spans`, labels."""
+    prefix = tokenizer("", add_special_tokens=True)["input_ids"]  # BOS, for tokenizers that add one
+    ctx = tokenizer(context, add_special_tokens=False)["input_ids"][-left_context:] if left_context and context else []
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    room = max(max_length - len(prefix) - len(ctx), 1)
+    ids, offsets = enc["input_ids"][:room], [tuple(o) for o in enc["offset_mapping"][:room]]
+    out = {"input_ids": prefix + ctx + ids, "offsets": [None] * (len(prefix) + len(ctx)) + offsets,
+           "truncated": len(enc["input_ids"]) > room}
+    if spans is not None:
+        out["labels"] = [IGNORE] * (len(prefix) + len(ctx)) + token_labels(text, offsets, spans)
+    return out
+
+
+def collate(batch: list[dict], pad_id: int, device: str) -> dict:
+    import torch
+
+    width = max(len(b["input_ids"]) for b in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    for i, b in enumerate(batch):
+        n = len(b["input_ids"])
+        ids[i, :n] = torch.tensor(b["input_ids"])
+        mask[i, :n] = 1
+        if "labels" in b:
+            labels[i, :n] = torch.tensor(b["labels"])
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+
+
+# --- the predictor ---------------------------------------------------------------------------------------
+class LearnedPredictor:
+    """A trained token classifier behind the `BoundaryPredictor` protocol, batched, on CPU or GPU."""
+
+    def __init__(self, model, tokenizer, meta: dict, name: str = "learned", batch_size: int = 32):
+        self.model, self.tokenizer, self.meta, self.name = model, tokenizer, meta, name
+        self.batch_size = batch_size
+        self.device = next(model.parameters()).device
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+
+    @classmethod
+    def load(cls, path, device: str = "auto", batch_size: int = 32) -> "LearnedPredictor":
+        import torch
+        from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+        path = Path(path)
+        meta = json.loads((path / META_FILE).read_text())
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForTokenClassification.from_pretrained(path, dtype=torch.float32)
+        model = model.to(pick_device(device)).eval()
+        return cls(model, tokenizer, meta, name=f"learned:{path.name}", batch_size=batch_size)
+
+    def style_spans(self, texts: list[str], contexts: list[str] | None = None) -> list[list[tuple[int, int]]]:
+        """For each text, its style spans as [start, end) character offsets (one forward pass per
+        `batch_size` texts). Texts longer than the checkpoint's max_length are read in pieces."""
+        import torch
+
+        max_length = self.meta.get("max_length", 128)
+        left = self.meta.get("left_context", 0)
+        contexts = contexts or [""] * len(texts)
+        pieces = []  # (text index, offset of the piece in the text, encoding)
+        for i, (text, context) in enumerate(zip(texts, contexts)):
+            start = 0
+            while True:
+                enc = encode(self.tokenizer, text[start:], context, None, max_length, left)
+                pieces.append((i, start, enc))
+                last = max((o[1] for o in enc["offsets"] if o), default=0)
+                if not enc["truncated"] or not last:
+                    break
+                context, start = text[:start + last], start + last
+        style: list[list[tuple[int, int]]] = [[] for _ in texts]
+        with torch.inference_mode():
+            for b in range(0, len(pieces), self.batch_size):
+                chunk = pieces[b:b + self.batch_size]
+                batch = collate([p[2] for p in chunk], self.pad_id, self.device)
+                logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                is_style = (logits.argmax(-1) == STYLE).tolist()
+                for (i, shift, enc), row in zip(chunk, is_style):
+                    text = texts[i]
+                    for offset, flag in zip(enc["offsets"], row):
+                        if offset is None or not flag:
+                            continue
+                        s, e = offset[0] + shift, offset[1] + shift
+                        while s < e and text[s].isspace():
+                            s += 1
+                        if s < e:
+                            style[i].append((s, e))
+        return [_join(text, spans) for text, spans in zip(texts, style)]
+
+
+def _join(text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Adjacent style tokens make one span; only whitespace between them still joins them."""
+    out: list[list[int]] = []
+    for s, e in sorted(spans):
+        if out and not text[out[-1][1]:s].strip():
+            out[-1][1] = max(out[-1][1], e)
+        else:
+            out.append([s, e])
+    return [(s, e) for s, e in out]
+
+
+# --- training ----------------------------------------------------------------------------------------------
+def split_by_doc(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, held out): whole docs go to one side, so overlapping windows never leak across."""
+    docs = sorted({str(r.get("doc") or r.get("id")) for r in rows})
+    random.Random(seed).shuffle(docs)
+    n_eval = max(1, math.ceil(fraction * len(docs))) if fraction > 0 and len(docs) > 1 else 0
+    held = set(docs[:n_eval])
+    return [r for r in rows if str(r.get("doc") or r.get("id")) not in held], [r for r in rows if str(r.get("doc") or r.get("id")) in held]
+
+
+def base_checkpoint(base: str):
+    """`tessy.models.resolve`, and a hub id (`Qwen/Qwen3-0.6B-Base`) where the hub can be reached."""
+    from tessy.models import resolve
+
+    try:
+        return resolve(base)
+    except FileNotFoundError:
+        if base.count("/") == 1 and not Path(base).exists():
+            return base
+        raise
+
+
+def train_predictor(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
+    """Train, evaluate on the held-out split after every epoch, save; return the metadata."""
+    import torch
+    from transformers import AutoModelForTokenClassification, AutoTokenizer, get_linear_schedule_with_warmup
+
+    from tessy.annotate import read_segments
+    from tessy.predictor_eval import AllCapability, evaluate
+
+    rows = read_segments(config.data, config.source)
+    if not rows:
+        raise ValueError(f"{config.data}: no annotated segments" + (f" from the {config.source}" if config.source else ""))
+    train_rows, eval_rows = split_by_doc(rows, config.eval_fraction, config.seed)
+    device = pick_device(config.device)
+    torch.manual_seed(config.seed)
+    base_dir = base_checkpoint(config.base)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForTokenClassification.from_pretrained(
+        base_dir, num_labels=2, id2label=LABELS, label2id={v: k for k, v in LABELS.items()}, dtype=torch.float32
+    ).to(device)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+
+    encoded = [encode(tokenizer, r["text"], r.get("context", ""), r["style_spans"], config.max_length, config.left_context)
+               for r in train_rows]
+    counts = [sum(lab == c for e in encoded for lab in e["labels"]) for c in (CAPABILITY, STYLE)]
+    # Inverse class frequency: style tokens are a small minority of thinking text.
+    weights = [sum(counts) / (2 * max(c, 1)) for c in counts] if config.class_weights else [1.0, 1.0]
+    loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(weights, device=device), ignore_index=IGNORE)
+    steps_per_epoch = math.ceil(len(encoded) / config.batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
+    schedule = get_linear_schedule_with_warmup(optimizer, max(1, steps_per_epoch // 10), steps_per_epoch * config.epochs)
+    log(f"train {len(train_rows)} segments, held out {len(eval_rows)}; tokens capability {counts[0]}, style {counts[1]}; "
+        f"class weights {[round(w, 2) for w in weights]}; device {device}")
+
+    predictor = LearnedPredictor(model, tokenizer, {"max_length": config.max_length, "left_context": config.left_context})
+    history, losses = [], []
+    rng = random.Random(config.seed)
+    t0 = time.perf_counter()
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        order = list(range(len(encoded)))
+        rng.shuffle(order)
+        epoch_losses = []
+        for step in range(steps_per_epoch):
+            batch = collate([encoded[i] for i in order[step * config.batch_size:(step + 1) * config.batch_size]], tokenizer.pad_token_id, device)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            loss = loss_fn(logits.view(-1, 2).float(), batch["labels"].view(-1))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad()
+            epoch_losses.append(loss.item())
+            if (step + 1) % 10 == 0 or step + 1 == steps_per_epoch:
+                log(f"epoch {epoch} step {step + 1}/{steps_per_epoch} loss {sum(epoch_losses[-10:]) / len(epoch_losses[-10:]):.4f}")
+        losses.extend(epoch_losses)
+        model.eval()
+        metrics = {"epoch": epoch, "train_loss": round(sum(epoch_losses) / len(epoch_losses), 4)}
+        if eval_rows:
+            metrics.update(evaluate(predictor, eval_rows, batch_size=config.batch_size))
+        history.append(metrics)
+        log(f"epoch {epoch}: " + ", ".join(f"{k} {v}" for k, v in metrics.items() if k != "epoch"))
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    meta = {
+        "kind": "tessy boundary predictor",
+        "role": config.source or "+".join(sorted({r.get("source", "?") for r in rows})),
+        "labels": {str(k): v for k, v in LABELS.items()},
+        "label_semantics": "per token: style (1) or capability (0); a token is style when its first non-space "
+                           "character lies in an annotated style span",
+        "base": config.base,
+        "base_dir": str(base_dir),
+        "data": str(config.data),
+        "data_sha256": hashlib.sha256(Path(config.data).read_bytes()).hexdigest(),
+        "n_train": len(train_rows),
+        "n_eval": len(eval_rows),
+        "max_length": config.max_length,
+        "left_context": config.left_context,
+        "class_weights": weights,
+        "config": asdict(config),
+        "train_losses": [round(x, 4) for x in losses],
+        "epochs": history,
+        "baseline_all_capability": evaluate(AllCapability(), eval_rows) if eval_rows else None,
+        "train_s": round(time.perf_counter() - t0, 1),
+    }
+    (out / META_FILE).write_text(json.dumps(meta, indent=2))
+    return meta

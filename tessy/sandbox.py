@@ -1,0 +1,267 @@
+"""Run model-written Python in a separate, limited process: the riskiest thing tessy does.
+
+Every program runs in a fresh process, in a fresh temporary working directory, with a scrubbed
+environment (PATH, HOME, LANG only), a wall-clock timeout, and resource limits: CPU seconds
+(RLIMIT_CPU), address space (RLIMIT_AS), size of any file it writes (RLIMIT_FSIZE) and number of
+processes (RLIMIT_NPROC). When tessy runs as root, the program drops to uid/gid 65534 (nobody)
+before it starts, because the kernel never applies RLIMIT_NPROC to root.
+
+Where bubblewrap (`bwrap`, Debian package `bubblewrap`, the sandbox Flatpak uses) can run, the
+process is also isolated with:
+  - a read-only view of the root filesystem, and a private, empty `/tmp`;
+  - new network, PID, IPC and UTS namespaces: no network at all (not even the host's
+    127.0.0.1), and no other process of the host is visible or can be signalled;
+  - `--die-with-parent` and `--new-session`: it dies with tessy, and cannot push keystrokes into
+    tessy's terminal.
+Where bwrap cannot run, the resource limits and the uid drop are all there is, and every `Result`
+and every summary says so (`isolation`). Set `TESSY_SANDBOX=rlimits` to choose that fallback.
+
+What it protects against:
+  - infinite loops and slow code (wall-clock timeout, CPU limit), then the whole process tree is killed;
+  - fork bombs (process limit; the PID namespace or the process group is killed at the end);
+  - memory bombs (address-space limit: the program gets MemoryError or dies);
+  - filling the disk (file-size limit; output is captured to size-capped files, never to memory);
+  - writing outside its directory (read-only root with bwrap; as nobody, root-owned files stay
+    unwritable either way);
+  - reading tessy's secrets from the environment (scrubbed environment; other processes'
+    /proc/PID/environ are hidden by the PID namespace, or unreadable to nobody);
+  - connecting to anything, including services on 127.0.0.1 (network namespace; bwrap only);
+  - signalling tessy or other processes (PID namespace; as nobody it may not signal root's processes).
+
+What it does NOT protect against:
+  - reading world-readable files of the host (the root is mounted read-only, not hidden; only a
+    closed directory above the interpreter, such as pyenv's /root, is replaced by an empty one);
+  - kernel exploits and escapes from namespaces: this is not a VM; run untrusted code at scale
+    inside a container or VM as well;
+  - in the fallback without bwrap: network access, and writes to world-writable places such as
+    /tmp; run without root there is no uid drop, so the program can read and write what tessy's
+    user can and signal that user's processes, and a fork bomb that calls setsid() can outlive
+    the timeout (the process limit still bounds it);
+  - side channels and CPU contention with other work on the machine.
+
+A contained problem is never an exception: `run_python` returns a `Result` with `passed=False`
+and a `reason` (timeout, cpu limit, memory limit, ...).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+NOBODY = 65534
+BWRAP = "bwrap"
+RLIMITS_ONLY = "rlimits-only"
+
+# Runs inside the sandbox before the untrusted program: it is trusted code. It sets the limits,
+# drops root (RLIMIT_NPROC does not bind root), and execs a fresh interpreter on the program.
+_BOOTSTRAP = r"""
+import os, resource, sys
+cpu, mem, fsize, nproc, drop, prog = sys.argv[1:7]
+# The CPU hard limit is one second above the soft one, so that SIGXCPU (not SIGKILL) says why.
+resource.setrlimit(resource.RLIMIT_CPU, (int(cpu), int(cpu) + 1))
+for lim, val in ((resource.RLIMIT_AS, int(mem)), (resource.RLIMIT_FSIZE, int(fsize)),
+                 (resource.RLIMIT_NPROC, int(nproc)), (resource.RLIMIT_CORE, 0)):
+    resource.setrlimit(lim, (val, val))
+if drop == "1" and os.geteuid() == 0:
+    os.setgroups([])
+    os.setgid(%d)
+    os.setuid(%d)
+os.execv(sys.executable, [sys.executable, "-I", "-B", prog])
+""" % (NOBODY, NOBODY)
+
+
+@dataclass
+class Limits:
+    timeout_s: float = field(default=10.0, metadata={"help": "wall-clock limit of one run"})
+    cpu_s: int = field(default=10, metadata={"help": "RLIMIT_CPU, seconds of CPU per process"})
+    memory_mb: int = field(default=1024, metadata={"help": "RLIMIT_AS, address space per process"})
+    file_size_mb: int = field(default=16, metadata={"help": "RLIMIT_FSIZE: largest file it may write, stdout included"})
+    max_procs: int = field(default=32, metadata={"help": "RLIMIT_NPROC: processes of the sandbox user"})
+    max_output_chars: int = field(default=100_000, metadata={"help": "stdout/stderr kept in the result"})
+
+
+@dataclass
+class Result:
+    passed: bool  # exit status 0, within every limit
+    reason: str  # "" when passed; else timeout, cpu limit, memory limit, exit status N: last stderr line, ...
+    stdout: str
+    stderr: str
+    returncode: int | None  # None when killed on the wall-clock timeout
+    isolation: str  # "bwrap" or "rlimits-only (...why...)"
+    wall_s: float
+
+
+@functools.lru_cache(maxsize=1)
+def isolation() -> str:
+    """`"bwrap"` when bubblewrap runs here, else `"rlimits-only (why)"`. Checked once per process."""
+    if os.environ.get("TESSY_SANDBOX") == "rlimits":
+        return _fallback("TESSY_SANDBOX=rlimits")
+    exe = shutil.which("bwrap")
+    if exe is None:
+        return _fallback("bwrap not installed; apt-get install bubblewrap")
+    try:
+        probe = subprocess.run(_bwrap_args("/") + ["true"], capture_output=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return _fallback(f"bwrap failed: {e}")
+    if probe.returncode != 0:
+        why = probe.stderr.decode(errors="replace").strip().splitlines()[-1:] or [f"exit {probe.returncode}"]
+        return _fallback(f"bwrap cannot run here: {why[0]}")
+    return BWRAP
+
+
+def _fallback(why: str) -> str:
+    if os.geteuid() == 0 and _fallback_python() is None:
+        why += "; runs as root since nobody cannot reach a Python, so no process limit"
+    elif _fallback_python() != sys.executable:
+        why += f"; programs run on {_fallback_python()}"
+    return f"{RLIMITS_ONLY} ({why})"
+
+
+def _closed_ancestor(path: str) -> str | None:
+    """The topmost directory above `path` that others may not enter (such as /root, mode 0700)."""
+    parts = Path(path).resolve().parts
+    for i in range(2, len(parts)):
+        d = Path(*parts[:i])
+        if not d.stat().st_mode & 0o001:
+            return str(d)
+    return None
+
+
+def _interpreter_dirs() -> list[str]:
+    return sorted({str(Path(p).resolve()) for p in (sys.base_prefix, sys.prefix, Path(sys.executable).parent)})
+
+
+def _interpreter_reachable() -> bool:
+    """Whether nobody can run this interpreter (pyenv installs under /root, which is 0700)."""
+    return all(_closed_ancestor(d) is None for d in _interpreter_dirs())
+
+
+@functools.lru_cache(maxsize=1)
+def _fallback_python() -> str | None:
+    """Without bwrap, a Python that nobody can run: ours, else the system's (programs need the stdlib only)."""
+    if _interpreter_reachable():
+        return sys.executable
+    system = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")
+    if system and _closed_ancestor(system) is None:
+        return system
+    return None
+
+
+def _bwrap_args(workdir: str) -> list[str]:
+    # A closed directory above the interpreter (/root for pyenv) is replaced by an empty tmpfs, and
+    # only the interpreter's own directories are bound back: nobody can run Python, and the rest of
+    # that directory (root's dotfiles, keys) is not even visible.
+    reopen, binds = [], []
+    for d in _interpreter_dirs():
+        closed = _closed_ancestor(d)
+        if closed:
+            reopen += [] if closed in reopen else ["--perms", "0755", "--tmpfs", closed]
+            # bwrap would create the directories between them as 0700, closed to nobody again.
+            for mid in list(reversed(Path(d).parents))[len(Path(closed).parents) + 1 :]:
+                binds += ["--perms", "0755", "--dir", str(mid)]
+            binds += ["--ro-bind", d, d]
+    reopen += binds
+    return [
+        "bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+        *reopen, "--bind", workdir, "/tmp/work", "--chdir", "/tmp/work",
+        "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+        "--die-with-parent", "--new-session",
+    ]  # fmt: skip
+
+
+def run_python(code: str, stdin: str = "", limits: Limits | None = None) -> Result:
+    """Run `code` as a Python program in the sandbox, feeding it `stdin`.
+
+    Returns a `Result`; it never raises for anything the program does.
+    """
+    limits = limits or Limits()
+    mode = isolation()
+    start = time.monotonic()
+    host = Path(tempfile.mkdtemp(prefix="tessy-sandbox-"))
+    try:
+        work = host / "work"  # the program's directory; its output files live beside it, out of its reach
+        work.mkdir()
+        (work / "main.py").write_text(code, encoding="utf-8")
+        (host / "stdin").write_text(stdin, encoding="utf-8")
+        if os.geteuid() == 0:
+            host.chmod(0o711)  # nobody may pass through to work/, but not list or read stdout/stderr
+            os.chown(work, NOBODY, NOBODY)
+            os.chown(work / "main.py", NOBODY, NOBODY)
+        mb = 1024 * 1024
+        python = sys.executable if mode == BWRAP else _fallback_python()
+        drop = "0" if python is None else "1"
+        argv = [python or sys.executable, "-I", "-c", _BOOTSTRAP, str(limits.cpu_s), str(limits.memory_mb * mb),
+                str(limits.file_size_mb * mb), str(limits.max_procs), drop, "main.py"]  # fmt: skip
+        if mode == BWRAP:
+            argv = _bwrap_args(str(work)) + argv
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp/work" if mode == BWRAP else str(work),
+               "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}  # fmt: skip
+        with open(host / "stdin", "rb") as fin, open(host / "stdout", "wb") as fout, open(host / "stderr", "wb") as ferr:
+            try:
+                proc = subprocess.Popen(argv, stdin=fin, stdout=fout, stderr=ferr, cwd=work, env=env,
+                                        start_new_session=True)  # fmt: skip
+            except OSError as e:
+                return Result(False, f"could not start: {e}", "", "", None, mode, time.monotonic() - start)
+            try:
+                returncode = proc.wait(timeout=limits.timeout_s)
+                timed_out = False
+            except subprocess.TimeoutExpired:
+                returncode, timed_out = None, True
+            # Kill whatever is left of the tree: the group, then the process (bwrap's PID namespace
+            # takes every descendant with it).
+            _kill_group(proc.pid)
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        if mode == BWRAP and returncode is not None and 128 < returncode <= 128 + 64:
+            returncode = 128 - returncode  # bwrap reports its child's death by signal N as 128+N
+        stdout = _read(host / "stdout", limits.max_output_chars)
+        stderr = _read(host / "stderr", limits.max_output_chars)
+        wall = time.monotonic() - start
+        reason = "" if returncode == 0 and not timed_out else _reason(returncode, timed_out, stderr, limits)
+        return Result(not reason, reason, stdout, stderr, returncode, mode, wall)
+    except OSError as e:  # tessy's own side (disk full, ...): still a scored failure, not a crash
+        return Result(False, f"sandbox error: {e}", "", "", None, mode, time.monotonic() - start)
+    finally:
+        shutil.rmtree(host, ignore_errors=True)
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _read(path: Path, limit: int) -> str:
+    with open(path, "rb") as f:
+        return f.read(limit * 4).decode("utf-8", errors="replace")[:limit]
+
+
+def _reason(returncode: int | None, timed_out: bool, stderr: str, limits: Limits) -> str:
+    last = next((line.strip() for line in reversed(stderr.splitlines()) if line.strip()), "")
+    if timed_out:
+        return f"timeout: still running after {limits.timeout_s:g} s"
+    if returncode == -signal.SIGXCPU:
+        return f"cpu limit: more than {limits.cpu_s} s of CPU"
+    if returncode == -signal.SIGXFSZ:
+        return f"file size limit: wrote more than {limits.file_size_mb} MB"
+    if "MemoryError" in stderr or returncode == -signal.SIGSEGV and not last:
+        return f"memory limit: more than {limits.memory_mb} MB ({last or 'killed'})"
+    if returncode is not None and returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = str(-returncode)
+        return f"killed by signal {name}" + (f": {last}" if last else "")
+    if "Resource temporarily unavailable" in stderr and ("fork" in stderr or "Errno 11" in stderr):
+        return f"process limit: more than {limits.max_procs} processes ({last})"
+    return f"exit status {returncode}" + (f": {last[:300]}" if last else "")

@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.tessy-installed
 DEMO   ?= runs/demo
 
-.PHONY: demo test test-fast venv clean-venv
+.PHONY: demo test test-fast venv clean-venv sandbox
 
 venv: $(STAMP)
 
@@ -22,10 +22,17 @@ demo: $(STAMP)
 	$(VENV)/bin/tessy synth --prompts tessy/data/demo_prompts.jsonl --out $(DEMO)/records.jsonl
 	$(VENV)/bin/tessy show $(DEMO)/records.jsonl --html $(DEMO)/record.html
 
-test: $(STAMP)
+# The sandbox for model-written code isolates with bubblewrap where it can (tessy/sandbox.py);
+# without it, it falls back to resource limits alone and says so.
+sandbox:
+	@command -v bwrap >/dev/null || apt-get install -y -q bubblewrap \
+		|| (apt-get update -q && apt-get install -y -q bubblewrap) \
+		|| echo "bubblewrap not installed: the sandbox falls back to resource limits only"
+
+test: $(STAMP) sandbox
 	$(PY) -m pytest -v --durations=15
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) sandbox
 	$(PY) -m pytest -m "not slow"
 
 clean-venv:

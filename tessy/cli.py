@@ -19,17 +19,45 @@ def cmd_synth(args) -> int:
     from tessy.config import load_config
     from tessy.synth import synthesize
 
-    config = load_config(args.config, batch_size=args.batch_size)
-    summary = synthesize(config, args.prompts, args.out, limit=args.limit, console=_console())
+    config = load_config(args.config, batch_size=args.batch_size, method=args.method)
+    for role, urls in (("student", args.student_url), ("teacher", args.teacher_url)):
+        if urls:  # only the generation moves to the server; tokenizer, profile and sampling stay
+            getattr(config, role).backend, getattr(config, role).urls = "openai", list(urls)
+    shard = None
+    if args.shard:
+        from tessy.shards import parse_shard
+
+        shard = parse_shard(args.shard)
+    summary = synthesize(config, args.prompts, args.out, limit=args.limit, console=_console(), shard=shard,
+                         retry_errors=args.retry_errors)
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(summary, indent=2))
     return 0
 
 
+def cmd_merge(args) -> int:
+    from rich.table import Table
+
+    from tessy.shards import merge
+
+    summary = merge(args.out, args.shards, args.prompts)
+    table = Table(title="tessy merge", show_header=False)
+    table.add_row("shards", str(len(summary["inputs"])))
+    table.add_row("records", str(summary["records"]))
+    for key in ("duplicates", "missing", "errors"):
+        ids = list(summary[key])
+        table.add_row(key, f"{len(ids)}" + (f": {', '.join(ids[:10])}" + (" ..." if len(ids) > 10 else "") if ids else ""))
+    if len(summary["config_hashes"]) > 1:
+        table.add_row("config hashes", "[red]" + ", ".join(summary["config_hashes"]) + " (shards made with different configs)")
+    table.add_row("out", summary["out"])
+    _console().print(table)
+    return 1 if summary["duplicates"] or summary["missing"] else 0
+
+
 def cmd_config(args) -> int:
     from tessy.config import ModelConfig, SynthConfig
 
-    print(f"# tessy synth config. Save it, edit it, run: tessy synth --config FILE --prompts P --out O")
+    print("# tessy synth config. Save it, edit it, run: tessy synth --config FILE --prompts P --out O")
     config = SynthConfig()
     for f in dataclasses.fields(SynthConfig):
         value = getattr(config, f.name)
@@ -64,6 +92,115 @@ def cmd_show(args) -> int:
     return 0
 
 
+def cmd_annotate(args) -> int:
+    from tessy.annotate import AnnotateJob, run_annotate
+
+    job = AnnotateJob(out=args.out, records=args.records or [], sample=["student", "teacher"] if args.sample == "both" else ([args.sample] if args.sample else []),
+                      prompts=args.prompts, source=args.source, config=args.config, annotator=args.annotator, n=args.n,
+                      min_words=args.min_words, max_words=args.max_words, sample_tokens=args.sample_tokens,
+                      retries=args.retries, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed)
+    summary = run_annotate(job, _console())
+    if args.summary_json:
+        Path(args.summary_json).write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_predictor_train(args) -> int:
+    from tessy.learned import TrainConfig, train_predictor
+
+    config = TrainConfig(data=args.data, out=args.out, base=args.base, source=args.source, epochs=args.epochs, lr=args.lr,
+                         batch_size=args.batch_size, max_length=args.max_length, left_context=args.left_context,
+                         class_weights=not args.no_class_weights, eval_fraction=args.eval_fraction, device=args.device)
+    meta = train_predictor(config, log=_console().print)
+    last = meta["epochs"][-1]
+    print(f"saved {args.out} (role {meta['role']}, {meta['n_train']} train / {meta['n_eval']} held out, "
+          f"{meta['train_s']} s); held-out style F1 {last.get('style_f1', '-')}, boundary exact {last.get('boundary_exact', '-')}")
+    return 0
+
+
+def cmd_predictor_eval(args) -> int:
+    from tessy.annotate import read_segments
+    from tessy.predictor_eval import evaluate, results_table
+    from tessy.predictors import load_predictor
+
+    rows = read_segments(args.data, args.source)
+    if not rows:
+        raise ValueError(f"{args.data}: no annotated segments" + (f" from the {args.source}" if args.source else ""))
+    results = {}
+    for spec in args.predictor:
+        predictor = load_predictor(spec)
+        results[spec if spec == "lexicon" else predictor.name] = evaluate(predictor, rows)
+    _console().print(results_table(results, f"{args.data} ({len(rows)} segments{', ' + args.source if args.source else ''})"))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_sft(args) -> int:
+    from tessy.sft import SFTRunConfig, train
+
+    fields = {f.name for f in dataclasses.fields(SFTRunConfig)}
+    train(SFTRunConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None}), console=_console())
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from tessy.evaluate import EvalConfig, evaluate
+
+    fields = {f.name for f in dataclasses.fields(EvalConfig)}
+    config = EvalConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+    evaluate(config, out=args.out, console=_console())
+    return 0
+
+
+def cmd_plot_loss(args) -> int:
+    from tessy.sft import plot_loss
+
+    print(f"wrote {plot_loss(args.logs, args.out, args.labels)}")
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    from rich.progress import Progress
+
+    from tessy.analysis import analyze, load_datasets, print_table, student_nll
+    from tessy.config import load_config
+    from tessy.models import load
+    from tessy.plots import write_report
+    from tessy.predictors import load_predictor
+    from tessy.profiles import get_profile
+
+    console = _console()
+    names = args.names.split(",") if args.names else None
+    datasets = load_datasets(args.files, names)
+    config = load_config(args.config)
+    console.print(f"analyze: {len(datasets)} datasets, {len(next(iter(datasets)).records)} shared prompts; "
+                  f"loading the student {config.student.model}")
+    model, tokenizer = load(config.student.model, dtype=config.student.dtype, device=config.student.device)
+    if not args.no_nll:
+        predictor = load_predictor(args.predictor, config.style_phrases)
+        profile = get_profile(config.student.profile, config.profiles)
+        total = sum(len(d.records) for d in datasets)
+        bar = Progress(console=console)
+        task = bar.add_task("student NLL", total=total)
+
+        def nll(d):
+            return student_nll(list(d.records.values()), model, tokenizer, profile, predictor, args.batch_size,
+                               progress=lambda n: bar.update(task, advance=n))
+
+        with bar:
+            result = analyze(datasets, tokenizer, nll, top_n=args.top_words)
+        result["predictor"] = predictor.name
+    else:
+        result = analyze(datasets, tokenizer, None, top_n=args.top_words)
+    result["student"] = config.student.model
+    files = write_report(result, args.out)
+    print_table(result, console)
+    console.print(f"wrote {files['json']}, {files['html']} and {len(files) - 2} PNGs")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tessy",
@@ -78,8 +215,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output JSONL; the config is saved beside it; a rerun resumes")
     p.add_argument("--limit", type=int, help="only the first N prompts")
     p.add_argument("--batch-size", type=int, help="samples in flight at once (overrides the config)")
+    p.add_argument("--method", help="tessy (default) or a baseline of the paper's section 3.4: student-only, teacher-only, "
+                   "teacher-mix, teacher-answer, teacher-think, teacher-reference, teacher-score (overrides the config)")
     p.add_argument("--summary-json", help="also write the summary as JSON here")
+    p.add_argument("--student-url", action="append", metavar="URL", help="serve the student from this OpenAI-compatible "
+                   "server (base URL ending in /v1; repeat for several); its tokenizer, profile and sampling stay from the config")
+    p.add_argument("--teacher-url", action="append", metavar="URL", help="the same for the teacher")
+    p.add_argument("--shard", metavar="i/N", help="run only shard i of N (0-based; split by a hash of the id)")
+    p.add_argument("--retry-errors", action="store_true", help="run only the ids in OUT's errors file that are not done yet")
     p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("merge", help="join shard outputs by id; report missing and duplicated ids")
+    p.add_argument("out", help="merged JSONL")
+    p.add_argument("shards", nargs="+", help="shard output files")
+    p.add_argument("--prompts", help="the prompts file: ids it has and no shard has are reported missing")
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("analyze", help="compare datasets on their shared prompts: lengths, teacher share, TF-IDF, student NLL")
+    p.add_argument("files", nargs="+", help="records JSONL files (one per method)")
+    p.add_argument("--out", required=True, help="directory for analysis.json, the PNGs and index.html")
+    p.add_argument("--names", help="comma-separated dataset names (default: each file's method, else its stem)")
+    p.add_argument("--config", help="synth config naming the student (default: the embedded student)")
+    p.add_argument("--predictor", default="lexicon", help="splits tokens into style and capability for the NLL")
+    p.add_argument("--batch-size", type=int, default=4, help="records per forward pass of the student")
+    p.add_argument("--top-words", type=int, default=10, help="top words per dataset in the heatmap")
+    p.add_argument("--no-nll", action="store_true", help="skip the student's NLL (no forward passes)")
+    p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("config", help="print the full default config, with comments")
     p.set_defaults(func=cmd_config)
@@ -89,6 +250,90 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", help="the record to show (default: the first)")
     p.add_argument("--html", help="also write the records (or the one --id) as an HTML page")
     p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("annotate", help="cut thinking segments and annotate their style spans (Table 2)")
+    p.add_argument("--out", required=True, help="annotated segments JSONL (failures go to OUT.failed.jsonl)")
+    p.add_argument("--records", action="append", help="JSONL of synth records or generations (repeatable)")
+    p.add_argument("--sample", choices=["student", "teacher", "both"], help="also sample fresh thinking from these models")
+    p.add_argument("--prompts", help="prompts JSONL for --sample")
+    p.add_argument("--source", choices=["student", "teacher"], help="who wrote --records lines without a `source`")
+    p.add_argument("--config", help="synth config naming the student and teacher (default: the embedded models)")
+    p.add_argument("--annotator", default="teacher", help="teacher | student (an LLM with the Table 2 prompt) | lexicon")
+    p.add_argument("--n", type=int, default=1000, help="segments per source (paper: 100k)")
+    p.add_argument("--min-words", type=int, default=8, help="shortest segment, in words")
+    p.add_argument("--max-words", type=int, default=48, help="longest segment, in words")
+    p.add_argument("--sample-tokens", type=int, default=256, help="thinking tokens per prompt for --sample")
+    p.add_argument("--retries", type=int, default=2, help="re-ask an annotator whose answer is not a JSON array")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="budget of each annotator answer")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per backend call")
+    p.add_argument("--seed", type=int, default=0, help="window sampling seed")
+    p.add_argument("--summary-json", help="also write the summary as JSON here")
+    p.set_defaults(func=cmd_annotate)
+
+    p = sub.add_parser("predictor", help="train and evaluate learned boundary predictors")
+    psub = p.add_subparsers(dest="predictor_command", required=True)
+    q = psub.add_parser("train", help="train a token classifier on annotated segments (B_S: --source student)")
+    q.add_argument("--data", required=True, help="annotated segments JSONL")
+    q.add_argument("--out", required=True, help="checkpoint directory")
+    q.add_argument("--base", default="smollm2-135m-instruct", help="base model (paper: Qwen3-0.6B-Base)")
+    q.add_argument("--source", choices=["student", "teacher"], help="train on one role's segments")
+    q.add_argument("--epochs", type=int, default=2)
+    q.add_argument("--lr", type=float, default=5e-5)
+    q.add_argument("--batch-size", type=int, default=16)
+    q.add_argument("--max-length", type=int, default=128, help="tokens per segment, context included")
+    q.add_argument("--left-context", type=int, default=0, help="tokens before the segment, seen but not scored")
+    q.add_argument("--no-class-weights", action="store_true", help="plain cross-entropy")
+    q.add_argument("--eval-fraction", type=float, default=0.2, help="share of docs held out")
+    q.add_argument("--device", default="auto", help="cpu | cuda | auto")
+    q.set_defaults(func=cmd_predictor_train)
+    q = psub.add_parser("eval", help="score predictors against annotated segments, side by side")
+    q.add_argument("--data", required=True, help="annotated segments JSONL")
+    q.add_argument("--predictor", action="append", required=True, help="lexicon or a checkpoint directory (repeatable)")
+    q.add_argument("--source", choices=["student", "teacher"], help="only this role's segments")
+    q.add_argument("--json", help="write {predictor: metrics} here")
+    q.set_defaults(func=cmd_predictor_eval)
+    p = sub.add_parser("sft", help="fine-tune the student on records with TRL (loss on assistant tokens only)")
+    p.add_argument("--data", required=True, help="tessy records JSONL (their `messages`)")
+    p.add_argument("--model", required=True, help="student: embedded name, .gguf, or Hugging Face directory")
+    p.add_argument("--out", required=True, help="output directory: model, checkpoints/, train_log.json")
+    p.add_argument("--lora", action="store_true", help="LoRA through PEFT instead of full fine-tuning")
+    p.add_argument("--lora-r", type=int, help="LoRA rank (default 8)")
+    p.add_argument("--lora-alpha", type=int, help="LoRA alpha (default 16)")
+    p.add_argument("--epochs", type=float, help="epochs (default 1); a checkpoint after each")
+    p.add_argument("--learning-rate", "--lr", type=float, help="learning rate (default 5e-5, as the paper)")
+    p.add_argument("--batch-size", type=int, help="sequences per device per step (default 1)")
+    p.add_argument("--grad-accum", type=int, help="gradient accumulation steps (default 1)")
+    p.add_argument("--max-length", type=int, help="longest sequence in tokens (default 2048)")
+    p.add_argument("--max-steps", type=int, help="stop after N optimizer steps")
+    p.add_argument("--system-prompt", help="system-prompt isolation (appendix A.2); recorded for tessy eval")
+    p.add_argument("--seed", type=int, help="training seed")
+    p.set_defaults(func=cmd_sft)
+
+    p = sub.add_parser("eval", help="pass@1 on humaneval or a benchmark JSONL; code runs in a sandbox")
+    p.add_argument("--benchmark", required=True, help="humaneval, or a JSONL of problems (see README)")
+    p.add_argument("--model", help="model to sample (embedded name, .gguf, HF directory, or a `tessy sft` output)")
+    p.add_argument("--samples", help="score these completions (JSONL task_id, completion); generates nothing")
+    p.add_argument("--n", type=int, help="samples per problem (default 1)")
+    p.add_argument("--limit", type=int, help="only the first N problems")
+    p.add_argument("--out", help="directory for results.jsonl and summary.json")
+    p.add_argument("--profile", help="model profile (default plain)")
+    p.add_argument("--backend", help="hf (default) | openai (servers given with --url) | vllm")
+    p.add_argument("--url", dest="urls", action="append", help="openai backend: a base URL ending in /v1 (repeatable)")
+    p.add_argument("--device", help="hf backend: torch device (default cpu)")
+    p.add_argument("--temperature", type=float, help="sampling temperature (default 0.6)")
+    p.add_argument("--seed", type=int, help="sampling seed")
+    p.add_argument("--max-think-tokens", type=int, help="thinking budget (default 1024)")
+    p.add_argument("--max-answer-tokens", type=int, help="answer budget (default 512)")
+    p.add_argument("--batch-size", type=int, help="samples generated at once (default 8)")
+    p.add_argument("--timeout-s", type=float, help="sandbox wall-clock limit per run (default 10)")
+    p.add_argument("--system-prompt", help="system prompt (default: the one recorded by tessy sft)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("plot-loss", help="overlay the loss curves of several SFT runs (paper, Figure 15)")
+    p.add_argument("logs", nargs="+", help="train_log.json files written by tessy sft")
+    p.add_argument("--out", required=True, help="PNG to write")
+    p.add_argument("--labels", nargs="+", help="one label per log (default: the run directory names)")
+    p.set_defaults(func=cmd_plot_loss)
     return parser
 
 

@@ -160,18 +160,16 @@ class Segment:
 def read_segments(path, source: str | None = None) -> list[dict]:
     """Annotated segments from a JSONL file, optionally only one source's. Raises ValueError on a
     line that lacks `text` or `style_spans`, or whose spans fall outside its text."""
+    from tessy.records import json_lines
+
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if not isinstance(row.get("text"), str) or not isinstance(row.get("style_spans"), list):
-                raise ValueError(f"{path}:{n}: an annotated segment needs `text` and `style_spans`")
-            if any(not (0 <= s < e <= len(row["text"])) for s, e in row["style_spans"]):
-                raise ValueError(f"{path}:{n}: a style span lies outside the text")
-            if source is None or row.get("source") == source:
-                rows.append(row)
+    for n, row in json_lines(path):
+        if not isinstance(row.get("text"), str) or not isinstance(row.get("style_spans"), list):
+            raise ValueError(f"{path}:{n}: an annotated segment needs `text` and `style_spans`")
+        if any(not (0 <= s < e <= len(row["text"])) for s, e in row["style_spans"]):
+            raise ValueError(f"{path}:{n}: a style span lies outside the text")
+        if source is None or row.get("source") == source:
+            rows.append(row)
     return rows
 
 

@@ -5,7 +5,25 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
+
+
+def json_lines(path: str | Path, complete_only: bool = False) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSONL file. A line that is not a JSON
+    object raises ValueError naming the file and the line. `complete_only` skips a last line with no
+    newline: the half-written tail of a killed run."""
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip() or (complete_only and not line.endswith("\n")):
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: malformed JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
+            yield n, obj
 
 
 def repair_tail(path: Path) -> None:
@@ -23,17 +41,11 @@ def done_ids(path: Path) -> set[str]:
     """Ids that already have a complete record in `path`."""
     if not path.exists():
         return set()
-    ids = set()
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.endswith("\n") and line.strip():
-                ids.add(str(json.loads(line)["id"]))
-    return ids
+    return {str(record["id"]) for _, record in json_lines(path, complete_only=True)}
 
 
 def read_records(path: str | Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [record for _, record in json_lines(path)]
 
 
 class RecordWriter:
@@ -63,13 +75,7 @@ def read_errors(path: Path) -> dict[str, dict]:
     """The error records in `path`, the last one for each id (a retry appends a newer one)."""
     if not Path(path).exists():
         return {}
-    errors = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.endswith("\n") and line.strip():
-                record = json.loads(line)
-                errors[str(record["id"])] = record
-    return errors
+    return {str(record["id"]): record for _, record in json_lines(path, complete_only=True)}
 
 
 def compact_errors(path: Path, done: set[str]) -> dict[str, dict]:

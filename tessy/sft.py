@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tessy.records import json_lines
+
 
 @dataclass
 class SFTRunConfig:
@@ -48,26 +50,22 @@ def load_examples(path: str | Path, system_prompt: str | None = None) -> list[di
     A tessy record's `messages` end with the assistant's reply; everything before it is the prompt.
     """
     examples = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if "messages" in row:
-                messages = row["messages"]
-                if not messages or messages[-1].get("role") != "assistant":
-                    raise ValueError(f"{path}:{i}: `messages` must end with the assistant's reply")
-                prompt, completion = messages[:-1], messages[-1:]
-            elif "prompt" in row and "completion" in row:
-                prompt, completion = row["prompt"], row["completion"]
-                if isinstance(prompt, str):
-                    prompt, completion = [{"role": "user", "content": prompt}], [{"role": "assistant", "content": completion}]
-            else:
-                raise ValueError(f"{path}:{i}: expected a tessy record (`messages`) or `prompt` and `completion`")
-            prompt = [{"role": m["role"], "content": m["content"]} for m in prompt]
-            if system_prompt is not None:
-                prompt = [{"role": "system", "content": system_prompt}] + [m for m in prompt if m["role"] != "system"]
-            examples.append({"prompt": prompt, "completion": [{"role": "assistant", "content": completion[0]["content"]}]})
+    for i, row in json_lines(path):
+        if "messages" in row:
+            messages = row["messages"]
+            if not messages or messages[-1].get("role") != "assistant":
+                raise ValueError(f"{path}:{i}: `messages` must end with the assistant's reply")
+            prompt, completion = messages[:-1], messages[-1:]
+        elif "prompt" in row and "completion" in row:
+            prompt, completion = row["prompt"], row["completion"]
+            if isinstance(prompt, str):
+                prompt, completion = [{"role": "user", "content": prompt}], [{"role": "assistant", "content": completion}]
+        else:
+            raise ValueError(f"{path}:{i}: expected a tessy record (`messages`) or `prompt` and `completion`")
+        prompt = [{"role": m["role"], "content": m["content"]} for m in prompt]
+        if system_prompt is not None:
+            prompt = [{"role": "system", "content": system_prompt}] + [m for m in prompt if m["role"] != "system"]
+        examples.append({"prompt": prompt, "completion": [{"role": "assistant", "content": completion[0]["content"]}]})
     if not examples:
         raise ValueError(f"{path}: no training examples")
     return examples

@@ -12,7 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
-from tessy.records import errors_path_for, read_errors
+from tessy.records import errors_path_for, json_lines, read_errors
 
 
 def parse_shard(spec: str) -> tuple[int, int]:
@@ -50,14 +50,10 @@ def merge(out: str | Path, inputs: list[str | Path], prompts: str | Path | None 
     errors: dict[str, str] = {}
     inputs = [p for p in map(Path, inputs) if not p.name.endswith(".errors.jsonl")]  # a shell glob may catch them
     for path in inputs:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if not (line.endswith("\n") and line.strip()):
-                    continue  # a half-written last line of a killed job
-                record = json.loads(line)
-                rid = str(record["id"])
-                where.setdefault(rid, []).append(str(path))
-                seen.setdefault(rid, record)
+        for _, record in json_lines(path, complete_only=True):  # not the half-written tail of a killed job
+            rid = str(record["id"])
+            where.setdefault(rid, []).append(str(path))
+            seen.setdefault(rid, record)
         for rid, err in read_errors(errors_path_for(path)).items():
             errors[rid] = err.get("error", "")
     errors = {rid: e for rid, e in errors.items() if rid not in seen}

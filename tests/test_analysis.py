@@ -6,7 +6,6 @@ import json
 import pytest
 
 from tessy.analysis import (
-    Dataset,
     analyze,
     load_datasets,
     response_text,
@@ -185,7 +184,6 @@ def test_nll_matches_a_direct_computation(student):
         prefix, body, _ = scoring_inputs(r, tokenizer, PLAIN)
         enc = tokenizer(prefix + body, add_special_tokens=False, return_offsets_mapping=True)
         ids = enc["input_ids"]
-        style = predictor.style_spans([body])[0]
         for pos, (a, b) in enumerate(enc["offset_mapping"]):
             if a < len(prefix) or b <= a:
                 continue

@@ -12,7 +12,7 @@ import pytest
 from tessy.annotate import read_segments
 from tessy.learned import CAPABILITY, IGNORE, STYLE, LearnedPredictor, TrainConfig, _join, split_by_doc, token_labels, train_predictor
 from tessy.predictor_eval import AllCapability, evaluate, score, unit_index
-from tessy.predictors import STUDENT, TEACHER, LexiconPredictor, load_predictor
+from tessy.predictors import STUDENT, TEACHER, load_predictor
 
 DATA = Path(__file__).parent / "data" / "predictor_segments.jsonl"
 

@@ -108,8 +108,8 @@ def test_a_passing_fault_is_retried(servers, fault, _):
 
 
 @pytest.mark.parametrize("fault,message", FAULTS)
-def test_a_lasting_fault_becomes_a_sample_error_and_the_other_rows_go_on(servers, fault, message):
-    bad, good = servers(), servers()
+def test_a_lasting_fault_becomes_a_sample_error_after_its_retries(servers, fault, message):
+    bad = servers()
     bad.always = fault
     bad.slow_s = 1.0
     b = backend_on(bad, timeout_s=0.3, max_retries=2)

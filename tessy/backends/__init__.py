@@ -7,7 +7,7 @@ write up to n tokens (batched across samples), append the other model's text, an
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 

@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.tessy-installed
+TESTSTAMP := $(VENV)/.tessy-test-installed
 DEMO   ?= runs/demo
 
 .PHONY: demo test test-fast venv clean-venv sandbox
@@ -18,6 +19,11 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
+# The test-only packages (llama-cpp-python compiles for about 10 minutes), kept out of `make demo`.
+$(TESTSTAMP): $(STAMP) requirements-test.txt
+	$(PY) -m pip install --quiet -r requirements-test.txt
+	touch $(TESTSTAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/tessy synth --prompts tessy/data/demo_prompts.jsonl --out $(DEMO)/records.jsonl
 	$(VENV)/bin/tessy show $(DEMO)/records.jsonl --html $(DEMO)/record.html
@@ -29,10 +35,10 @@ sandbox:
 		|| (apt-get update -q && apt-get install -y -q bubblewrap) \
 		|| echo "bubblewrap not installed: the sandbox falls back to resource limits only"
 
-test: $(STAMP) sandbox
+test: $(TESTSTAMP) sandbox
 	$(PY) -m pytest -v --durations=15
 
-test-fast: $(STAMP) sandbox
+test-fast: $(TESTSTAMP) sandbox
 	$(PY) -m pytest -m "not slow"
 
 clean-venv:

@@ -159,11 +159,15 @@ def _bwrap_args(workdir: str) -> list[str]:
     # A closed directory above the interpreter (/root for pyenv) is replaced by an empty tmpfs, and
     # only the interpreter's own directories are bound back: nobody can run Python, and the rest of
     # that directory (root's dotfiles, keys) is not even visible.
+    # A virtual environment under /tmp (a clone there) is hidden by the private /tmp: it is bound
+    # back the same way, read-only.
     reopen, binds = [], []
-    for d in _interpreter_dirs():
-        closed = _closed_ancestor(d)
+    dirs = _interpreter_dirs()
+    for d in [d for d in dirs if not any(o != d and Path(d).is_relative_to(o) for o in dirs)]:
+        closed = _closed_ancestor(d) or ("/tmp" if Path(d).is_relative_to("/tmp") else None)
         if closed:
-            reopen += [] if closed in reopen else ["--perms", "0755", "--tmpfs", closed]
+            if closed != "/tmp":
+                reopen += [] if closed in reopen else ["--perms", "0755", "--tmpfs", closed]
             # bwrap would create the directories between them as 0700, closed to nobody again.
             for mid in list(reversed(Path(d).parents))[len(Path(closed).parents) + 1 :]:
                 binds += ["--perms", "0755", "--dir", str(mid)]

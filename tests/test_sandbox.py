@@ -167,3 +167,24 @@ def test_fallback_is_said_in_every_result(monkeypatch):
     finally:
         monkeypatch.delenv("TESSY_SANDBOX")
         isolation.cache_clear()
+
+
+def test_an_interpreter_under_tmp_is_bound_back_into_the_private_tmp(monkeypatch):
+    """A clone (and its .venv) under /tmp would be hidden by the sandbox's own /tmp."""
+    import shutil
+    import tempfile
+
+    import tessy.sandbox as sandbox
+
+    clone = Path(tempfile.mkdtemp(dir="/tmp", prefix="tessy-clone-"))
+    try:
+        clone.chmod(0o755)
+        venv = clone / ".venv"
+        (venv / "bin").mkdir(parents=True)
+        monkeypatch.setattr(sandbox, "_interpreter_dirs", lambda: [str(venv), str(venv / "bin")])
+        text = " ".join(sandbox._bwrap_args("/tmp/work-host"))
+        assert f"--tmpfs /tmp --perms 0755 --dir {clone} --ro-bind {venv} {venv}" in text
+        assert text.count("--ro-bind") == 2  # / and the venv once: its bin/ is inside it
+        assert f"--tmpfs {clone}" not in text
+    finally:
+        shutil.rmtree(clone)

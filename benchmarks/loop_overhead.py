@@ -257,7 +257,7 @@ def report(res: dict) -> list[str]:
         lines.append(f"  {label:<64} {value!s:>12}  {note}")
 
     lines.append("=" * 100)
-    lines.append(f"tessy loop overhead  |  N={res['prompts_n']} prompts, batch size B={res['batch_size']}, k={res['k']}, "
+    lines.append(f"tessy loop overhead  |  N={res['prompts_n']} prompts, batch size B={res['batch_size']}, tessy in flight {res['in_flight']}, k={res['k']}, "
                  f"torch threads={res['torch_threads']}, models: {res['student']} / {res['teacher']}")
     lines.append("=" * 100)
     lines.append(f"1. Throughput (tessy run: think budget {tessy['max_think_tokens']}, answer budget "
@@ -323,7 +323,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts-n", type=int, default=8, help="demo prompts to synthesize (default 8)")
-    ap.add_argument("--batch-size", type=int, default=8, help="samples in flight / plain rows (default 8)")
+    ap.add_argument("--batch-size", type=int, default=8, help="rows per model call: tessy's batch_size, plain's rows (default 8)")
+    ap.add_argument("--in-flight", type=int, default=0, help="tessy samples open at once (default 0: the config's 2 x batch size)")
     ap.add_argument("--length", type=int, default=96, help="think budget L of the short run; the long run uses 2L (default 96)")
     ap.add_argument("--answer-tokens", type=int, default=32, help="answer budget of both runs (default 32)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
@@ -340,7 +341,8 @@ def main(argv: list[str] | None = None) -> None:
     t_start = time.perf_counter()
     start_load = round(os.getloadavg()[0], 2)
     base = load_config()
-    base = dataclasses.replace(base, batch_size=args.batch_size, max_answer_tokens=args.answer_tokens)
+    base = dataclasses.replace(base, batch_size=args.batch_size, in_flight=args.in_flight,
+                               max_answer_tokens=args.answer_tokens)
     with Clock() as load:
         backends = load_backends(base)
     tmp = tempfile.TemporaryDirectory(prefix="tessy-bench-") if args.workdir is None else None
@@ -386,6 +388,7 @@ def main(argv: list[str] | None = None) -> None:
         "temperature": {"student": base.student.temperature, "teacher": base.teacher.temperature},
         "prompts_n": args.prompts_n,
         "batch_size": args.batch_size,
+        "in_flight": args.in_flight or 2 * args.batch_size,
         "k": base.k,
         "torch_threads": torch.get_num_threads(),
         "load_s": round(load.wall, 2),

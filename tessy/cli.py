@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", required=True, help="JSONL with `id` and `prompt` or `messages`")
     p.add_argument("--out", required=True, help="output JSONL; the config is saved beside it; a rerun resumes")
     p.add_argument("--limit", type=int, help="only the first N prompts")
-    p.add_argument("--batch-size", type=int, help="samples in flight at once (overrides the config)")
+    p.add_argument("--batch-size", type=int, help="rows a model call aims at; twice as many samples are open (overrides the config)")
     p.add_argument("--method", help="tessy (default) or a baseline of the paper's section 3.4: student-only, teacher-only, "
                    "teacher-mix, teacher-answer, teacher-think, teacher-reference, teacher-score (overrides the config)")
     p.add_argument("--summary-json", help="also write the summary as JSON here")

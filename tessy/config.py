@@ -51,7 +51,8 @@ class SynthConfig:
     max_think_tokens: int = field(default=256, metadata={"help": "thinking budget; tessy closes the thinking when it is spent"})
     max_answer_tokens: int = field(default=128, metadata={"help": "budget of the final answer"})
     max_rounds: int = field(default=200, metadata={"help": "guard: most turns per sample"})
-    batch_size: int = field(default=8, metadata={"help": "samples in flight at once"})
+    batch_size: int = field(default=8, metadata={"help": "rows a model call aims at"})
+    in_flight: int = field(default=0, metadata={"help": "samples open at once; 0 is 2 x batch_size: each waits on one model at a time, so each model's call gets about batch_size rows"})
     profiles: dict[str, dict] = field(default_factory=dict, metadata={"help": "user-defined profiles: name -> {think_open, think_close, answer_open, fallback_template}"})
 
     def to_dict(self) -> dict:

@@ -115,7 +115,7 @@ def synthesize(config: SynthConfig, prompts_path, out_path, limit: int | None = 
         STUDENT: load_predictor(config.student_predictor, config.style_phrases),
         TEACHER: load_predictor(config.teacher_predictor, config.style_phrases),
     }
-    scheduler = Scheduler(backends, predictors, max_in_flight=config.batch_size)
+    scheduler = Scheduler(backends, predictors, max_in_flight=config.in_flight or 2 * config.batch_size)
     writer = RecordWriter(out)
     records = []
     config_hash = config.hash()

@@ -357,7 +357,7 @@ def test_server_killed_mid_run_then_retry_errors_completes_each_id_once(llama, t
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(p) + "\n" for p in LLAMA_PROMPTS))
     config = tmp_path / "config.yaml"
-    config.write_text("max_think_tokens: 40\nmax_answer_tokens: 12\nbatch_size: 2\n"
+    config.write_text("max_think_tokens: 40\nmax_answer_tokens: 12\nbatch_size: 2\nin_flight: 2\n"
                       "student: {model: smollm2-135m-instruct, timeout_s: 30, max_retries: 2}\n"
                       "teacher: {model: smollm2-135m-instruct, seed: 1, timeout_s: 30, max_retries: 2}\n")
     out = tmp_path / "out.jsonl"

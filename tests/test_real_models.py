@@ -155,7 +155,7 @@ def test_thinking_budget_closes_and_student_answers(backends, prompts_file, tmp_
 def test_killed_run_resumes_with_each_id_once(prompts_file, tmp_path):
     out = tmp_path / "out.jsonl"
     config = tmp_path / "config.yaml"
-    config.write_text("max_think_tokens: 48\nmax_answer_tokens: 12\nbatch_size: 2\n")
+    config.write_text("max_think_tokens: 48\nmax_answer_tokens: 12\nbatch_size: 2\nin_flight: 2\n")
     cmd = [sys.executable, "-m", "tessy.cli", "synth", "--config", str(config), "--prompts", str(prompts_file), "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 600

@@ -18,6 +18,7 @@ import urllib.request
 import pytest
 
 from fake_server import FakeServer
+from provenance import Recording, splits_into_prefixes
 from scripted import CharTokenizer
 from tessy.backends import SampleError, Sampling, Span
 from tessy.backends.openai import ChatClient, EndpointPool, OpenAIBackend
@@ -290,21 +291,6 @@ def test_synth_through_a_real_server_gives_true_provenance(llama, tmp_path, monk
     prompts.write_text("".join(json.dumps(p) + "\n" for p in LLAMA_PROMPTS[:3]))
     config = served_config(llama.url)
     backends = load_backends(config)
-    sampled: dict[int, list[str]] = {}  # id(session) -> the text of every span its model sampled
-
-    class Recording:
-        def __init__(self, inner):
-            self.inner = inner
-
-        def __getattr__(self, name):
-            return getattr(self.inner, name)
-
-        def generate(self, sessions, max_new_tokens, stop):
-            spans = self.inner.generate(sessions, max_new_tokens, stop)
-            for s, span in zip(sessions, spans):
-                sampled.setdefault(id(s), []).append(span.text)
-            return spans
-
     sessions = {}
     real_start = synth.start_sample
 
@@ -323,16 +309,9 @@ def test_synth_through_a_real_server_gives_true_provenance(llama, tmp_path, monk
         assert r["config_hash"] == config.hash()
         for role in (STUDENT, TEACHER):
             kept = "".join(s["text"] for s in r["segments"] if s["source"] == role)
-            spans = sampled[id(sessions[r["id"]][role])]
-            pos = 0  # the kept text reads as a prefix of each sampled span, in order
-            for span in spans:
-                n = 0
-                while n < len(span) and pos + n < len(kept) and kept[pos + n] == span[n]:
-                    n += 1
-                pos += n
-            assert pos == len(kept), (r["id"], role)
+            assert splits_into_prefixes(kept, sessions[r["id"]][role].sampled), (r["id"], role)
         assert r["segments"] and {s["source"] for s in r["segments"] if s["part"] == "answer"} <= {STUDENT}
-    assert sum(len(v) for v in sampled.values()) >= 6  # the server really wrote the spans
+    assert sum(len(s.sampled) for per in sessions.values() for s in per.values()) >= 6  # the server really wrote the spans
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ import time
 import pytest
 import torch
 
+from provenance import Recording, splits_into_prefixes
 from tessy.backends import Sampling
 from tessy.backends.hf import HFBackend
 from tessy.config import load_config
@@ -44,36 +45,6 @@ def prompts_file(tmp_path):
     path = tmp_path / "prompts.jsonl"
     path.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
     return path
-
-
-class Recording:
-    """Wraps a backend and remembers, per session, the text of every span its model sampled."""
-
-    def __init__(self, inner):
-        self.inner = inner
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def generate(self, sessions, max_new_tokens, stop):
-        spans = self.inner.generate(sessions, max_new_tokens, stop)
-        for s, span in zip(sessions, spans):
-            s.sampled = getattr(s, "sampled", []) + [span.text]
-        return spans
-
-
-def splits_into_prefixes(kept: str, spans: list[str]) -> bool:
-    """Can `kept` be read as a prefix of each sampled span, in order (any prefix length, even empty)?"""
-    reachable = {0}
-    for span in spans:
-        after = set(reachable)
-        for pos in reachable:
-            n = 0
-            while n < len(span) and pos + n < len(kept) and kept[pos + n] == span[n]:
-                n += 1
-                after.add(pos + n)
-        reachable = after
-    return len(kept) in reachable
 
 
 def test_provenance_is_true(backends, prompts_file, tmp_path):

@@ -235,7 +235,7 @@ def sample_thinking(backend, profile, prompts: list, max_tokens: int, batch_size
         sessions = []
         for p in chunk:
             text, used_template = render_prompt(profile, backend.tokenizer, list(p.messages))
-            sessions.append(backend.start(text, add_special_tokens=not used_template))
+            sessions.append(backend.start(text, add_special_tokens=not used_template, key=f"{p.id}/think"))
         spans = backend.generate(sessions, [max_tokens] * len(chunk), [(profile.think_close,)] * len(chunk))
         for s, span in zip(sessions, spans):
             backend.release(s)
@@ -313,12 +313,12 @@ def generate_answers(backend, chats: list[list[dict]], max_new_tokens: int) -> l
     a row the backend failed for good keeps its error."""
     tokenizer = backend.tokenizer
     sessions = []
-    for messages in chats:
+    for i, messages in enumerate(chats):
         if getattr(tokenizer, "chat_template", None):
             prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            sessions.append(backend.start(prompt, add_special_tokens=False))
+            sessions.append(backend.start(prompt, add_special_tokens=False, key=f"chat{i}"))
         else:
-            sessions.append(backend.start(messages[-1]["content"] + "\n\n", add_special_tokens=True))
+            sessions.append(backend.start(messages[-1]["content"] + "\n\n", add_special_tokens=True, key=f"chat{i}"))
     spans = backend.generate(sessions, [max_new_tokens] * len(chats), [()] * len(chats))
     for s in sessions:
         backend.release(s)

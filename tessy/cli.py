@@ -19,7 +19,8 @@ def cmd_synth(args) -> int:
     from tessy.config import load_config
     from tessy.synth import synthesize
 
-    config = load_config(args.config, batch_size=args.batch_size, method=args.method)
+    config = load_config(args.config, batch_size=args.batch_size, method=args.method, in_flight=args.in_flight,
+                         driver=args.driver)
     for role, urls in (("student", args.student_url), ("teacher", args.teacher_url)):
         if urls:  # only the generation moves to the server; tokenizer, profile and sampling stay
             getattr(config, role).backend, getattr(config, role).urls = "openai", list(urls)
@@ -217,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="rows a model call aims at; twice as many samples are open (overrides the config)")
     p.add_argument("--method", help="tessy (default) or a baseline of the paper's section 3.4: student-only, teacher-only, "
                    "teacher-mix, teacher-answer, teacher-think, teacher-reference, teacher-score (overrides the config)")
+    p.add_argument("--in-flight", type=int, help="samples open at once (overrides the config)")
+    p.add_argument("--driver", choices=["auto", "events", "ticks"], help="events: each sample on its own clock (servers); "
+                   "ticks: batched lock-step (in-process); auto picks by backend (overrides the config)")
     p.add_argument("--summary-json", help="also write the summary as JSON here")
     p.add_argument("--student-url", action="append", metavar="URL", help="serve the student from this OpenAI-compatible "
                    "server (base URL ending in /v1; repeat for several); its tokenizer, profile and sampling stay from the config")

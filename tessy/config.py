@@ -17,6 +17,9 @@ from tessy.models import STUDENT_DEFAULT, TEACHER_DEFAULT
 # Where a role's generation runs is not what the data is: shards served by other endpoints, or a run
 # resumed against a restarted server, keep one config hash.
 TRANSPORT_FIELDS = ("urls", "api_key_env", "timeout_s", "max_retries", "concurrency")
+# How the samples are scheduled is not what they are either: every request's seed comes from its
+# sample (tessy/seeds.py), not from its batch or its turn in the queue.
+SCHEDULING_FIELDS = ("driver", "batch_size", "in_flight")
 
 
 @dataclass
@@ -52,7 +55,8 @@ class SynthConfig:
     max_answer_tokens: int = field(default=128, metadata={"help": "budget of the final answer"})
     max_rounds: int = field(default=200, metadata={"help": "guard: most turns per sample"})
     batch_size: int = field(default=8, metadata={"help": "rows a model call aims at"})
-    in_flight: int = field(default=0, metadata={"help": "samples open at once; 0 is 2 x batch_size: each waits on one model at a time, so each model's call gets about batch_size rows"})
+    in_flight: int = field(default=0, metadata={"help": "samples open at once; 0 is 2 x batch_size: each waits on one model at a time, so each model's call gets about batch_size rows. With servers, size it to keep every replica busy (README: Run at scale)"})
+    driver: str = field(default="auto", metadata={"help": "auto | events | ticks: events moves each sample on its own clock (server backends), ticks batches all samples in lock-step (in-process backends); auto picks by backend"})
     profiles: dict[str, dict] = field(default_factory=dict, metadata={"help": "user-defined profiles: name -> {think_open, think_close, answer_open, fallback_template}"})
 
     def to_dict(self) -> dict:
@@ -60,6 +64,8 @@ class SynthConfig:
 
     def hash(self) -> str:
         data = self.to_dict()
+        for name in SCHEDULING_FIELDS:
+            data.pop(name, None)
         for role in ("student", "teacher"):
             for name in TRANSPORT_FIELDS:
                 data[role].pop(name, None)

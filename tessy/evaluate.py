@@ -279,7 +279,7 @@ def generate(config: EvalConfig, problems: list[Problem], console=None, backend=
         for p, _ in batch:
             messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": p.prompt}]
             texts.append(render_prompt(profile, backend.tokenizer, messages)[0])
-        sessions = [backend.start(t) for t in texts]
+        sessions = [backend.start(t, key=f"{p.task_id}/{s}") for t, (p, s) in zip(texts, batch)]  # repeats differ
         starts = [len(s.ids) for s in sessions]
         # Thinking, until the model closes it or the budget is spent; then tessy closes it.
         ended = _run_phase(backend, sessions, starts, config.max_think_tokens, (profile.think_close,), config.chunk_tokens)
@@ -306,8 +306,7 @@ def generate(config: EvalConfig, problems: list[Problem], console=None, backend=
             backend.release(s)
         if console is not None:
             console.print(f"generated {min(b + config.batch_size, len(jobs))}/{len(jobs)} samples")
-    if hasattr(backend, "close"):
-        backend.close()
+    backend.close()
     return out
 
 

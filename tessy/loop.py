@@ -69,13 +69,11 @@ def tessy_sample(x: Transcript, s: LoopSettings):
 
 
 def write_answer(x: Transcript, s: LoopSettings, role: str = STUDENT):
-    """The final answer, after the writer's think-close marker (tessy has appended it)."""
-    while x.tokens("answer") < s.max_answer_tokens:
-        n = min(s.k, s.max_answer_tokens - x.tokens("answer"))
-        span: Span = yield Generate(role, n, session=x.parties[role].session)
-        x.accept(role, span, len(span.ids), part="answer")
-        if span.finish != "length":
-            return
+    """The final answer, after the writer's think-close marker (tessy has appended it): one request
+    up to the answer budget, which ends at the writer's end of turn. No predictor acts on it, so it
+    needs no k-token turns (an in-process driver still serves it in chunks, tessy/scheduler.py)."""
+    span: Span = yield Generate(role, s.max_answer_tokens, session=x.parties[role].session)
+    x.accept(role, span, len(span.ids), part="answer")
 
 
 def thinking_end(raw: Span, close_marker: str) -> tuple[int, bool]:
@@ -123,6 +121,19 @@ def stop_guard(x: Transcript, s: LoopSettings) -> str | None:
         return "max_rounds"
     if is_repeating(x.text("think"), s.repetition_min_chars):
         return "repetition"
+    return None
+
+
+def first_repetition(before: str, raw: Span, n: int, k: int, min_chars: int) -> int | None:
+    """The repetition guard over one long span: the first k-token point (the points a k-token loop
+    would have checked) at which `before` plus the span's first tokens ends in a repetition, as a
+    token count within `n`; None when it never does."""
+    points = [*range(k, n, k), n]
+    for j in points:
+        while j > 0 and raw.offsets[j - 1] == -1:  # inside a character: the last whole one
+            j -= 1
+        if j and is_repeating(before + raw.text_of(j), min_chars):
+            return j
     return None
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from tessy.loop import Generate, LoopSettings, stop_guard, thinking_end, write_answer
+from tessy.loop import Generate, LoopSettings, first_repetition, stop_guard, thinking_end, write_answer
 from tessy.predictors import STUDENT, TEACHER
 from tessy.profiles import render_prompt
 from tessy.transcript import Party, Transcript
@@ -55,16 +55,23 @@ def check_method(method: str, final_answer: str = STUDENT) -> None:
 def solo_sample(x: Transcript, s: LoopSettings, thinker: str, writer: str):
     """`thinker` writes the whole thinking, `writer` the final answer after its own close marker.
 
-    The thinking goes in k-token turns with the loop's guards, so lengths and stop reasons are
-    comparable with tessy's. The other model, if the transcript has one, sees the text as it comes.
+    No predictor acts here, so the thinking is one request up to the thinking budget, stopping at
+    the close marker, and the answer is one more: a 20k-token sample costs two requests, not a
+    thousand. The repetition guard then looks at the same k-token points as tessy's loop and trims
+    the thinking at the first one that repeats, so lengths and stop reasons stay comparable.
     """
     close = x.close_marker(thinker)
     while x.stop_reason is None:
-        raw = yield Generate(thinker, s.k, (close,), session=x.parties[thinker].session)
+        budget = max(s.max_think_tokens - x.tokens("think"), 1)
+        raw = yield Generate(thinker, budget, (close,), session=x.parties[thinker].session)
         end, closed = thinking_end(raw, close)
-        x.accept(thinker, raw, raw.tokens_within(end))
+        n = raw.tokens_within(end)
+        repeated = first_repetition(x.text("think"), raw, n, s.k, s.repetition_min_chars)
+        x.accept(thinker, raw, n if repeated is None else repeated)
         x.rounds += 1
-        if closed:
+        if repeated is not None:
+            x.close_thinking("repetition", writer)
+        elif closed:
             x.close_thinking(f"{thinker}_closed", writer)
         elif guard := stop_guard(x, s):
             x.close_thinking(guard, writer)
@@ -105,10 +112,11 @@ def teacher_mix(x: Transcript, s: LoopSettings, source: str):
 
 
 # --- methods with prompts of their own ----------------------------------------------------------
-def fresh_party(party: Party, messages: list[dict]) -> Party:
-    """The same model and profile in a new session, on new chat messages."""
+def fresh_party(party: Party, messages: list[dict], key: str) -> Party:
+    """The same model and profile in a new session, on new chat messages; `key` names the session's
+    seed stream (tessy/seeds.py), so each candidate samples differently."""
     text, used_template = render_prompt(party.profile, party.backend.tokenizer, messages)
-    return Party(party.backend, party.profile, party.backend.start(text, add_special_tokens=not used_template))
+    return Party(party.backend, party.profile, party.backend.start(text, add_special_tokens=not used_template, key=key))
 
 
 def side_transcript(x: Transcript, parties: dict[str, Party]) -> Transcript:
@@ -138,7 +146,7 @@ def teacher_reference(x: Transcript, s: LoopSettings):
     student = x.parties[STUDENT]
     student.backend.release(student.session)
     prompted = [*x.messages[:-1], {"role": "user", "content": REFERENCE_TEMPLATE.format(question=question, reference=reference)}]
-    x.parties[STUDENT] = fresh_party(student, prompted)
+    x.parties[STUDENT] = fresh_party(student, prompted, f"{x.id}/{STUDENT}/reference")
     yield from solo_sample(x, s, STUDENT, STUDENT)
 
 
@@ -165,8 +173,8 @@ def teacher_score(x: Transcript, s: LoopSettings, n_candidates: int):
     question = last_user(x.messages)
     student, teacher = x.parties[STUDENT], x.parties[TEACHER]
     candidates = []
-    for _ in range(n_candidates):
-        y = side_transcript(x, {STUDENT: fresh_party(student, x.messages)})
+    for c in range(n_candidates):
+        y = side_transcript(x, {STUDENT: fresh_party(student, x.messages, f"{x.id}/{STUDENT}/candidate{c}")})
         try:
             yield from solo_sample(y, s, STUDENT, STUDENT)
         finally:
@@ -174,9 +182,10 @@ def teacher_score(x: Transcript, s: LoopSettings, n_candidates: int):
         charge(x, y)
         candidates.append(y)
     scores, replies = [], []
-    for y in candidates:
+    for c, y in enumerate(candidates):
         response = student.profile.response(y.text("think"), y.text("answer"))
-        judge = fresh_party(teacher, [{"role": "user", "content": SCORE_TEMPLATE.format(question=question, response=response)}])
+        judge = fresh_party(teacher, [{"role": "user", "content": SCORE_TEMPLATE.format(question=question, response=response)}],
+                            f"{x.id}/{TEACHER}/judge{c}")
         judge.backend.extend(judge.session, teacher.profile.think_close + teacher.profile.answer_open + SCORE_PREFIX)
         try:
             span = yield Generate(TEACHER, SCORE_TOKENS, ("\n",), session=judge.session)

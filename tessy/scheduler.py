@@ -1,21 +1,37 @@
-"""Run many samples at once: collect their requests and batch them per model and per predictor.
+"""Run many samples at once. Each sample is a generator of requests (tessy/loop.py); this file
+decides who waits for whom, and never what a sample does.
 
-Each sample is a generator (see `tessy.loop`). One tick answers every pending `Boundary` request
-with one predictor call per role, then every pending `Generate` request with one backend call per
-role. A finished sample is written out and a new prompt takes its place (continuous batching).
+Two drivers, one per kind of backend:
+- **events** (server backends, `Backend.concurrent`: `openai`). Every sample is on its own clock: it
+  sends its next request as soon as its last one returns, so student and teacher requests are in
+  flight together and no sample waits for another's straggler. A server batches whatever is in
+  flight (vLLM's continuous batching), so this keeps every replica busy. A finished sample's place
+  is filled from the prompt queue at once. Boundary predictors run in worker threads on whatever
+  boundary requests are waiting when they are free (micro-batches), so model requests keep flowing
+  while a learned predictor computes.
+- **ticks** (in-process backends: `hf`, `vllm`). One tick answers every waiting `Boundary` with one
+  predictor call per role, then every waiting `Generate` with one batched call per role. One
+  process gains nothing from overlap, and a batch is what makes a CPU or GPU efficient. A request
+  longer than `chunk_tokens` (a final answer, a baseline's whole thinking) is served in chunks of
+  that size, so one long row does not hold up a batch of k-token turns.
+
+`driver: auto` picks events when both roles' backends are concurrent, else ticks.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from tessy.backends import SampleError
+from tessy.backends import SampleError, Span, span_from_ids
 from tessy.loop import Boundary, Generate
 from tessy.predictors import STUDENT, TEACHER, BoundaryPredictor, boundary
 from tessy.transcript import Transcript
+
+DRIVERS = ("auto", "events", "ticks")
 
 
 @dataclass
@@ -23,14 +39,35 @@ class _InFlight:
     transcript: Transcript
     steps: Any  # the sample's generator
     request: Any = None
+    chunks: list[Span] = field(default_factory=list)  # ticks: a long request's spans so far
+
+
+@dataclass
+class RoleStats:
+    """One role's model requests in a run."""
+
+    requests: int = 0
+    tokens: int = 0
+    prompt_tokens: int = 0  # where the engine reports them
+    cached_tokens: int = 0
+    reported: int = 0  # requests whose answer said how much of the prompt was cached
+    in_flight_s: float = 0.0  # the integral of requests in flight over time
+
+    def summary(self, wall_s: float) -> dict:
+        out = {"requests": self.requests, "generated_tokens": self.tokens,
+               "mean_in_flight": round(self.in_flight_s / wall_s, 2) if wall_s else 0.0}
+        if self.reported:
+            out["prefix_cache_hit_rate"] = round(self.cached_tokens / max(self.prompt_tokens, 1), 3)
+        return out
 
 
 @dataclass
 class Timing:
-    generate_s: float = 0.0
-    predict_s: float = 0.0
+    generate_s: float = 0.0  # ticks: time inside batched model calls
+    predict_s: float = 0.0  # time inside predictor calls (busy time of the predictors)
     calls: int = 0
     batch_rows: int = 0
+    roles: dict[str, RoleStats] = field(default_factory=lambda: {STUDENT: RoleStats(), TEACHER: RoleStats()})
 
 
 @dataclass
@@ -38,80 +75,208 @@ class Scheduler:
     backends: dict  # role -> Backend
     predictors: dict[str, BoundaryPredictor]
     max_in_flight: int = 8
+    driver: str = "auto"
+    chunk_tokens: int = 20  # ticks: the longest piece of one request served in one tick
     timing: Timing = field(default_factory=Timing)
+
+    def driver_name(self) -> str:
+        if self.driver not in DRIVERS:
+            raise ValueError(f"unknown driver {self.driver!r}; known: {', '.join(DRIVERS)}")
+        if self.driver != "auto":
+            return self.driver
+        return "events" if all(getattr(b, "concurrent", False) for b in self.backends.values()) else "ticks"
 
     def run(self, starts: Iterator[Callable[[], tuple[Transcript, Any]]], on_done: Callable[[Transcript], None],
             on_error: Callable[[Transcript, SampleError], None] | None = None) -> None:
         """Drive every sample that `starts` yields to its end; call `on_done` as each finishes.
 
-        A sample whose backend call failed for good (a `SampleError` in its row) is dropped and
-        given to `on_error` (raised when there is none); the other samples go on."""
-        self._on_error = on_error
-        flying: list[_InFlight] = []
-        starts = iter(starts)
+        A sample whose backend call failed for good (a `SampleError`) is dropped and given to
+        `on_error` (raised when there is none); the other samples go on."""
+        self._on_done, self._on_error = on_done, on_error
+        self._starts = iter(starts)
+        self._t0 = self._t_last = time.perf_counter()
+        self._in_flight = {role: 0 for role in self.backends}
+        if self.driver_name() == "events":
+            self._run_events()
+        else:
+            self._run_ticks()
+        self._count_in_flight()
 
-        def admit() -> None:
-            while len(flying) < self.max_in_flight:
-                start = next(starts, None)
-                if start is None:
-                    return
-                transcript, steps = start()
-                item = _InFlight(transcript, steps)
-                if self._advance(item, None, on_done):
-                    flying.append(item)
+    # --- shared: admit, advance, finish, fail -----------------------------------------------------
+    def _admit(self, flying: list[_InFlight]) -> list[_InFlight]:
+        """Open samples from the queue until `max_in_flight` are open; the new ones."""
+        new = []
+        while len(flying) < self.max_in_flight:
+            start = next(self._starts, None)
+            if start is None:
+                break
+            transcript, steps = start()
+            item = _InFlight(transcript, steps)
+            if self._advance(item, None):
+                flying.append(item)
+                new.append(item)
+        return new
 
-        admit()
-        while flying:
-            self._answer_boundaries(flying, on_done)
-            for role in (STUDENT, TEACHER):
-                self._answer_generates(role, flying, on_done)
-            flying[:] = [f for f in flying if f.request is not None]
-            admit()
-
-    def _advance(self, item: _InFlight, result, on_done) -> bool:
+    def _advance(self, item: _InFlight, result) -> bool:
+        """Send `result` to the sample; False when it has finished (and was written)."""
         try:
             item.request = item.steps.send(result)
             return True
         except StopIteration:
             item.request = None
             item.transcript.release()
-            on_done(item.transcript)
+            self._on_done(item.transcript)
             return False
 
-    def _answer_boundaries(self, flying: list[_InFlight], on_done) -> None:
-        for role in (STUDENT, TEACHER):
-            group = [f for f in flying if isinstance(f.request, Boundary) and f.request.role == role]
-            if not group:
-                continue
-            t = time.perf_counter()
-            spans = self.predictors[role].style_spans([f.request.text for f in group])
-            self.timing.predict_s += time.perf_counter() - t
-            for f, style in zip(group, spans):
-                self._advance(f, boundary(f.request.text, style, role), on_done)
-
-    def _answer_generates(self, role: str, flying: list[_InFlight], on_done) -> None:
-        group = [f for f in flying if isinstance(f.request, Generate) and f.request.role == role]
-        if not group:
-            return
-        t = time.perf_counter()
-        spans = self.backends[role].generate(
-            [f.transcript.parties[role].session if f.request.session is None else f.request.session for f in group],
-            [f.request.max_new_tokens for f in group],
-            [f.request.stop for f in group],
-        )
-        self.timing.generate_s += time.perf_counter() - t
-        self.timing.calls += 1
-        self.timing.batch_rows += len(group)
-        for f, span in zip(group, spans):
-            if isinstance(span, SampleError):
-                self._fail(f, span)
-            else:
-                self._advance(f, span, on_done)
-
     def _fail(self, item: _InFlight, error: SampleError) -> None:
-        item.request = None  # leaves the flight at the end of this tick
+        item.request = None
         item.steps.close()  # a method's side sessions are released in its `finally`
         item.transcript.release()
         if self._on_error is None:
             raise error
         self._on_error(item.transcript, error)
+
+    def _session(self, item: _InFlight):
+        r = item.request
+        return item.transcript.parties[r.role].session if r.session is None else r.session
+
+    def _count_in_flight(self, role: str | None = None, change: int = 0) -> None:
+        now = time.perf_counter()
+        for r, n in self._in_flight.items():
+            self.timing.roles[r].in_flight_s += n * (now - self._t_last)
+        self._t_last = now
+        if role is not None:
+            self._in_flight[role] += change
+
+    def _record(self, role: str, span) -> None:
+        stats = self.timing.roles[role]
+        stats.requests += 1
+        if isinstance(span, Span):
+            stats.tokens += len(span.ids)
+            if span.cached_tokens is not None and span.prompt_tokens is not None:
+                stats.reported += 1
+                stats.prompt_tokens += span.prompt_tokens
+                stats.cached_tokens += span.cached_tokens
+
+    def _predict(self, role: str, texts: list[str]) -> tuple[list[list[tuple[int, int]]], float]:
+        """The predictor's style spans for `texts`, and the seconds it took (added up by the caller,
+        in the driver's thread)."""
+        t = time.perf_counter()
+        return self.predictors[role].style_spans(texts), time.perf_counter() - t
+
+    # --- events: every sample on its own clock ----------------------------------------------------
+    def _run_events(self) -> None:
+        flying: list[_InFlight] = []
+        pending: dict[Future, tuple] = {}  # future -> ("generate", item) | ("boundary", role, items)
+        waiting: dict[str, list[_InFlight]] = {STUDENT: [], TEACHER: []}  # boundary requests
+        predicting: dict[str, bool] = {STUDENT: False, TEACHER: False}
+
+        def dispatch(item: _InFlight) -> None:
+            r = item.request
+            if isinstance(r, Boundary):
+                waiting[r.role].append(item)
+                return
+            self._count_in_flight(r.role, +1)
+            pending[self.backends[r.role].submit(self._session(item), r.max_new_tokens, r.stop)] = ("generate", item)
+
+        def refill() -> None:
+            for item in self._admit(flying):
+                dispatch(item)
+
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="tessy-predictor") as workers:
+            refill()
+            while pending or any(waiting.values()):
+                for role, items in waiting.items():  # a free predictor takes every waiting request
+                    if items and not predicting[role]:
+                        batch, waiting[role] = items, []
+                        predicting[role] = True
+                        pending[workers.submit(self._predict, role, [f.request.text for f in batch])] = ("boundary", role, batch)
+                done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+                for future in done:
+                    kind, *what = pending.pop(future)
+                    if kind == "boundary":
+                        role, batch = what
+                        predicting[role] = False
+                        styles, seconds = future.result()
+                        self.timing.predict_s += seconds
+                        for item, style in zip(batch, styles):
+                            self._step(item, boundary(item.request.text, style, role), flying, dispatch)
+                    else:
+                        [item] = what
+                        role = item.request.role
+                        self._count_in_flight(role, -1)
+                        span = future.result()
+                        self._record(role, span)
+                        if isinstance(span, SampleError):
+                            flying.remove(item)
+                            self._fail(item, span)
+                        else:
+                            self._step(item, span, flying, dispatch)
+                refill()
+
+    def _step(self, item: _InFlight, result, flying: list[_InFlight], dispatch) -> None:
+        if self._advance(item, result):
+            dispatch(item)
+        else:
+            flying.remove(item)
+
+    # --- ticks: batched calls in lock-step ----------------------------------------------------------
+    def _run_ticks(self) -> None:
+        flying: list[_InFlight] = []
+        self._admit(flying)
+        while flying:
+            self._answer_boundaries(flying)
+            for role in (STUDENT, TEACHER):
+                self._answer_generates(role, flying)
+            flying[:] = [f for f in flying if f.request is not None]
+            self._admit(flying)
+
+    def _answer_boundaries(self, flying: list[_InFlight]) -> None:
+        for role in (STUDENT, TEACHER):
+            group = [f for f in flying if isinstance(f.request, Boundary) and f.request.role == role]
+            if group:
+                styles, seconds = self._predict(role, [f.request.text for f in group])
+                self.timing.predict_s += seconds
+                for f, style in zip(group, styles):
+                    self._advance(f, boundary(f.request.text, style, role))
+
+    def _answer_generates(self, role: str, flying: list[_InFlight]) -> None:
+        group = [f for f in flying if isinstance(f.request, Generate) and f.request.role == role]
+        if not group:
+            return
+        wants = [f.request.max_new_tokens - sum(len(c.ids) for c in f.chunks) for f in group]
+        asks = [min(n, self.chunk_tokens) for n in wants]
+        t = time.perf_counter()
+        self._count_in_flight(role, len(group))
+        spans = self.backends[role].generate([self._session(f) for f in group], asks, [f.request.stop for f in group])
+        self._count_in_flight(role, -len(group))
+        self.timing.generate_s += time.perf_counter() - t
+        self.timing.calls += 1
+        self.timing.batch_rows += len(group)
+        for f, span, want, ask in zip(group, spans, wants, asks):
+            self._record(role, span)
+            if isinstance(span, SampleError):
+                self._fail(f, span)
+                continue
+            f.chunks.append(span)
+            if ask < want and span.finish == "length" and len(span.ids) == ask:
+                continue  # the rest of this request in the next tick
+            whole = self._join(role, f, f.chunks)
+            f.chunks = []
+            self._advance(f, whole)
+
+    def _join(self, role: str, item: _InFlight, chunks: list[Span]) -> Span:
+        """One span from a long request's chunks, cut after a stop string that spans two chunks."""
+        if len(chunks) == 1:
+            return chunks[0]
+        backend = self.backends[role]
+        ids = [t for c in chunks for t in c.ids]
+        span = span_from_ids(backend.tokenizer, ids, chunks[-1].finish)
+        for marker in item.request.stop:
+            at = span.text.find(marker) if marker else -1
+            if at != -1 and span.finish != "stop":
+                end = at + len(marker)
+                keep = next(i + 1 for i, o in enumerate(span.offsets) if o >= end)
+                backend.rollback(self._session(item), len(ids) - keep)
+                span = span_from_ids(backend.tokenizer, ids[:keep], "stop")
+        return span

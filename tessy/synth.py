@@ -56,7 +56,7 @@ def start_sample(prompt: Prompt, config: SynthConfig, backends: dict, settings: 
         backend = backends[role]
         profile = get_profile(getattr(config, role).profile, config.profiles)
         text, used_template = render_prompt(profile, backend.tokenizer, list(prompt.messages))
-        parties[role] = Party(backend, profile, backend.start(text, add_special_tokens=not used_template))
+        parties[role] = Party(backend, profile, backend.start(text, add_special_tokens=not used_template, key=f"{prompt.id}/{role}"))
     x = Transcript(prompt.id, list(prompt.messages), parties)
     m = config.method
     if m == "tessy":
@@ -109,13 +109,15 @@ def synthesize(config: SynthConfig, prompts_path, out_path, limit: int | None = 
                "errors": 0, "errors_left": len(failed), "errors_file": str(errors_path)}
     if not todo:
         return _finish(summary, [], 0.0, console)
+    opened = backends is None  # what synth opens, it closes
     backends = backends or load_backends(config)
     settings = settings_for(config, backends)
     predictors = {
         STUDENT: load_predictor(config.student_predictor, config.style_phrases),
         TEACHER: load_predictor(config.teacher_predictor, config.style_phrases),
     }
-    scheduler = Scheduler(backends, predictors, max_in_flight=config.in_flight or 2 * config.batch_size)
+    scheduler = Scheduler(backends, predictors, max_in_flight=config.in_flight or 2 * config.batch_size,
+                          driver=config.driver, chunk_tokens=config.k)
     writer = RecordWriter(out)
     records = []
     config_hash = config.hash()
@@ -151,10 +153,18 @@ def synthesize(config: SynthConfig, prompts_path, out_path, limit: int | None = 
         writer.close()
         if error_writer is not None:
             error_writer.close()
+        if opened:
+            for backend in backends.values():
+                backend.close()
         summary["errors_left"] = len(compact_errors(errors_path, done_ids(out)))
     wall = time.perf_counter() - t0
-    summary["timing"] = {"generate_s": round(scheduler.timing.generate_s, 2), "predict_s": round(scheduler.timing.predict_s, 3),
-                         "mean_batch_rows": round(scheduler.timing.batch_rows / max(scheduler.timing.calls, 1), 2)}
+    timing = scheduler.timing
+    summary["driver"] = scheduler.driver_name()
+    summary["timing"] = {"generate_s": round(timing.generate_s, 2), "predict_s": round(timing.predict_s, 3),
+                         "predictor_busy_share": round(timing.predict_s / wall, 4) if wall else 0.0}
+    if timing.calls:
+        summary["timing"]["mean_batch_rows"] = round(timing.batch_rows / timing.calls, 2)
+    summary["roles"] = {role: stats.summary(wall) for role, stats in timing.roles.items()}
     return _finish(summary, records, wall, console)
 
 
@@ -187,6 +197,12 @@ def _finish(summary: dict, records: list[dict], wall: float, console) -> dict:
                     "records_with_both_sources", "kept_tokens_per_s", "generated_tokens_per_s", "wall_s"):
             table.add_row(key.replace("_", " "), str(summary.get(key, "")))
         table.add_row("stop reasons", ", ".join(f"{k}: {v}" for k, v in summary["stop_reasons"].items()) or "-")
+        if "driver" in summary:
+            table.add_row("driver", summary["driver"])
+            for role, r in summary.get("roles", {}).items():
+                hit = f", prefix-cache hit rate {r['prefix_cache_hit_rate']}" if "prefix_cache_hit_rate" in r else ""
+                table.add_row(f"{role} requests", f"{r['requests']} (mean in flight {r['mean_in_flight']}{hit})")
+            table.add_row("predictor busy", f"{summary['timing']['predictor_busy_share']:.1%} of the run")
         table.add_row("records", summary["out"])
         table.add_row("config", summary["config"])
         if summary.get("errors_left"):

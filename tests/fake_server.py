@@ -1,9 +1,14 @@
 """A tiny OpenAI-compatible HTTP server on 127.0.0.1 for the fault shapes a real server rarely shows
 on demand: HTTP 500, a malformed answer, an answer slower than the timeout.
 
-It speaks like vLLM (`ids=True`: token-id prompts in, `token_ids` out) or like llama.cpp's server
-(`ids=False`: a token-id prompt is refused with 422, text in and out). Its "model" writes the
-letters of `alphabet` in turn, one character per token (tests/scripted.py's CharTokenizer).
+It speaks like vLLM (`ids=True`: token-id prompts in, `token_ids` out, `usage` with cached prompt
+tokens) or like llama.cpp's server (`ids=False`: a token-id prompt is refused with 422, text in and
+out). Its "model" writes the letters of `alphabet` in turn, one character per token
+(tests/scripted.py's CharTokenizer), starting where the prompt's length (and, with `seeded`, the
+request's seed) says.
+
+For the scheduler's tests it can also hold a request (`hold_if`) until `release` is set, which
+another server's `on_request` hook may do when a request reaches it.
 """
 
 from __future__ import annotations
@@ -28,6 +33,14 @@ class FakeServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self.slow_s = 2.0
+        self.seeded = False  # the output depends on the request's seed too
+        self.slow_if: str | None = None  # requests whose prompt holds this text take `slow_if_s`
+        self.slow_if_s = 0.2
+        self.hold_if = None  # (prompt text) -> bool: hold that request until `release` is set
+        self.hold_s = 3.0  # ... or until this many seconds have passed
+        self.release = threading.Event()
+        self.held: list[str] = []  # per held request: "released" or "timed out"
+        self.on_request = None  # called as each model request (not the probe) arrives
         self._lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.httpd.daemon_threads = True
@@ -64,13 +77,25 @@ class FakeServer:
             return 200, b'{"choices": []}'
         if fault == "slow":
             time.sleep(self.slow_s)
+        if "top_p" in body:
+            if self.on_request is not None:
+                self.on_request()
+            if self.slow_if and self.slow_if in text_prompt:
+                time.sleep(self.slow_if_s)
+            if self.hold_if is not None and self.hold_if(text_prompt):
+                self.release.clear()
+                self.held.append("released" if self.release.wait(self.hold_s) else "timed out")
         n = int(body.get("max_tokens", 16))
-        start = len(text_prompt) % len(self.alphabet)
+        start = (len(text_prompt) + (int(body.get("seed") or 0) if self.seeded else 0)) % len(self.alphabet)
         text = "".join(self.alphabet[(start + i) % len(self.alphabet)] for i in range(n))
         choice = {"index": 0, "text": text, "finish_reason": "length"}
+        answer = {"id": "cmpl-fake", "object": "text_completion", "model": "fake", "choices": [choice]}
         if self.ids and body.get("return_token_ids"):
             choice["token_ids"] = [ord(c) for c in text]
-        return 200, json.dumps({"id": "cmpl-fake", "object": "text_completion", "model": "fake", "choices": [choice]}).encode()
+            # As vLLM with --enable-prompt-tokens-details; a fixed half stands in for its prefix cache.
+            answer["usage"] = {"prompt_tokens": len(prompt), "completion_tokens": n,
+                               "prompt_tokens_details": {"cached_tokens": len(prompt) // 2}}
+        return 200, json.dumps(answer).encode()
 
     def _handler(self):
         server = self

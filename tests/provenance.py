@@ -19,6 +19,21 @@ class Recording:
             s.sampled = getattr(s, "sampled", []) + [span.text]
         return spans
 
+    def submit(self, session, max_new_tokens, stop):
+        """The inner future's result, recorded before the scheduler sees it."""
+        from concurrent.futures import Future
+
+        out = Future()
+
+        def record(inner):
+            span = inner.result()
+            if hasattr(span, "text"):
+                session.sampled = getattr(session, "sampled", []) + [span.text]
+            out.set_result(span)
+
+        self.inner.submit(session, max_new_tokens, stop).add_done_callback(record)
+        return out
+
 
 def splits_into_prefixes(kept: str, spans: list[str]) -> bool:
     """Can `kept` be read as a prefix of each sampled span, in order (any prefix length, even empty)?"""

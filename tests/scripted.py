@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from tessy.backends import Session, Span, span_from_ids
+from tessy.backends import Session, Span, answered, span_from_ids
 from tessy.loop import LoopSettings, tessy_sample
 from tessy.predictors import STUDENT, TEACHER, LexiconPredictor
 from tessy.profiles import PLAIN
@@ -37,16 +37,26 @@ class CharTokenizer:
 
 
 class ScriptedBackend:
-    """Each call pops the next scripted text for the session (EOS when the text is `EOS`)."""
+    """Each call pops the next scripted text for the session (EOS when the text is `EOS`).
 
-    def __init__(self, script: list[str], vocab: str = "a"):
+    `concurrent=True` makes the scheduler drive it with its event driver (one `submit` per request)."""
+
+    def __init__(self, script: list[str], vocab: str = "a", concurrent: bool = False):
         self.script = script
         self.tokenizer = CharTokenizer(vocab)
+        self.concurrent = concurrent
         self.calls: list[int] = []  # batch size of every generate call
+        self.requests: list[int] = []  # max_new_tokens of every request
         self.sampled: list[str] = []  # every text this model wrote
 
-    def start(self, prompt, add_special_tokens=False) -> Session:
+    def start(self, prompt, add_special_tokens=False, key="") -> Session:
         return Session(ids=self.tokenizer.encode(prompt), state=deque(self.script))
+
+    def submit(self, session, max_new_tokens, stop):
+        return answered(self.generate([session], [max_new_tokens], [stop])[0])
+
+    def close(self):
+        pass
 
     def extend(self, session, text):
         session.ids.extend(self.tokenizer.encode(text))
@@ -61,6 +71,7 @@ class ScriptedBackend:
 
     def generate(self, sessions, max_new_tokens, stop) -> list[Span]:
         self.calls.append(len(sessions))
+        self.requests.extend(max_new_tokens)
         spans = []
         for s, limit, stops in zip(sessions, max_new_tokens, stop):
             text = s.state.popleft() if s.state else EOS
@@ -78,7 +89,7 @@ class ScriptedBackend:
         return spans
 
 
-def run_scripted(student_script, teacher_script, n_samples=1, same_vocab=False, **settings):
+def run_scripted(student_script, teacher_script, n_samples=1, same_vocab=False, driver="ticks", **settings):
     """Run the loop over scripted models; return (transcripts, student, teacher)."""
     student = ScriptedBackend(student_script, "a")
     teacher = ScriptedBackend(teacher_script, "a" if same_vocab else "b")
@@ -91,7 +102,8 @@ def run_scripted(student_script, teacher_script, n_samples=1, same_vocab=False, 
         x = Transcript(f"s{i}", [{"role": "user", "content": f"q{i}"}], parties)
         return x, tessy_sample(x, s)
 
-    Scheduler({STUDENT: student, TEACHER: teacher}, {STUDENT: lexicon, TEACHER: lexicon}, max_in_flight=n_samples).run(
+    Scheduler({STUDENT: student, TEACHER: teacher}, {STUDENT: lexicon, TEACHER: lexicon}, max_in_flight=n_samples,
+              driver=driver, chunk_tokens=s.k).run(
         (lambda i=i: start(i) for i in range(n_samples)), done.append
     )
     return done, student, teacher

@@ -146,7 +146,7 @@ def test_prompt_is_table_2():
 class ChatTokenizerBackend(ScriptedBackend):
     """A scripted annotator: every session pops the next answer from one shared script."""
 
-    def start(self, prompt, add_special_tokens=False):
+    def start(self, prompt, add_special_tokens=False, key=""):
         session = super().start(prompt)
         session.state = self.answers
         return session

@@ -28,7 +28,7 @@ class PromptScripted(ScriptedBackend):
         self.script_for = script_for
         self.started: list[str] = []
 
-    def start(self, prompt, add_special_tokens=False) -> Session:
+    def start(self, prompt, add_special_tokens=False, key="") -> Session:
         i = self.started.count(prompt)
         self.started.append(prompt)
         think, answer = self.script_for(prompt, i)

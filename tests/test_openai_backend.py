@@ -82,15 +82,36 @@ def test_ids_mode_sends_token_ids_keeps_specials_and_drops_eos(servers):
     assert s.ids == prompt_ids + [97, 98, 99]
 
 
-def test_seed_depends_on_the_position_so_a_retry_samples_the_same(servers):
+def test_seed_comes_from_the_session_and_its_position(servers):
     srv = servers()
     b = backend_on(srv)
-    s1, s2 = b.start("Q"), b.start("Q")
-    b.generate([s1, s2], [3, 3], [(), ()])
+    s1, s2, again = b.start("Q", key="p1/student"), b.start("Q", key="p2/student"), b.start("Q", key="p1/student")
+    b.generate([s1, s2, again], [3, 3, 3], [(), (), ()])
     seeds = [r["seed"] for r in srv.completions()]
-    assert seeds[0] == seeds[1]
+    assert seeds[0] != seeds[1] and seeds[0] == seeds[2]  # the same prompt under two ids differs
     b.generate([s1], [3], [()])
-    assert srv.completions()[-1]["seed"] != seeds[0]
+    assert srv.completions()[-1]["seed"] != seeds[0]  # the next request of a session moves on
+
+
+def test_a_retried_request_sends_the_same_seed(servers):
+    srv = servers()
+    srv.faults.extend(["500", "ok"])
+    b = backend_on(srv)
+    [span] = b.generate([b.start("Q", key="p1/student")], [4], [()])
+    first, retry = srv.completions()
+    assert isinstance(span, Span) and first["seed"] == retry["seed"] and first["prompt"] == retry["prompt"]
+
+
+def test_the_same_prompt_under_two_ids_gives_different_records_through_a_server(servers, tmp_path):
+    s_srv, t_srv = servers(ids=True), servers(ids=True, alphabet="step one two ")
+    s_srv.seeded = t_srv.seeded = True  # the fake model's text depends on the request's seed
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": i, "prompt": "Add two numbers."}) + "\n" for i in ("a", "b")))
+    config = load_config(k=4, max_think_tokens=12, max_answer_tokens=4)
+    backends = {STUDENT: backend_on(s_srv, vocab="a"), TEACHER: backend_on(t_srv, vocab="b")}
+    synthesize(config, prompts, tmp_path / "out.jsonl", backends=backends, progress=False)
+    a, b = sorted(read_records(tmp_path / "out.jsonl"), key=lambda r: r["id"])
+    assert a["prompt"] == b["prompt"] and a["segments"] != b["segments"]
 
 
 # --- faults --------------------------------------------------------------------------------------

@@ -2,11 +2,18 @@
 
 A backend owns one model. For every sample it keeps a `Session`: the model's own token-id
 transcript and whatever cached state its engine has for it. The loop only ever asks three things:
-write up to n tokens (batched across samples), append the other model's text, and roll back.
+write up to n tokens, append the other model's text, and roll back.
+
+Writing comes in two shapes, for the scheduler's two drivers (tessy/scheduler.py):
+- `generate`: one batched call over many sessions, which returns when every row is done. In-process
+  engines (`hf`, `vllm`) are served this way: a batch is what keeps a CPU or GPU efficient.
+- `submit`: one session's request, answered by a future as soon as that request returns. Server
+  engines (`openai`, `concurrent = True`) are served this way, so no sample waits for another.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -25,6 +32,7 @@ class Session:
     ids: list[int]
     n_cached: int = 0  # ids[:n_cached] have cached state in the engine
     state: Any = None  # engine-specific (the hf backend keeps per-layer key/value tensors)
+    seed: int | None = None  # the session's seed stream (tessy/seeds.py); None samples unseeded
 
 
 @dataclass
@@ -39,6 +47,10 @@ class Span:
     text: str
     offsets: list[int]
     finish: str  # "length" | "eos" | "stop"
+    # What the engine reported for the request's prompt, where it reports it (servers): its tokens,
+    # and how many of them came from the prefix cache.
+    prompt_tokens: int | None = None
+    cached_tokens: int | None = None
 
     def tokens_within(self, n_chars: int) -> int:
         """The most tokens whose text fits in the first `n_chars` characters."""
@@ -69,22 +81,75 @@ class SampleError(Exception):
 class Backend(Protocol):
     tokenizer: Any
     sampling: Sampling
+    concurrent: bool  # True: a server that batches whatever is in flight; drive it through `submit`
 
-    def start(self, prompt: str, add_special_tokens: bool = False) -> Session: ...
+    def start(self, prompt: str, add_special_tokens: bool = False, key: str = "") -> Session:
+        """A new session on `prompt`; `key` names it for its seed stream (tessy/seeds.py)."""
+        ...
 
     def extend(self, session: Session, text: str) -> int: ...
 
     def generate(self, sessions: list[Session], max_new_tokens: list[int], stop: list[tuple[str, ...]]) -> list[Span | SampleError]: ...
 
+    def submit(self, session: Session, max_new_tokens: int, stop: tuple[str, ...]) -> Future:
+        """One request; the future's result is a `Span` or a `SampleError`."""
+        ...
+
     def rollback(self, session: Session, n_tokens: int) -> None: ...
 
     def release(self, session: Session) -> None: ...
 
+    def close(self) -> None: ...
+
+
+def answered(result) -> Future:
+    """A future that is already done: `submit` of an in-process backend, which computes at once."""
+    future: Future = Future()
+    future.set_result(result)
+    return future
+
+
+DECODE_CONTEXT = 8  # tokens of left context when decoding one token's text (see span_from_ids)
+
 
 def span_from_ids(tokenizer, ids: list[int], finish: str) -> Span:
-    """Decode `ids` with per-token character offsets (see `Span`)."""
-    offsets, text = [], ""
+    """Decode `ids` with per-token character offsets (see `Span`).
+
+    Each token's text is decoded with a few tokens of left context (SentencePiece drops a leading
+    space at the start of a decode), so a span of n tokens costs O(n), not O(n^2): a single-model
+    baseline's thinking is one request of up to its whole budget. Where the pieces do not add up to
+    the full decode, the exact prefix-by-prefix decode is used instead.
+    """
     full = tokenizer.decode(ids, skip_special_tokens=False)
+    offsets, length, done = [], 0, 0  # ids[:done] are in `length` characters
+    head_at, head = -1, ""
+    for i in range(1, len(ids) + 1):
+        start = max(0, done - DECODE_CONTEXT)
+        if head_at != done:
+            head_at, head = done, tokenizer.decode(ids[start:done], skip_special_tokens=False)
+        piece = tokenizer.decode(ids[start:i], skip_special_tokens=False)
+        if piece.endswith("\ufffd") or not piece.startswith(head):
+            offsets.append(-1)
+            continue
+        length += len(piece) - len(head)
+        done = i
+        offsets.append(length)
+    text = full[:length]
+    if length > len(full) or not _consistent(tokenizer, ids, offsets, full):
+        return _span_by_prefixes(tokenizer, ids, finish, full)
+    return Span(ids=list(ids), text=text, offsets=offsets, finish=finish)
+
+
+def _consistent(tokenizer, ids: list[int], offsets: list[int], full: str) -> bool:
+    """The last whole-character prefix decodes to the text the offsets claim."""
+    last = max((i for i, o in enumerate(offsets) if o != -1), default=-1)
+    if last == -1:
+        return True
+    return tokenizer.decode(ids[: last + 1], skip_special_tokens=False) == full[: offsets[last]]
+
+
+def _span_by_prefixes(tokenizer, ids: list[int], finish: str, full: str) -> Span:
+    offsets, text = [], ""
     for i in range(1, len(ids) + 1):
         prefix = tokenizer.decode(ids[:i], skip_special_tokens=False)
         if prefix.endswith("\ufffd") or not full.startswith(prefix):

@@ -15,10 +15,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tessy.backends import Sampling, Session, Span, span_from_ids
+from tessy.backends import Sampling, Session, Span, answered, span_from_ids
+from tessy.seeds import stream_seed, uniform
 
 
 class HFBackend:
+    concurrent = False  # one process gains nothing from overlap: the scheduler batches it in ticks
+
     def __init__(self, model, tokenizer, sampling: Sampling | None = None):
         from transformers.generation.logits_process import (
             LogitsProcessorList,
@@ -53,8 +56,9 @@ class HFBackend:
         return cls(model, tokenizer, Sampling(config.temperature, config.top_p, config.seed))
 
     # --- sessions -------------------------------------------------------------------------
-    def start(self, prompt: str, add_special_tokens: bool = False) -> Session:
-        return Session(ids=self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens))
+    def start(self, prompt: str, add_special_tokens: bool = False, key: str = "") -> Session:
+        return Session(ids=self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens),
+                       seed=stream_seed(self.sampling.seed, key))
 
     def extend(self, session: Session, text: str) -> int:
         ids = self.tokenizer.encode(text, add_special_tokens=False) if text else []
@@ -71,6 +75,12 @@ class HFBackend:
 
     def release(self, session: Session) -> None:
         session.state, session.n_cached = None, 0
+
+    def submit(self, session: Session, max_new_tokens: int, stop: tuple[str, ...]):
+        return answered(self.generate([session], [max_new_tokens], [stop])[0])
+
+    def close(self) -> None:
+        pass
 
     # --- generation -----------------------------------------------------------------------
     @torch.inference_mode()
@@ -110,7 +120,9 @@ class HFBackend:
                 logits_to_keep=1,
             )
             cache = out.cache
-            next_ids = self._sample(out.logits[:, -1, :].float())
+            # Each row's token at position len(ids) + len(generated) draws from its own seed stream.
+            at = [len(s.ids) + len(g) for s, g in zip(sessions, generated)]
+            next_ids = self._sample(out.logits[:, -1, :].float(), [s.seed for s in sessions], at)
             steps += 1
             for i, tok in enumerate(next_ids.tolist()):
                 if done[i]:
@@ -163,13 +175,18 @@ class HFBackend:
             stacked.append((torch.cat(ks), torch.cat(vs)))
         return stacked
 
-    def _sample(self, logits: torch.Tensor) -> torch.Tensor:
+    def _sample(self, logits: torch.Tensor, seeds: list[int | None], positions: list[int]) -> torch.Tensor:
         if self.sampling.temperature <= 0:
             return logits.argmax(dim=-1)
         scores = self.warpers(None, logits)
         probs = torch.softmax(scores, dim=-1)
         # Inverse-CDF sampling: the same distribution as torch.multinomial, which on CPU takes tens
-        # of milliseconds per step over Gemma's 262k vocabulary (benchmarks/loop_overhead.py).
+        # of milliseconds per step over Gemma's 262k vocabulary (benchmarks/loop_overhead.py). It
+        # needs one uniform number per row, which a seeded row takes from its own stream.
         cdf = probs.cumsum(dim=-1)
-        u = torch.rand(probs.shape[0], 1, generator=self.generator, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
+        u = torch.rand(probs.shape[0], 1, generator=self.generator, dtype=cdf.dtype, device=cdf.device)
+        for i, (seed, at) in enumerate(zip(seeds, positions)):
+            if seed is not None:
+                u[i, 0] = uniform(seed, at)
+        u = u * cdf[:, -1:]
         return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1).view(-1).cpu()

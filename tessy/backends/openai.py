@@ -15,8 +15,10 @@ Each endpoint is probed once and then spoken to in one of two modes:
   a limit of such servers, not of tessy.
 
 Special tokens are kept in both directions where the server allows (`add_special_tokens=false`,
-`skip_special_tokens=false`), so think markers survive. A `generate` call sends one request per
-session, all at once, at most `concurrency` per endpoint. A request that fails (no connection, a
+`skip_special_tokens=false`), so think markers survive. `submit` sends one session's request and
+returns a future at once (the scheduler's event driver keeps many in flight, both roles together);
+`generate` sends one request per session, all at once, and waits for all. At most `concurrency`
+requests are in flight per endpoint. A request that fails (no connection, a
 timeout, HTTP 5xx or 429, a malformed answer) is tried again with exponential backoff, on the next
 endpoint when there are several; after the last try that row is a `SampleError`, which the scheduler
 writes as an error record while the run goes on.
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tessy.backends import SampleError, Sampling, Session, Span, span_from_ids
+from tessy.seeds import request_seed, stream_seed
 
 BACKOFF_S = 0.5  # first wait before a retry; doubled each try, with jitter
 
@@ -89,6 +92,10 @@ class EndpointPool:
 
     def run(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def spawn(self, coro):
+        """Start `coro` on the pool's loop; a `concurrent.futures.Future` of its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
     def close(self) -> None:
         if self._loop.is_running():
@@ -200,6 +207,19 @@ def server_span(tokenizer, ids: list[int], reason: str | None, stop: tuple[str, 
     return span
 
 
+def with_usage(span: Span, answer: dict) -> Span:
+    """The prompt and cached-prompt token counts of the answer's `usage`, where the server gives them
+    (vLLM gives cached tokens with --enable-prompt-tokens-details)."""
+    usage = answer.get("usage") if isinstance(answer, dict) else None
+    if isinstance(usage, dict):
+        if isinstance(usage.get("prompt_tokens"), int):
+            span.prompt_tokens = usage["prompt_tokens"]
+        details = usage.get("prompt_tokens_details")
+        if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
+            span.cached_tokens = details["cached_tokens"]
+    return span
+
+
 @dataclass
 class _Piece:
     """A run of a session's ids with its text (text mode sends the text)."""
@@ -217,6 +237,8 @@ class _Remote:
 
 
 class OpenAIBackend:
+    concurrent = True  # a server batches whatever is in flight: each sample goes on its own clock
+
     def __init__(self, tokenizer, pool: EndpointPool, sampling: Sampling | None = None, model: str = "",
                  eos_ids: set[int] | None = None):
         self.tokenizer = tokenizer
@@ -242,10 +264,11 @@ class OpenAIBackend:
         self.pool.close()
 
     # --- sessions (the same bookkeeping as the hf backend, plus the text) ------------------------
-    def start(self, prompt: str, add_special_tokens: bool = False) -> Session:
+    def start(self, prompt: str, add_special_tokens: bool = False, key: str = "") -> Session:
         ids = self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
         # Text mode sends the prompt without the tokenizer's added specials: the server adds its BOS.
-        return Session(ids=ids, state=_Remote(self.pool.assign(), [_Piece(len(ids), prompt)]))
+        return Session(ids=ids, state=_Remote(self.pool.assign(), [_Piece(len(ids), prompt)]),
+                       seed=stream_seed(self.sampling.seed, key))
 
     def extend(self, session: Session, text: str) -> int:
         ids = self.tokenizer.encode(text, add_special_tokens=False) if text else []
@@ -290,6 +313,10 @@ class OpenAIBackend:
         row whose request failed for good (that session is left as it was)."""
         return self.pool.run(self._generate_all(sessions, max_new_tokens, stop))
 
+    def submit(self, session: Session, max_new_tokens: int, stop: tuple[str, ...]):
+        """One request, in flight at once; the future's result is a `Span` or a `SampleError`."""
+        return self.pool.spawn(self._generate_one(session, max_new_tokens, stop))
+
     async def _generate_all(self, sessions, max_new_tokens, stop):
         return await asyncio.gather(*(self._generate_one(s, n, st) for s, n, st in zip(sessions, max_new_tokens, stop)))
 
@@ -317,15 +344,17 @@ class OpenAIBackend:
             body.update(prompt=list(session.ids), stop=[s for s in stop if s] or None, return_token_ids=True,
                         include_stop_str_in_output=True, skip_special_tokens=False, add_special_tokens=False,
                         spaces_between_special_tokens=False)
-            choice = (await self.pool.post(ep, "/completions", body))["choices"][0]
+            answer = await self.pool.post(ep, "/completions", body)
+            choice = answer["choices"][0]
             ids = choice["token_ids"]
             if not isinstance(ids, list) or not all(isinstance(t, int) for t in ids):
                 raise ValueError(f"token_ids is not a list of ints: {str(ids)[:80]}")
-            return server_span(self.tokenizer, ids, choice.get("finish_reason"), stop, self.eos_ids)
+            return with_usage(server_span(self.tokenizer, ids, choice.get("finish_reason"), stop, self.eos_ids), answer)
         # Text mode: no stop strings go to the server (it would drop the marker from the text and
         # report an end of turn the same way); the marker is found here instead.
         body.update(prompt=self.text_of(session))
-        choice = (await self.pool.post(ep, "/completions", body))["choices"][0]
+        answer = await self.pool.post(ep, "/completions", body)
+        choice = answer["choices"][0]
         text = choice["text"]
         if not isinstance(text, str):
             raise TypeError(f"text is {type(text).__name__}, not a string")
@@ -334,14 +363,15 @@ class OpenAIBackend:
         if cuts:
             text, reason = text[: min(cuts)], "stop"
         ids = self.tokenizer.encode(text, add_special_tokens=False) if text else []
-        return server_span(self.tokenizer, ids, reason, stop, self.eos_ids)
+        return with_usage(server_span(self.tokenizer, ids, reason, stop, self.eos_ids), answer)
 
     def _body(self, ep: Endpoint, session: Session, n: int) -> dict:
         s = self.sampling
         body = {"model": ep.model, "max_tokens": n, "temperature": s.temperature, "top_p": s.top_p}
-        if s.seed is not None:
-            # One seed per (role seed, position): a retried or resumed request samples the same.
-            body["seed"] = (s.seed * 1_000_003 + len(session.ids)) % 2**31
+        seed = request_seed(session.seed, len(session.ids))
+        if seed is not None:
+            # The session's stream at this position: a retried or resumed request samples the same.
+            body["seed"] = seed
         if not ep.ids:
             # llama.cpp's own defaults (top_k 40, min_p 0.05, repeat penalty 1.1) would change the
             # role's sampling; turn them off so only temperature and top_p act, as in-process.

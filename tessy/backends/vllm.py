@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import importlib.util
 
-from tessy.backends import Sampling, Session, Span, span_from_ids
+from tessy.backends import Sampling, Session, Span, answered, span_from_ids
 from tessy.backends.openai import eos_ids_of, load_tokenizer, server_span
+from tessy.seeds import request_seed, stream_seed
 
 
 def is_vllm_available() -> bool:
@@ -21,6 +22,8 @@ def is_vllm_available() -> bool:
 
 
 class VLLMBackend:
+    concurrent = False  # one engine call per tick takes the whole batch
+
     def __init__(self, llm, tokenizer, sampling: Sampling | None = None, eos_ids: set[int] | None = None):
         self.llm = llm
         self.tokenizer = tokenizer
@@ -46,8 +49,9 @@ class VLLMBackend:
         return cls(llm, tokenizer, Sampling(config.temperature, config.top_p, config.seed))
 
     # --- sessions ---------------------------------------------------------------------------------
-    def start(self, prompt: str, add_special_tokens: bool = False) -> Session:
-        return Session(ids=self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens))
+    def start(self, prompt: str, add_special_tokens: bool = False, key: str = "") -> Session:
+        return Session(ids=self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens),
+                       seed=stream_seed(self.sampling.seed, key))
 
     def extend(self, session: Session, text: str) -> int:
         ids = self.tokenizer.encode(text, add_special_tokens=False) if text else []
@@ -60,6 +64,12 @@ class VLLMBackend:
 
     def release(self, session: Session) -> None:
         pass  # the engine frees cache blocks itself
+
+    def submit(self, session: Session, max_new_tokens: int, stop: tuple[str, ...]):
+        return answered(self.generate([session], [max_new_tokens], [stop])[0])
+
+    def close(self) -> None:
+        pass
 
     # --- generation -------------------------------------------------------------------------------
     def generate(self, sessions: list[Session], max_new_tokens: list[int], stop: list[tuple[str, ...]]) -> list[Span]:
@@ -77,7 +87,7 @@ class VLLMBackend:
                 max_tokens=max_new_tokens[i],
                 temperature=s.temperature,
                 top_p=s.top_p,
-                seed=None if s.seed is None else (s.seed * 1_000_003 + len(sessions[i].ids)) % 2**31,
+                seed=request_seed(sessions[i].seed, len(sessions[i].ids)),
                 stop=[m for m in stop[i] if m] or None,
                 include_stop_str_in_output=True,
                 skip_special_tokens=False,
@@ -90,6 +100,8 @@ class VLLMBackend:
         for i, out in zip(rows, outputs):
             choice = out.outputs[0]
             span = server_span(self.tokenizer, list(choice.token_ids), choice.finish_reason, stop[i], self.eos_ids)
+            span.prompt_tokens = len(out.prompt_token_ids or ())
+            span.cached_tokens = getattr(out, "num_cached_tokens", None)
             sessions[i].ids.extend(span.ids)
             spans[i] = span
         return spans

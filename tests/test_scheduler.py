@@ -1,0 +1,173 @@
+"""Who waits for whom (tessy/scheduler.py): the event driver for servers, the tick driver for
+in-process engines, and the request counts where no predictor acts.
+
+Scripted models pin the control flow; the fake server (tests/fake_server.py) shows that student and
+teacher requests really overlap over HTTP. The real llama.cpp server runs in test_openai_backend.py.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from scripted import EOS, ScriptedBackend, run_scripted
+
+from fake_server import FakeServer
+from tessy.backends import Sampling
+from tessy.backends.openai import EndpointPool, OpenAIBackend
+from tessy.config import load_config
+from tessy.loop import LoopSettings
+from tessy.methods import teacher_only
+from tessy.predictors import STUDENT, TEACHER, LexiconPredictor
+from tessy.profiles import PLAIN
+from tessy.records import read_records
+from tessy.scheduler import Scheduler
+from scripted import CharTokenizer
+from tessy.synth import synthesize
+from tessy.transcript import Party, Transcript
+
+ANSWER = ["The answer.", EOS]
+
+
+def plain(records):
+    return [[(s["source"], s["part"], s["text"]) for s in x.segments] for x in records]
+
+
+# --- the two drivers run the same algorithm -------------------------------------------------------------
+@pytest.mark.parametrize("student, teacher", [
+    (["Okay, so x", "Wait, let me check x", "</think>", *ANSWER], ["x = 3. Wait, no", "y = 5 ", "</think>"]),
+    (["compute", *ANSWER], [f"v{i} = {i}; " for i in range(40)]),
+    (["Okay so </think>", *ANSWER], ["x = 1 "]),
+])
+def test_events_and_ticks_give_the_same_samples(student, teacher):
+    by_ticks, _, _ = run_scripted(student, teacher, n_samples=3, same_vocab=True, driver="ticks", max_think_tokens=80)
+    by_events, _, _ = run_scripted(student, teacher, n_samples=3, same_vocab=True, driver="events", max_think_tokens=80)
+    key = lambda x: x.id  # noqa: E731 - the drivers finish samples in different orders
+    assert plain(sorted(by_ticks, key=key)) == plain(sorted(by_events, key=key))
+    assert [x.stop_reason for x in sorted(by_ticks, key=key)] == [x.stop_reason for x in sorted(by_events, key=key)]
+
+
+def test_auto_picks_events_for_servers_and_ticks_otherwise():
+    lexicon = {STUDENT: LexiconPredictor(), TEACHER: LexiconPredictor()}
+    local = {STUDENT: ScriptedBackend([]), TEACHER: ScriptedBackend([])}
+    served = {STUDENT: ScriptedBackend([], concurrent=True), TEACHER: ScriptedBackend([], concurrent=True)}
+    assert Scheduler(local, lexicon).driver_name() == "ticks"
+    assert Scheduler(served, lexicon).driver_name() == "events"
+    assert Scheduler({**served, TEACHER: local[TEACHER]}, lexicon).driver_name() == "ticks"
+    assert Scheduler(served, lexicon, driver="ticks").driver_name() == "ticks"
+    with pytest.raises(ValueError, match="unknown driver 'fast'"):
+        Scheduler(served, lexicon, driver="fast").driver_name()
+
+
+# --- fewer requests where no predictor acts -------------------------------------------------------------
+def solo_run(method, student_script, teacher_script, driver, **settings):
+    student, teacher = ScriptedBackend(student_script, "a"), ScriptedBackend(teacher_script, "b")
+    s = LoopSettings(**{"k": 20, **settings})
+    done = []
+
+    def start():
+        parties = {STUDENT: Party(student, PLAIN, student.start("q")), TEACHER: Party(teacher, PLAIN, teacher.start("q"))}
+        x = Transcript("s0", [{"role": "user", "content": "q"}], parties)
+        return x, method(x, s)
+
+    lexicon = LexiconPredictor()
+    Scheduler({STUDENT: student, TEACHER: teacher}, {STUDENT: lexicon, TEACHER: lexicon}, driver=driver,
+              chunk_tokens=s.k).run([start], done.append)
+    return done[0], student, teacher
+
+
+def test_teacher_only_is_one_request_per_thinking_span_plus_one_for_the_answer():
+    thinking = "x = 1 + 2 = 3, then y = x * 4 = 12, and z = y - 5 = 7; check: 7 + 5 = 12. </think>"
+    x, student, teacher = solo_run(teacher_only, [], [thinking, "The answer is 7.", EOS], "events",
+                                   max_think_tokens=1000, max_answer_tokens=300)
+    assert teacher.requests == [1000, 300] and student.requests == []
+    assert x.stop_reason == "teacher_closed" and x.text("think").startswith("x = 1 + 2") and x.text("answer") == "The answer is 7."
+
+
+def test_repetition_in_one_long_span_is_trimmed_at_the_first_k_token_point():
+    looping = "The sum is 3. " + "abc = 1;\n" * 200
+    x, _, teacher = solo_run(teacher_only, [], [looping, "Done.", EOS], "events", max_think_tokens=5000)
+    assert teacher.requests[0] == 5000 and len(teacher.requests) == 2
+    assert x.stop_reason == "repetition"
+    kept = x.text("think")
+    assert kept.startswith("The sum is 3. abc") and len(kept) % 20 == 0 and len(kept) < 120  # trimmed on a k-token point
+    assert x.tokens("think") == len(kept)  # one character per token: what was not kept was rolled back
+
+
+def test_ticks_serve_a_long_request_in_chunks_and_join_them():
+    # The answer's one request (up to 300 tokens) is served 20 tokens a tick.
+    x, student, _ = solo_run(teacher_only, [], ["x = 1 </think>", "A" * 20, "B" * 20, "end.", EOS], "ticks",
+                             max_answer_tokens=300)
+    assert x.text("answer") == "A" * 20 + "B" * 20 + "end."
+
+
+def test_ticks_find_a_stop_string_split_between_chunks():
+    # "</think>" starts in one chunk and ends in the next: the joined span stops after it, and the
+    # text after it is rolled back from the session.
+    x, _, teacher = solo_run(teacher_only, [], ["x = 1 + 2 = 3 ok </t", "hink> junk", "Answer.", EOS], "ticks",
+                             max_think_tokens=200)
+    assert x.stop_reason == "teacher_closed" and x.text("think") == "x = 1 + 2 = 3 ok "
+    assert "junk" not in CharTokenizer("b").decode(x.parties[TEACHER].session.ids)
+
+
+# --- over HTTP: both roles in flight together ---------------------------------------------------------------
+@pytest.fixture
+def servers():
+    made = []
+
+    def make(**kw) -> FakeServer:
+        made.append(FakeServer(**kw))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def served(srv, vocab, seed=0):
+    pool = EndpointPool([srv.url], None, timeout_s=10.0, max_retries=1, concurrency=16, backoff_s=0.01)
+    return OpenAIBackend(CharTokenizer(vocab), pool, Sampling(temperature=0.6, top_p=1.0, seed=seed), model="char", eos_ids={0})
+
+
+def write_prompts(path, prompts):
+    path.write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    return path
+
+
+@pytest.mark.parametrize("driver", ["events", "ticks"])
+def test_student_and_teacher_requests_overlap_only_with_the_event_driver(servers, tmp_path, driver):
+    # The student server holds the first final-answer request (its prompt holds the think-close
+    # marker) until the teacher server receives a request. Sample "FAST" answers first while "SLOW"
+    # (whose teacher requests take 0.2 s) still thinks: with events, SLOW's next teacher request
+    # arrives while the answer is held. In lock-step, no teacher request is sent until every
+    # student request of the tick has returned, so the hold times out.
+    student_srv, teacher_srv = servers(ids=True), servers(ids=True)
+    teacher_srv.slow_if, teacher_srv.slow_if_s = "SLOW", 0.2
+    holds = []
+    student_srv.hold_if = lambda prompt: "</think>" in prompt and not holds and not holds.append(prompt)
+    student_srv.hold_s = 2.0
+    teacher_srv.on_request = student_srv.release.set
+    prompts = write_prompts(tmp_path / "p.jsonl", [{"id": "a", "prompt": "FAST"}, {"id": "b", "prompt": "SLOW"}])
+    config = load_config(k=4, max_think_tokens=40, max_answer_tokens=6, in_flight=2, driver=driver)
+    backends = {STUDENT: served(student_srv, "a"), TEACHER: served(teacher_srv, "b", seed=1)}
+    summary = synthesize(config, prompts, tmp_path / "out.jsonl", backends=backends, progress=False)
+    assert summary["samples"] == 2 and summary["driver"] == driver
+    assert student_srv.held == (["released"] if driver == "events" else ["timed out"])
+    # Each role's own figures: requests, mean requests in flight, the prefix-cache hit rate it reported.
+    for role in (STUDENT, TEACHER):
+        figures = summary["roles"][role]
+        assert figures["requests"] == len((student_srv if role == STUDENT else teacher_srv).completions())
+        assert figures["mean_in_flight"] > 0 and 0.3 < figures["prefix_cache_hit_rate"] <= 0.5
+
+
+def test_a_finished_sample_is_replaced_at_once(servers, tmp_path):
+    # One slow sample does not hold up the queue: with 2 places, the 4 fast samples pass it.
+    student_srv, teacher_srv = servers(ids=True), servers(ids=True)
+    teacher_srv.slow_if, teacher_srv.slow_if_s = "SLOW", 0.15
+    prompts = write_prompts(tmp_path / "p.jsonl", [{"id": "slow", "prompt": "SLOW"}] +
+                            [{"id": f"f{i}", "prompt": f"fast {i}"} for i in range(4)])
+    config = load_config(k=4, max_think_tokens=24, max_answer_tokens=4, in_flight=2, driver="events")
+    backends = {STUDENT: served(student_srv, "a"), TEACHER: served(teacher_srv, "b", seed=1)}
+    synthesize(config, prompts, tmp_path / "out.jsonl", backends=backends, progress=False)
+    order = [r["id"] for r in read_records(tmp_path / "out.jsonl")]
+    assert order[-1] == "slow" and sorted(order[:-1]) == ["f0", "f1", "f2", "f3"]

@@ -36,8 +36,12 @@ output is a fixed corpus, not a model's text, so teacher shares and stop reasons
 data quality. The servers' counts include tessy's one probe request per endpoint (max_tokens 1,
 excluded from the per-sample request counts).
 
-Budgets: k = 20, max_think_tokens 384, max_answer_tokens 96 (flags), chosen so that a full default
-run with both drivers stays near 10 minutes on the 2-core machine.
+Budgets: k = 20, max_think_tokens 192, max_answer_tokens 48 (flags), and 1 sample per slot from 256
+in flight up (`--samples-per-slot-max 256:1`; 3 below), chosen so that a full default run with both
+drivers stays near 10 minutes on the 2-core machine: a sample makes about 0.15 requests per kept
+token (about 35 requests), and a lock-step tick costs two ~20-step phases, so 384/96 at 3 samples
+per slot took several times longer. At 256 in flight the client itself (one Python process, HTTP
+and JSON for ~130 requests per phase) spreads each phase's arrivals over many engine steps.
 """
 
 from __future__ import annotations
@@ -145,7 +149,7 @@ class SimServers:
                 stdout=open(log, "wb"), stderr=subprocess.STDOUT)
             self.urls[role] = f"http://127.0.0.1:{port}"
         for role, url in self.urls.items():
-            for _ in range(200):
+            for _ in range(400):
                 try:
                     http(url + "/v1/models")
                     break
@@ -154,8 +158,10 @@ class SimServers:
                         break
                     time.sleep(0.05)
             else:
-                continue
+                self.close()
+                raise RuntimeError(f"sim server ({role}) did not answer within 20 s")
             if self.procs[role].poll() is not None:
+                self.close()
                 raise RuntimeError(f"sim server ({role}) did not start:\n{self.logs[role].read_text()[-2000:]}")
 
     def reset(self) -> None:
@@ -206,9 +212,9 @@ def run_one(servers: SimServers, workdir: Path, args, method: str, in_flight: in
     if driver is not None:
         config.driver = driver
     servers.reset()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     summary = synthesize(config, prompts, out, progress=False)
-    call_s = time.perf_counter() - t0
+    call_s, client_cpu = time.perf_counter() - t0, time.process_time() - cpu0
     stats = servers.stats()
     records = read_records(out) if out.exists() else []
     wall = summary.get("wall_s") or call_s
@@ -219,6 +225,7 @@ def run_one(servers: SimServers, workdir: Path, args, method: str, in_flight: in
     row = {
         "method": method, "driver": driver or "ticks (lock-step, before the change)", "in_flight": in_flight,
         "samples": len(records), "errors": summary.get("errors", 0), "wall_s": round(wall, 2), "call_s": round(call_s, 2),
+        "client_cpu_s": round(client_cpu, 2),  # the synth call's process CPU, tokenizer loading included
         "kept_tokens": kept, "generated_tokens": gen,
         "generated_tokens_per_s": round(gen / wall, 1) if wall else 0.0,
         "kept_tokens_per_s": round(kept / wall, 1) if wall else 0.0,
@@ -255,6 +262,8 @@ COLUMNS = [
     ("bytes/kept tok", lambda r: _f(r["bytes_per_kept_token"], 0)),
     ("active S", lambda r: f"{r['servers']['student']['mean_active']:.1f}"),
     ("active T", lambda r: f"{r['servers']['teacher']['mean_active']:.1f}"),
+    ("CPU c/S/T", lambda r: "/".join(f"{x / r['call_s']:.2f}" for x in (r["client_cpu_s"], r["servers"]["student"]["cpu_s"],
+                                                                          r["servers"]["teacher"]["cpu_s"]))),
     ("overrun S/T", lambda r: f"{r['servers']['student']['overrun_fraction']:.2f}/{r['servers']['teacher']['overrun_fraction']:.2f}"),
 ]
 
@@ -275,7 +284,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--in-flight", default="16,64,256", help="comma-separated in-flight levels")
     ap.add_argument("--samples-per-slot", type=int, default=3, help="samples per in-flight slot (N = this x in-flight)")
-    ap.add_argument("--samples-per-slot-max", default="256:2",
+    ap.add_argument("--samples-per-slot-max", default="256:1",
                     help="LEVEL:S caps samples-per-slot at S from that in-flight level up (2 cores; '' for none)")
     ap.add_argument("--drivers", default="ticks,events", help="drivers to run when tessy has a `driver` config field")
     ap.add_argument("--method", default="tessy", help="the method of the main runs")
@@ -340,7 +349,9 @@ def main(argv=None) -> int:
     if not with_driver:
         print("* ticks = the lock-step driver of the code before the change (no `driver` field)")
     print("S = student server, T = teacher server; busy = time with >= 1 active sequence / synth wall; active = mean active "
-          "sequences while busy; overrun = share of busy time the steps ran over plan (CPU contention)")
+          "sequences while busy;\n"
+          "CPU c/S/T = CPU seconds per wall second of the client (tessy) / student server / teacher server (2 cores = 2.00 in all); "
+          "overrun = share of busy time the steps ran over plan (CPU contention)")
     ratios = {}
     if with_driver and "ticks" in drivers and "events" in drivers:
         for level in levels:

@@ -48,7 +48,8 @@ Endpoints:
   reset), `requests`, `requests_max1` (requests with `max_tokens` <= 1: a client's probes),
   `prompt_tokens`, `cached_prompt_tokens`, `generated_tokens`, `bytes_in` (request body bytes on
   /completions), `mean_active` (time-weighted mean of active sequences while busy), `max_active`,
-  `steps`, `overrun_s` (how much longer the steps took than planned), `waiting_max`.
+  `steps`, `overrun_s` (how much longer the steps took than planned), `waiting_max`, `cache_blocks`
+  (blocks in the prefix cache), `cpu_s` (this process's CPU time: all threads).
 - `POST /stats/reset` zeroes all of those and also empties the prefix cache, so each run starts cold.
 """
 
@@ -109,6 +110,7 @@ class Engine:
     def reset_stats(self) -> None:
         with self.cond:
             self.t0 = time.perf_counter()
+            self.cpu0 = time.process_time()
             self.busy_s = self.active_time = self.overrun_s = 0.0
             self.requests = self.requests_max1 = self.prompt_tokens = self.cached_prompt_tokens = 0
             self.generated_tokens = self.bytes_in = self.max_active = self.steps = self.waiting_max = 0
@@ -124,6 +126,7 @@ class Engine:
                 "bytes_in": self.bytes_in, "mean_active": round(self.active_time / busy, 3) if busy else 0.0,
                 "max_active": self.max_active, "steps": self.steps, "overrun_s": round(self.overrun_s, 4),
                 "waiting_max": self.waiting_max, "cache_blocks": len(self.cache),
+                "cpu_s": round(time.process_time() - self.cpu0, 3),
             }
 
     # --- prefix cache --------------------------------------------------------------------------

@@ -17,7 +17,6 @@ import urllib.request
 
 import pytest
 
-from fake_server import FakeServer
 from provenance import Recording, splits_into_prefixes
 from scripted import CharTokenizer
 from tessy.backends import SampleError, Sampling, Span
@@ -26,19 +25,6 @@ from tessy.config import load_config
 from tessy.predictors import STUDENT, TEACHER
 from tessy.records import errors_path_for, read_errors, read_records
 from tessy.synth import synthesize
-
-
-@pytest.fixture
-def servers():
-    made = []
-
-    def make(**kw) -> FakeServer:
-        made.append(FakeServer(**kw))
-        return made[-1]
-
-    yield make
-    for s in made:
-        s.close()
 
 
 def backend_on(*servers, vocab="a", timeout_s=5.0, max_retries=2, concurrency=8) -> OpenAIBackend:

@@ -140,3 +140,32 @@ def test_killed_run_resumes_with_each_id_once(prompts_file, tmp_path):
     ids = [r["id"] for r in read_records(out)]
     assert sorted(ids) == sorted(p["id"] for p in PROMPTS)  # each id exactly once
     assert (tmp_path / "out.config.yaml").exists()
+
+
+def test_a_session_samples_from_its_own_seed_stream(backends):
+    # The same prompt under two keys samples differently; under one key it samples the same, alone
+    # or in a batch with other rows (each row draws from its own stream).
+    student = backends[STUDENT]
+    prompt = "Question: Tell me a story about a dragon.\n\nAnswer:"
+    hot = HFBackend(student.model, student.tokenizer, Sampling(temperature=1.0, top_p=1.0, seed=0))
+    a, b, a_again = (hot.start(prompt, key=k) for k in ("p1/student", "p2/student", "p1/student"))
+    [span_a] = hot.generate([a], [12], [()])
+    span_b, span_a_again = hot.generate([b, a_again], [12, 12], [(), ()])
+    assert span_a.ids != span_b.ids
+    assert span_a.ids == span_a_again.ids
+
+
+@pytest.mark.parametrize("role", [STUDENT, TEACHER])
+def test_span_offsets_decode_like_the_prefixes(backends, role, monkeypatch):
+    # The linear decoding of a long span (one token with a little left context at a time) gives the
+    # same offsets as decoding every prefix, multibyte characters included, without falling back.
+    import tessy.backends as spans
+
+    by_prefixes = spans._span_by_prefixes
+    tokenizer = backends[role].tokenizer
+    text = "Okay, so ünïcode — 漢字 and emoji 🙂🙂; def f(x):\n    return x ** 2  # ok\n" * 6
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    monkeypatch.setattr(spans, "_span_by_prefixes", lambda *a: pytest.fail("the linear decoding fell back"))
+    fast = spans.span_from_ids(tokenizer, ids, "length")
+    slow = by_prefixes(tokenizer, ids, "length", tokenizer.decode(ids, skip_special_tokens=False))
+    assert fast.offsets == slow.offsets and fast.text == slow.text

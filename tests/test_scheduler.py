@@ -12,7 +12,6 @@ import json
 import pytest
 from scripted import EOS, ScriptedBackend, run_scripted
 
-from fake_server import FakeServer
 from tessy.backends import Sampling
 from tessy.backends.openai import EndpointPool, OpenAIBackend
 from tessy.config import load_config
@@ -111,19 +110,6 @@ def test_ticks_find_a_stop_string_split_between_chunks():
 
 
 # --- over HTTP: both roles in flight together ---------------------------------------------------------------
-@pytest.fixture
-def servers():
-    made = []
-
-    def make(**kw) -> FakeServer:
-        made.append(FakeServer(**kw))
-        return made[-1]
-
-    yield make
-    for s in made:
-        s.close()
-
-
 def served(srv, vocab, seed=0):
     pool = EndpointPool([srv.url], None, timeout_s=10.0, max_retries=1, concurrency=16, backoff_s=0.01)
     return OpenAIBackend(CharTokenizer(vocab), pool, Sampling(temperature=0.6, top_p=1.0, seed=seed), model="char", eos_ids={0})

@@ -203,6 +203,8 @@ def cmd_analyze(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tessy.scheduler import DRIVERS  # light: no model code
+
     parser = argparse.ArgumentParser(
         prog="tessy",
         description="Teacher-student cooperation data synthesis (TESSY): the student writes the style tokens, "
@@ -219,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", help="tessy (default) or a baseline of the paper's section 3.4: student-only, teacher-only, "
                    "teacher-mix, teacher-answer, teacher-think, teacher-reference, teacher-score (overrides the config)")
     p.add_argument("--in-flight", type=int, help="samples open at once (overrides the config)")
-    p.add_argument("--driver", choices=["auto", "events", "ticks"], help="events: each sample on its own clock (servers); "
+    p.add_argument("--driver", choices=DRIVERS, help="events: each sample on its own clock (servers); "
                    "ticks: batched lock-step (in-process); auto picks by backend (overrides the config)")
     p.add_argument("--summary-json", help="also write the summary as JSON here")
     p.add_argument("--student-url", action="append", metavar="URL", help="serve the student from this OpenAI-compatible "

@@ -34,6 +34,12 @@ from tessy.transcript import Transcript
 DRIVERS = ("auto", "events", "ticks")
 
 
+def check_driver(driver: str) -> None:
+    """Refuse an unknown driver before any model loads."""
+    if driver not in DRIVERS:
+        raise ValueError(f"unknown driver {driver!r}; known: {', '.join(DRIVERS)}")
+
+
 @dataclass
 class _InFlight:
     transcript: Transcript
@@ -80,11 +86,10 @@ class Scheduler:
     timing: Timing = field(default_factory=Timing)
 
     def driver_name(self) -> str:
-        if self.driver not in DRIVERS:
-            raise ValueError(f"unknown driver {self.driver!r}; known: {', '.join(DRIVERS)}")
+        check_driver(self.driver)
         if self.driver != "auto":
             return self.driver
-        return "events" if all(getattr(b, "concurrent", False) for b in self.backends.values()) else "ticks"
+        return "events" if all(b.concurrent for b in self.backends.values()) else "ticks"
 
     def run(self, starts: Iterator[Callable[[], tuple[Transcript, Any]]], on_done: Callable[[Transcript], None],
             on_error: Callable[[Transcript, SampleError], None] | None = None) -> None:
@@ -94,7 +99,7 @@ class Scheduler:
         `on_error` (raised when there is none); the other samples go on."""
         self._on_done, self._on_error = on_done, on_error
         self._starts = iter(starts)
-        self._t0 = self._t_last = time.perf_counter()
+        self._t_last = time.perf_counter()
         self._in_flight = {role: 0 for role in self.backends}
         if self.driver_name() == "events":
             self._run_events()

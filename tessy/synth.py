@@ -13,7 +13,7 @@ from tessy.predictors import STUDENT, TEACHER, load_predictor
 from tessy.profiles import get_profile, render_prompt
 from tessy.prompts import Prompt, read_prompts
 from tessy.records import RecordWriter, compact_errors, done_ids, errors_path_for
-from tessy.scheduler import Scheduler
+from tessy.scheduler import Scheduler, check_driver
 from tessy.shards import select_shard
 from tessy.transcript import Party, Transcript
 
@@ -89,6 +89,7 @@ def synthesize(config: SynthConfig, prompts_path, out_path, limit: int | None = 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     methods.check_method(config.method, config.final_answer)
+    check_driver(config.driver)
     prompts = read_prompts(prompts_path)[:limit] if limit else read_prompts(prompts_path)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)

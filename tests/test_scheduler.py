@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from scripted import EOS, ScriptedBackend, run_scripted
+from scripted import EOS, CharTokenizer, ScriptedBackend, run_scripted
 
 from tessy.backends import Sampling
 from tessy.backends.openai import EndpointPool, OpenAIBackend
@@ -21,7 +21,6 @@ from tessy.predictors import STUDENT, TEACHER, LexiconPredictor
 from tessy.profiles import PLAIN
 from tessy.records import read_records
 from tessy.scheduler import Scheduler
-from scripted import CharTokenizer
 from tessy.synth import synthesize
 from tessy.transcript import Party, Transcript
 
@@ -157,3 +156,12 @@ def test_a_finished_sample_is_replaced_at_once(servers, tmp_path):
     synthesize(config, prompts, tmp_path / "out.jsonl", backends=backends, progress=False)
     order = [r["id"] for r in read_records(tmp_path / "out.jsonl")]
     assert order[-1] == "slow" and sorted(order[:-1]) == ["f0", "f1", "f2", "f3"]
+
+
+def test_an_unknown_driver_is_refused_before_any_model_loads(tmp_path, monkeypatch):
+    import tessy.synth as synth
+
+    monkeypatch.setattr(synth, "load_backends", lambda config: pytest.fail("loaded the models"))
+    prompts = write_prompts(tmp_path / "p.jsonl", [{"id": "a", "prompt": "q"}])
+    with pytest.raises(ValueError, match="unknown driver 'fast'; known: auto, events, ticks"):
+        synthesize(load_config(driver="fast"), prompts, tmp_path / "out.jsonl", progress=False)

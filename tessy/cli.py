@@ -55,6 +55,18 @@ def cmd_merge(args) -> int:
     return 1 if summary["duplicates"] or summary["missing"] else 0
 
 
+def cmd_export(args) -> int:
+    from tessy.export import export
+
+    summary = export(args.records, args.format, args.out)
+    skipped = summary["skipped"]
+    line = f"wrote {summary['written']} records to {summary['out']} ({summary['format']})"
+    if skipped:
+        line += f"; skipped {len(skipped)} with an error: {', '.join(skipped[:10])}" + (" ..." if len(skipped) > 10 else "")
+    print(line)
+    return 0
+
+
 def cmd_config(args) -> int:
     from tessy.config import ModelConfig, SynthConfig
 
@@ -203,6 +215,7 @@ def cmd_analyze(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tessy.export import FORMATS as EXPORT_FORMATS  # light: json and pathlib only
     from tessy.scheduler import DRIVERS  # light: no model code
 
     parser = argparse.ArgumentParser(
@@ -236,6 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("shards", nargs="+", help="shard output files")
     p.add_argument("--prompts", help="the prompts file: ids it has and no shard has are reported missing")
     p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("export", help="write records as the release's dialogs, LLaMA-Factory's sharegpt, or Parquet for TRL")
+    p.add_argument("records", help="records JSONL (tessy synth or merge output)")
+    p.add_argument("--format", required=True, choices=EXPORT_FORMATS,
+                   help="dialogs: JSONL {id_ddm, dialogs}; sharegpt: JSONL {conversations, system, id}; "
+                   "parquet: columns id, messages, prompt, answer, method")
+    p.add_argument("--out", required=True, help="file to write")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("analyze", help="compare datasets on their shared prompts: lengths, teacher share, TF-IDF, student NLL")
     p.add_argument("files", nargs="+", help="records JSONL files (one per method)")

@@ -1,4 +1,8 @@
-"""Reading the prompts file: JSON Lines with `id` and either `prompt` or chat `messages`."""
+"""Reading the prompts file: JSON Lines with an id and either `prompt` or chat messages.
+
+The id is `id`, or else `id_ddm`; the chat messages are `messages`, or `dialogs`. The second names
+are those of the TESSY authors' released client, so its prompt files are read as they are.
+"""
 
 from __future__ import annotations
 
@@ -25,17 +29,29 @@ def _messages(obj: dict) -> tuple[dict, ...] | str:
         if not obj["prompt"].strip():
             return "empty prompt"
         return ({"role": "user", "content": obj["prompt"]},)
-    if "messages" in obj:
-        msgs = obj["messages"]
+    key = "messages" if "messages" in obj else "dialogs" if "dialogs" in obj else None
+    if key is not None:
+        msgs = obj[key]
         if not isinstance(msgs, list) or not msgs:
-            return "'messages' must be a non-empty list"
+            return f"'{key}' must be a non-empty list"
         for m in msgs:
             if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
                 return "each message needs a string 'role' and 'content'"
         if not any(m["role"] == "user" and m["content"].strip() for m in msgs):
             return "empty prompt: no non-empty user message"
         return tuple({"role": m["role"], "content": m["content"]} for m in msgs)
-    return "missing field: each line needs 'prompt' or 'messages'"
+    return "missing field: each line needs 'prompt', 'messages' or 'dialogs'"
+
+
+def _id(obj: dict) -> tuple[str | None, str | None]:
+    """(the line's id as a string, None), or (None, what is wrong). `id` wins over `id_ddm`."""
+    key = "id" if "id" in obj else "id_ddm" if "id_ddm" in obj else None
+    if key is None:
+        return None, "missing field 'id' (or 'id_ddm')"
+    value = obj[key]
+    if not isinstance(value, (str, int)) or isinstance(value, bool) or str(value) == "":
+        return None, f"'{key}' must be a non-empty string or integer"
+    return str(value), None
 
 
 def read_prompts(path: str | Path) -> list[Prompt]:
@@ -54,13 +70,10 @@ def read_prompts(path: str | Path) -> list[Prompt]:
             if not isinstance(obj, dict):
                 errors.append(f"line {lineno}: expected a JSON object, got {type(obj).__name__}")
                 continue
-            if "id" not in obj:
-                errors.append(f"line {lineno}: missing field 'id'")
+            pid, problem = _id(obj)
+            if problem:
+                errors.append(f"line {lineno}: {problem}")
                 continue
-            if not isinstance(obj["id"], (str, int)) or isinstance(obj["id"], bool) or str(obj["id"]) == "":
-                errors.append(f"line {lineno}: 'id' must be a non-empty string or integer")
-                continue
-            pid = str(obj["id"])
             if pid in seen:
                 errors.append(f"line {lineno}: duplicate id {pid!r} (first at line {seen[pid]})")
                 continue

@@ -16,8 +16,14 @@ def write(tmp_path, lines):
     ('{"id": "1", "prompt": "dup"}', "line 2: duplicate id '1' (first at line 1)"),
     ('{"id": "b", "prompt": "   "}', "line 2: empty prompt"),
     ('{"id": "b", "messages": [{"role": "user", "content": ""}]}', "line 2: empty prompt"),
-    ('{"id": "b"}', "line 2: missing field: each line needs 'prompt' or 'messages'"),
-    ('{"prompt": "no id"}', "line 2: missing field 'id'"),
+    ('{"id": "b"}', "line 2: missing field: each line needs 'prompt', 'messages' or 'dialogs'"),
+    ('{"prompt": "no id"}', "line 2: missing field 'id' (or 'id_ddm')"),
+    ('{"id_ddm": "", "prompt": "x"}', "line 2: 'id_ddm' must be a non-empty string or integer"),
+    ('{"id_ddm": true, "prompt": "x"}', "line 2: 'id_ddm' must be a non-empty string or integer"),
+    ('{"id_ddm": "b", "dialogs": []}', "line 2: 'dialogs' must be a non-empty list"),
+    ('{"id_ddm": "b", "dialogs": [{"role": "user"}]}', "line 2: each message needs a string 'role' and 'content'"),
+    ('{"id_ddm": "b", "dialogs": [{"role": "system", "content": "x"}]}', "line 2: empty prompt"),
+    ('{"id_ddm": 1, "dialogs": [{"role": "user", "content": "x"}]}', "line 2: duplicate id '1' (first at line 1)"),
     ('["a list"]', "line 2: expected a JSON object"),
     ('{"id": "b", "messages": "hi"}', "line 2: 'messages' must be a non-empty list"),
 ])
@@ -43,6 +49,21 @@ def test_prompt_and_messages_forms(tmp_path):
     a, b = read_prompts(path)
     assert a.id == "p" and a.messages == ({"role": "user", "content": "Sum two numbers."},)
     assert b.id == "7" and [m["role"] for m in b.messages] == ["system", "user"]
+
+
+def test_release_dialogs_and_id_ddm(tmp_path):
+    """The released client's prompt files: `dialogs` for the chat messages, `id_ddm` or an integer `id`."""
+    chat = [{"role": "system", "content": "Think step by step."}, {"role": "user", "content": "2+2?"}]
+    path = write(tmp_path, [
+        json.dumps({"id_ddm": "ddm-1", "dialogs": chat}),
+        json.dumps({"id": 42, "dialogs": chat[1:]}),
+        json.dumps({"id_ddm": 9, "prompt": "Hi"}),
+        json.dumps({"id": "kept", "id_ddm": "ignored", "dialogs": chat}),
+    ])
+    a, b, c, d = read_prompts(path)
+    assert (a.id, a.messages) == ("ddm-1", tuple(chat))
+    assert (b.id, b.messages) == ("42", tuple(chat[1:]))
+    assert c.id == "9" and d.id == "kept"
 
 
 def test_shipped_demo_prompts_are_valid():

@@ -123,7 +123,7 @@ def cmd_predictor_train(args) -> int:
 
     config = TrainConfig(data=args.data, out=args.out, base=args.base, source=args.source, epochs=args.epochs, lr=args.lr,
                          batch_size=args.batch_size, max_length=args.max_length, left_context=args.left_context,
-                         class_weights=not args.no_class_weights, eval_fraction=args.eval_fraction, device=args.device)
+                         labels=args.labels, class_weights=not args.no_class_weights, eval_fraction=args.eval_fraction, device=args.device)
     meta = train_predictor(config, log=_console().print)
     last = meta["epochs"][-1]
     print(f"saved {args.out} (role {meta['role']}, {meta['n_train']} train / {meta['n_eval']} held out, "
@@ -308,7 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--lr", type=float, default=5e-5)
     q.add_argument("--batch-size", type=int, default=16)
     q.add_argument("--max-length", type=int, default=128, help="tokens per segment, context included")
-    q.add_argument("--left-context", type=int, default=0, help="tokens before the segment, seen but not scored")
+    q.add_argument("--left-context", type=int, default=0, help="tokens before the segment, seen but not scored "
+                   "(at synth time the loop hands the thinking before each span as that context)")
+    q.add_argument("--labels", choices=["same-token", "next-token"], default="same-token",
+                   help="same-token: the logits at t classify token t; next-token: token t+1, as the authors' "
+                   "released predictors (then the release's cut rule applies)")
     q.add_argument("--no-class-weights", action="store_true", help="plain cross-entropy")
     q.add_argument("--eval-fraction", type=float, default=0.2, help="share of docs held out")
     q.add_argument("--device", default="auto", help="cpu | cuda | auto")

@@ -4,10 +4,23 @@ The paper puts a binary head on a small causal LM (Qwen3-0.6B-Base) and labels e
 capability. Here any base model works through `AutoModelForTokenClassification`; the default is the
 embedded student's checkpoint. A token is style when its first non-space character lies in a style
 span (the tokenizer's offset mapping turns character spans into token labels). Optional left
-context: tokens of the text before the segment are fed to the model but not scored.
+context: tokens of the text before the segment are fed to the model but not scored; at inference
+the loop hands the thinking before each span as that context.
+
+Two label semantics (`PredictorSpec.labels`):
+- `same-token` (tessy's default): the logits at token t classify token t; the loop cuts with Eq. 5
+  over the style spans (tessy/predictors.py `boundary`).
+- `next-token` (the authors' release): training shifts the labels left by one, so the logits at
+  token t classify token t+1. The release's rule then cuts: read the thinking so far plus the new
+  span, left-truncated to `context_tokens` predictor tokens; skip every token that starts at or
+  before the span's first character; at the first remaining token labelled the other kind (style on
+  a teacher span, capability on a student span) keep the span through that token's end. With no
+  such token the span is kept whole, and the roles still switch when the window's last label is
+  the other kind. (`handover: complete-word` then runs the kept text on to the next whitespace.)
 
 A checkpoint directory holds the Hugging Face model and tokenizer plus `tessy_predictor.json`: base,
-data, role, label semantics, settings and the held-out metrics of every epoch.
+data, role, label semantics, settings and the held-out metrics of every epoch. A plain checkpoint
+(the release's) has no such file and is described by a `PredictorSpec` in the config instead.
 """
 
 from __future__ import annotations
@@ -42,6 +55,7 @@ class TrainConfig:
     batch_size: int = field(default=16, metadata={"help": "segments per optimizer step"})
     max_length: int = field(default=128, metadata={"help": "most tokens of a segment (plus context) the model reads"})
     left_context: int = field(default=0, metadata={"help": "tokens of preceding text seen but not scored"})
+    labels: str = field(default="same-token", metadata={"help": "same-token: the logits at token t classify token t; next-token: they classify token t+1 (the authors' release), and the release's cut rule applies"})
     class_weights: bool = field(default=True, metadata={"help": "weigh the loss by inverse class frequency (style is rare)"})
     eval_fraction: float = field(default=0.2, metadata={"help": "share of docs held out for the per-epoch evaluation"})
     seed: int = field(default=0, metadata={"help": "split and shuffle seed"})
@@ -74,15 +88,21 @@ def encode(tokenizer, text: str, context: str = "", spans: list | None = None, m
            left_context: int = 0) -> dict:
     """input_ids, offsets into `text` (None for non-text tokens) and, given `spans`, labels."""
     prefix = tokenizer("", add_special_tokens=True)["input_ids"]  # BOS, for tokenizers that add one
-    ctx = tokenizer(context, add_special_tokens=False)["input_ids"][-left_context:] if left_context and context else []
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    room = max(max_length - len(prefix) - len(ctx), 1)
+    room = max(max_length - len(prefix), 1)  # the text first; the context fills what it leaves
     ids, offsets = enc["input_ids"][:room], [tuple(o) for o in enc["offset_mapping"][:room]]
+    left_context = min(left_context, max_length - len(prefix) - len(ids))
+    ctx = tokenizer(context, add_special_tokens=False)["input_ids"][-left_context:] if left_context > 0 and context else []
     out = {"input_ids": prefix + ctx + ids, "offsets": [None] * (len(prefix) + len(ctx)) + offsets,
            "truncated": len(enc["input_ids"]) > room}
     if spans is not None:
         out["labels"] = [IGNORE] * (len(prefix) + len(ctx)) + token_labels(text, offsets, spans)
     return out
+
+
+def shift_left(labels: list[int]) -> list[int]:
+    """`next-token` targets: the label at t is the class of token t+1 (the last token has none)."""
+    return labels[1:] + [IGNORE]
 
 
 def collate(batch: list[dict], pad_id: int, device: str) -> dict:
@@ -103,62 +123,146 @@ def collate(batch: list[dict], pad_id: int, device: str) -> dict:
 
 # --- the predictor ---------------------------------------------------------------------------------------
 class LearnedPredictor:
-    """A trained token classifier behind the `BoundaryPredictor` protocol, batched, on CPU or GPU."""
+    """A token classifier behind the `BoundaryPredictor` protocol, batched, on CPU or GPU."""
 
     def __init__(self, model, tokenizer, meta: dict, name: str = "learned", batch_size: int = 32):
         self.model, self.tokenizer, self.meta, self.name = model, tokenizer, meta, name
         self.batch_size = batch_size
         self.device = next(model.parameters()).device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+        self.semantics = meta.get("semantics", "same-token")
+        self.style_label = meta.get("style_label", STYLE)
+        self.max_length = meta.get("max_length", 128)
+        self.left_context = meta.get("left_context", 0)
 
     @classmethod
-    def load(cls, path, device: str = "auto", batch_size: int = 32) -> "LearnedPredictor":
+    def load(cls, path, spec=None, device: str = "auto", batch_size: int = 32) -> "LearnedPredictor":
+        """A checkpoint of `tessy predictor train`, or with `spec` (a `PredictorSpec`) any 2-label
+        token-classification checkpoint, such as the authors' released predictors."""
         import torch
         from transformers import AutoModelForTokenClassification, AutoTokenizer
 
         path = Path(path)
-        meta = json.loads((path / META_FILE).read_text())
+        meta = json.loads((path / META_FILE).read_text()) if is_checkpoint(path) else {}
+        if spec is not None:
+            meta = {**meta, "semantics": spec.labels, "style_label": spec.style_label}
+            if spec.context_tokens:
+                meta.update(max_length=spec.context_tokens, left_context=spec.context_tokens)
+        elif not meta:
+            raise ValueError(f"{path}: not a checkpoint of `tessy predictor train`; describe a plain checkpoint "
+                             f"with {{path, labels, style_label, context_tokens}}")
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForTokenClassification.from_pretrained(path, dtype=torch.float32)
+        if model.config.num_labels != 2:
+            raise ValueError(f"{path}: a boundary predictor has 2 labels, this checkpoint has {model.config.num_labels}")
         model = model.to(pick_device(device)).eval()
         return cls(model, tokenizer, meta, name=f"learned:{path.name}", batch_size=batch_size)
 
+    # --- what the loop asks -------------------------------------------------------------------
+    def cuts(self, texts: list[str], contexts: list[str], role: str) -> list[int | None]:
+        from tessy.predictors import eq5_cuts
+
+        if self.semantics == "next-token":
+            return self._release_cuts(texts, contexts, role)
+        return eq5_cuts(texts, self.style_spans(texts, contexts), role)
+
+    def _release_cuts(self, texts: list[str], contexts: list[str], role: str) -> list[int | None]:
+        """The release's rule (module docstring), on character offsets of context + text."""
+        from tessy.predictors import TEACHER
+
+        other = self.style_label if role == TEACHER else 1 - self.style_label
+        windows = [self._window(context + text) for text, context in zip(texts, contexts)]
+        out = []
+        for text, context, (offsets, labels) in zip(texts, contexts, self._labels(windows)):
+            at = len(context)
+            cut = next((end for (start, end), label in zip(offsets, labels) if start > at and label == other), None)
+            if cut is None and text and labels and labels[-1] == other:
+                cut = len(context) + len(text)  # nothing to drop, but the window ends on the other kind
+            out.append(None if cut is None else cut - at)
+        return out
+
+    def _window(self, text: str) -> dict:
+        """`text` as the release reads it: its last `max_length` predictor tokens (the tokenizer's own
+        left truncation, special tokens included), with character offsets into `text`."""
+        self.tokenizer.truncation_side = "left"
+        enc = self.tokenizer(text, add_special_tokens=True, truncation=True, max_length=self.max_length,
+                             return_offsets_mapping=True)
+        return {"input_ids": enc["input_ids"], "offsets": [tuple(o) for o in enc["offset_mapping"]]}
+
+    def _labels(self, encodings: list[dict]) -> list[tuple[list, list[int]]]:
+        """(offsets, argmax class per token) for each encoding, `batch_size` rows per forward pass."""
+        import torch
+
+        out = []
+        with torch.inference_mode():
+            for b in range(0, len(encodings), self.batch_size):
+                chunk = encodings[b:b + self.batch_size]
+                batch = collate(chunk, self.pad_id, self.device)
+                logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                for enc, row in zip(chunk, logits.argmax(-1).tolist()):
+                    out.append((enc["offsets"], row[:len(enc["input_ids"])]))
+        return out
+
+    # --- style spans (predictor eval, the NLL split, and Eq. 5 for same-token checkpoints) --------
     def style_spans(self, texts: list[str], contexts: list[str] | None = None) -> list[list[tuple[int, int]]]:
         """For each text, its style spans as [start, end) character offsets (one forward pass per
         `batch_size` texts). Texts longer than the checkpoint's max_length are read in pieces."""
-        import torch
-
-        max_length = self.meta.get("max_length", 128)
-        left = self.meta.get("left_context", 0)
         contexts = contexts or [""] * len(texts)
+        if self.semantics == "next-token":
+            return self._next_token_spans(texts, contexts)
         pieces = []  # (text index, offset of the piece in the text, encoding)
         for i, (text, context) in enumerate(zip(texts, contexts)):
             start = 0
             while True:
-                enc = encode(self.tokenizer, text[start:], context, None, max_length, left)
+                enc = encode(self.tokenizer, text[start:], context, None, self.max_length, self.left_context)
                 pieces.append((i, start, enc))
                 last = max((o[1] for o in enc["offsets"] if o), default=0)
                 if not enc["truncated"] or not last:
                     break
                 context, start = text[:start + last], start + last
         style: list[list[tuple[int, int]]] = [[] for _ in texts]
-        with torch.inference_mode():
-            for b in range(0, len(pieces), self.batch_size):
-                chunk = pieces[b:b + self.batch_size]
-                batch = collate([p[2] for p in chunk], self.pad_id, self.device)
-                logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                is_style = (logits.argmax(-1) == STYLE).tolist()
-                for (i, shift, enc), row in zip(chunk, is_style):
-                    text = texts[i]
-                    for offset, flag in zip(enc["offsets"], row):
-                        if offset is None or not flag:
-                            continue
-                        s, e = offset[0] + shift, offset[1] + shift
-                        while s < e and text[s].isspace():
-                            s += 1
-                        if s < e:
-                            style[i].append((s, e))
-        return [_join(text, spans) for text, spans in zip(texts, style)]
+        for (i, shift, _), (offsets, labels) in zip(pieces, self._labels([p[2] for p in pieces])):
+            for offset, label in zip(offsets, labels):
+                if offset is not None and label == self.style_label:
+                    style[i].append((offset[0] + shift, offset[1] + shift))
+        return [_join(text, _trimmed(text, spans)) for text, spans in zip(texts, style)]
+
+    def _next_token_spans(self, texts: list[str], contexts: list[str]) -> list[list[tuple[int, int]]]:
+        """Style spans when the label at t is token t+1's. Context + text is read in windows of
+        `max_length` tokens that overlap by half; a token takes its label from the window that shows
+        it with the most left context."""
+        size = self.max_length
+        step = max(size // 2, 1)
+        jobs = []  # (text index, context characters, first token of the window, first token it labels, window)
+        for i, (text, context) in enumerate(zip(texts, contexts)):
+            enc = self.tokenizer(context + text, add_special_tokens=True, return_offsets_mapping=True)
+            ids, offsets = enc["input_ids"], [tuple(o) for o in enc["offset_mapping"]]
+            a = 0
+            while True:
+                b = min(a + size, len(ids))
+                jobs.append((i, len(context), a, a + 1 if a == 0 else a + size - step,
+                             {"input_ids": ids[a:b], "offsets": offsets[a:b]}))
+                if b >= len(ids):
+                    break
+                a += step
+        style: list[list[tuple[int, int]]] = [[] for _ in texts]
+        for (i, at, a, first, _), (offsets, labels) in zip(jobs, self._labels([j[4] for j in jobs])):
+            for r in range(max(first - a, 1), len(labels)):
+                start, end = offsets[r]
+                if start >= at and labels[r - 1] == self.style_label:  # token a+r's class is read at a+r-1
+                    style[i].append((start - at, end - at))
+        return [_join(text, _trimmed(text, spans)) for text, spans in zip(texts, style)]
+
+
+def _trimmed(text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Spans without their leading whitespace (byte-level BPE glues the space to the word)."""
+    out = []
+    for s, e in spans:
+        while s < e and text[s].isspace():
+            s += 1
+        if s < e:
+            out.append((s, e))
+    return out
 
 
 def _join(text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -217,8 +321,13 @@ def train_predictor(config: TrainConfig, log: Callable[[str], None] = print) -> 
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
 
+    if config.labels not in ("same-token", "next-token"):
+        raise ValueError(f"labels: {config.labels!r} is not same-token or next-token")
     encoded = [encode(tokenizer, r["text"], r.get("context", ""), r["style_spans"], config.max_length, config.left_context)
                for r in train_rows]
+    if config.labels == "next-token":
+        for e in encoded:
+            e["labels"] = shift_left(e["labels"])
     counts = [sum(lab == c for e in encoded for lab in e["labels"]) for c in (CAPABILITY, STYLE)]
     # Inverse class frequency: style tokens are a small minority of thinking text.
     weights = [sum(counts) / (2 * max(c, 1)) for c in counts] if config.class_weights else [1.0, 1.0]
@@ -229,7 +338,8 @@ def train_predictor(config: TrainConfig, log: Callable[[str], None] = print) -> 
     log(f"train {len(train_rows)} segments, held out {len(eval_rows)}; tokens capability {counts[0]}, style {counts[1]}; "
         f"class weights {[round(w, 2) for w in weights]}; device {device}")
 
-    predictor = LearnedPredictor(model, tokenizer, {"max_length": config.max_length, "left_context": config.left_context})
+    predictor = LearnedPredictor(model, tokenizer, {"max_length": config.max_length, "left_context": config.left_context,
+                                                    "semantics": config.labels})
     history, losses = [], []
     rng = random.Random(config.seed)
     t0 = time.perf_counter()
@@ -267,13 +377,16 @@ def train_predictor(config: TrainConfig, log: Callable[[str], None] = print) -> 
         "role": config.source or "+".join(sorted({r.get("source", "?") for r in rows})),
         "labels": {str(k): v for k, v in LABELS.items()},
         "label_semantics": "per token: style (1) or capability (0); a token is style when its first non-space "
-                           "character lies in an annotated style span",
+                           "character lies in an annotated style span" + (
+                               "; the logits at token t classify token t+1" if config.labels == "next-token" else ""),
         "base": config.base,
         "base_dir": str(base_dir),
         "data": str(config.data),
         "data_sha256": hashlib.sha256(Path(config.data).read_bytes()).hexdigest(),
         "n_train": len(train_rows),
         "n_eval": len(eval_rows),
+        "semantics": config.labels,
+        "style_label": STYLE,
         "max_length": config.max_length,
         "left_context": config.left_context,
         "class_weights": weights,

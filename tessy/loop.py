@@ -28,17 +28,32 @@ class Generate:
 class Boundary:
     role: str
     text: str
+    context: str = ""  # the thinking before `text`, which a predictor may read but never cuts
+
+
+HANDOVERS = ("drop-partial-word", "complete-word")
 
 
 @dataclass(frozen=True)
 class LoopSettings:
-    k: int = 20  # tokens per turn (paper, section 3.1)
+    k: int | dict[str, int] = 20  # tokens per turn (paper, section 3.1), or role -> tokens per turn
     max_think_tokens: int = 384
     max_answer_tokens: int = 256
     max_rounds: int = 200
     same_vocab: bool = False  # different vocabularies: a handed-over span ends on a whole word
-    repetition_min_chars: int = 48
+    handover: str = "drop-partial-word"  # how a cut span ends a word; see `kept_tokens`
+    repetition_min_words: int = 3  # the repetition guard, see `is_repeating`
+    repetition_min_repeats: int = 8
+    repetition_window_chars: int = 1000
     final_answer: str = STUDENT  # who writes the answer; "teacher" is the paper's appendix A.1 variant
+    context_chars: int = 4000  # thinking text handed to a predictor as left context (it reads what it needs)
+
+    def turn(self, role: str) -> int:
+        """k for `role`."""
+        return self.k[role] if isinstance(self.k, dict) else self.k
+
+    def repeating(self, text: str) -> bool:
+        return is_repeating(text, self.repetition_min_words, self.repetition_min_repeats, self.repetition_window_chars)
 
 
 def tessy_sample(x: Transcript, s: LoopSettings):
@@ -46,11 +61,11 @@ def tessy_sample(x: Transcript, s: LoopSettings):
     role = STUDENT  # lines 5-6: the student writes first, with B_S
     empty_before = False
     while x.stop_reason is None:  # line 7
-        raw: Span = yield Generate(role, s.k, (x.close_marker(role),))  # line 8
+        raw: Span = yield Generate(role, s.turn(role), (x.close_marker(role),))  # line 8
         end, closed = thinking_end(raw, x.close_marker(role))
-        b = yield Boundary(role, raw.text[:end])  # line 9
-        cut = b < end
-        n = kept_tokens(raw, b, whole_words=cut and not s.same_vocab)  # line 10
+        b = yield Boundary(role, raw.text[:end], x.tail("think", s.context_chars))  # line 9: a cut, or None
+        cut = b is not None
+        n = kept_tokens(raw, b if cut else end, s.handover if cut else "", s.same_vocab, end)  # line 10
         if cut and n == 0 and empty_before:
             n = first_word_tokens(raw, end)  # no progress twice: accept at least one word
             x.forced_progress += 1
@@ -84,14 +99,23 @@ def thinking_end(raw: Span, close_marker: str) -> tuple[int, bool]:
     return len(raw.text), raw.finish == "eos"  # a plain model ending its turn ends its thinking
 
 
-def kept_tokens(raw: Span, b: int, whole_words: bool) -> int:
-    """How many of the span's tokens fit before character `b`.
+def kept_tokens(raw: Span, b: int, handover: str = "", same_vocab: bool = True, limit: int | None = None) -> int:
+    """How many of the span's tokens fit before character `b`, and how a cut span ends a word.
 
-    With `whole_words` (a hand-over between different vocabularies, paper section 3.1), a span
-    that would end inside a word drops that partial word.
+    - `drop-partial-word` (paper, section 3.1): between different vocabularies, a span that would
+      end inside a word drops that partial word; with one vocabulary the cut stays where it is.
+    - `complete-word` (the authors' release): the kept text runs on to the next whitespace of the
+      same model's span (never past `limit`, where its thinking ends), so the word the cut landed in
+      is completed rather than dropped. Applied whatever the vocabularies. The kept text is whole
+      tokens of the span, so where that whitespace falls inside a token it ends at the token before.
+    - "" (no cut): the tokens within `b`.
     """
+    if handover == "complete-word":
+        limit = len(raw.text) if limit is None else limit
+        while b < limit and not raw.text[b].isspace():
+            b += 1
     n = raw.tokens_within(b)
-    if whole_words:
+    if handover == "drop-partial-word" and not same_vocab:
         end = raw.offsets[n - 1] if n else 0
         if 0 < end < len(raw.text) and raw.text[end - 1].isalnum() and raw.text[end].isalnum():
             while end > 0 and raw.text[end - 1].isalnum():
@@ -119,31 +143,57 @@ def stop_guard(x: Transcript, s: LoopSettings) -> str | None:
         return "think_budget"
     if x.rounds >= s.max_rounds:
         return "max_rounds"
-    if is_repeating(x.text("think"), s.repetition_min_chars):
+    if s.repeating(x.tail("think", s.repetition_window_chars)):
         return "repetition"
     return None
 
 
-def first_repetition(before: str, raw: Span, n: int, k: int, min_chars: int) -> int | None:
+def first_repetition(before: str, raw: Span, n: int, k: int, s: LoopSettings) -> int | None:
     """The repetition guard over one long span: the first k-token point (the points a k-token loop
     would have checked) at which `before` plus the span's first tokens ends in a repetition, as a
     token count within `n`; None when it never does."""
+    window = s.repetition_window_chars + 1  # one more: whether the window starts inside a word
+    before = before[-window:]
     points = [*range(k, n, k), n]
     for j in points:
         while j > 0 and raw.offsets[j - 1] == -1:  # inside a character: the last whole one
             j -= 1
-        if j and is_repeating(before + raw.text_of(j), min_chars):
+        end = raw.offsets[j - 1] if j else 0
+        if j and s.repeating((before + raw.text[max(0, end - window):end])[-window:]):
             return j
     return None
 
 
-def is_repeating(text: str, min_chars: int = 48, max_period: int = 200) -> bool:
-    """True when the text ends in one unit repeated at least 3 times over `min_chars` or more."""
-    for period in range(1, max_period + 1):
-        need = -(-max(3 * period, min_chars) // period) * period  # round up to whole units
-        if need > len(text):
-            break
-        tail = text[-need:]
-        if tail == tail[-period:] * (need // period):
+def is_repeating(text: str, min_words: int = 3, min_repeats: int = 8, window_chars: int = 1000) -> bool:
+    """True when the text ends in a loop: one unit of at least `min_words` words, repeated at least
+    `min_repeats` times in a row, within the last `window_chars` characters (words are compared
+    whitespace-insensitively).
+
+    A unit that is itself a shorter unit repeated (`0 0 0`, `| --- | --- |`, `pass pass pass`) is
+    that shorter unit: rules of dashes, rows of zeros, table rules and short repeated code lines are
+    ordinary text. Such a short unit is a loop only when it fills the whole window.
+    """
+    tail = text[-window_chars:]
+    words = tail.split()
+    if len(tail) == window_chars and len(text) > window_chars and not text[-window_chars - 1].isspace():
+        words = words[1:]  # the window starts inside a word
+    for period in range(1, len(words) // 2 + 1):
+        copies = _copies(words, period)
+        if copies < 2:
+            continue
+        if period < min_words:
+            if copies * period == len(words) and len(text) >= window_chars:
+                return True  # a short unit over the whole window
+            continue
+        if copies >= min_repeats and not any(period % q == 0 and _copies(words[-period:], q) == period // q
+                                             for q in range(1, min_words)):
             return True
     return False
+
+
+def _copies(words: list[str], period: int) -> int:
+    """How many times the last `period` words repeat back to back at the end of `words`."""
+    unit, n = words[-period:], 1
+    while (n + 1) * period <= len(words) and words[-(n + 1) * period:-n * period] == unit:
+        n += 1
+    return n

@@ -66,7 +66,7 @@ def solo_sample(x: Transcript, s: LoopSettings, thinker: str, writer: str):
         raw = yield Generate(thinker, budget, (close,), session=x.parties[thinker].session)
         end, closed = thinking_end(raw, close)
         n = raw.tokens_within(end)
-        repeated = first_repetition(x.text("think"), raw, n, s.k, s.repetition_min_chars)
+        repeated = first_repetition(x.text("think"), raw, n, s.turn(thinker), s)
         x.accept(thinker, raw, n if repeated is None else repeated)
         x.rounds += 1
         if repeated is not None:

@@ -28,7 +28,7 @@ from typing import Any
 
 from tessy.backends import SampleError, Span, span_from_ids
 from tessy.loop import Boundary, Generate
-from tessy.predictors import STUDENT, TEACHER, BoundaryPredictor, boundary
+from tessy.predictors import STUDENT, TEACHER, BoundaryPredictor
 from tessy.transcript import Transcript
 
 DRIVERS = ("auto", "events", "ticks")
@@ -163,11 +163,12 @@ class Scheduler:
                 stats.prompt_tokens += span.prompt_tokens
                 stats.cached_tokens += span.cached_tokens
 
-    def _predict(self, role: str, texts: list[str]) -> tuple[list[list[tuple[int, int]]], float]:
-        """The predictor's style spans for `texts`, and the seconds it took (added up by the caller,
-        in the driver's thread)."""
+    def _predict(self, role: str, requests: list[Boundary]) -> tuple[list[int | None], float]:
+        """The predictor's cuts for `requests`, and the seconds it took (added up by the caller, in
+        the driver's thread)."""
         t = time.perf_counter()
-        return self.predictors[role].style_spans(texts), time.perf_counter() - t
+        cuts = self.predictors[role].cuts([r.text for r in requests], [r.context for r in requests], role)
+        return cuts, time.perf_counter() - t
 
     # --- events: every sample on its own clock ----------------------------------------------------
     def _run_events(self) -> None:
@@ -195,17 +196,17 @@ class Scheduler:
                     if items and not predicting[role]:
                         batch, waiting[role] = items, []
                         predicting[role] = True
-                        pending[workers.submit(self._predict, role, [f.request.text for f in batch])] = ("boundary", role, batch)
+                        pending[workers.submit(self._predict, role, [f.request for f in batch])] = ("boundary", role, batch)
                 done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
                 for future in done:
                     kind, *what = pending.pop(future)
                     if kind == "boundary":
                         role, batch = what
                         predicting[role] = False
-                        styles, seconds = future.result()
+                        cuts, seconds = future.result()
                         self.timing.predict_s += seconds
-                        for item, style in zip(batch, styles):
-                            self._step(item, boundary(item.request.text, style, role), flying, dispatch)
+                        for item, cut in zip(batch, cuts):
+                            self._step(item, cut, flying, dispatch)
                     else:
                         [item] = what
                         role = item.request.role
@@ -240,10 +241,10 @@ class Scheduler:
         for role in (STUDENT, TEACHER):
             group = [f for f in flying if isinstance(f.request, Boundary) and f.request.role == role]
             if group:
-                styles, seconds = self._predict(role, [f.request.text for f in group])
+                cuts, seconds = self._predict(role, [f.request for f in group])
                 self.timing.predict_s += seconds
-                for f, style in zip(group, styles):
-                    self._advance(f, boundary(f.request.text, style, role))
+                for f, cut in zip(group, cuts):
+                    self._advance(f, cut)
 
     def _answer_generates(self, role: str, flying: list[_InFlight]) -> None:
         group = [f for f in flying if isinstance(f.request, Generate) and f.request.role == role]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections import Counter
 from pathlib import Path
 
 from tessy import methods
+from tessy.analysis import compression_ratio, thinking_text
 from tessy.config import SynthConfig, load_config
 from tessy.loop import LoopSettings, tessy_sample
 from tessy.predictors import STUDENT, TEACHER, load_predictor
@@ -38,11 +40,15 @@ def same_vocabulary(a, b) -> bool:
 
 def settings_for(config: SynthConfig, backends: dict) -> LoopSettings:
     return LoopSettings(
-        k=config.k,
+        k={role: getattr(config, role).k or config.k for role in (STUDENT, TEACHER)},
         max_think_tokens=config.max_think_tokens,
         max_answer_tokens=config.max_answer_tokens,
         max_rounds=config.max_rounds,
         same_vocab=same_vocabulary(backends[STUDENT].tokenizer, backends[TEACHER].tokenizer),
+        handover=config.handover,
+        repetition_min_words=config.repetition_min_words,
+        repetition_min_repeats=config.repetition_min_repeats,
+        repetition_window_chars=config.repetition_window_chars,
         final_answer=config.final_answer,
     )
 
@@ -118,7 +124,7 @@ def synthesize(config: SynthConfig, prompts_path, out_path, limit: int | None = 
         TEACHER: load_predictor(config.teacher_predictor, config.style_phrases),
     }
     scheduler = Scheduler(backends, predictors, max_in_flight=config.in_flight or 2 * config.batch_size,
-                          driver=config.driver, chunk_tokens=config.k)
+                          driver=config.driver, chunk_tokens=max(settings.k.values()))
     writer = RecordWriter(out)
     records = []
     config_hash = config.hash()
@@ -181,6 +187,8 @@ def summarize(records: list[dict], wall_s: float) -> dict:
         "switches_per_sample": round(sum(s["switches"] for s in stats) / n, 2) if n else 0.0,
         "mean_tokens": round(kept / n, 1) if n else 0.0,
         "records_with_both_sources": both,
+        # Median zlib ratio of the thinking (tessy/analysis.py): low when samples loop, guard or not.
+        "thinking_variety": round(statistics.median(compression_ratio(thinking_text(r)) for r in records), 3) if n else 0.0,
         "kept_tokens_per_s": round(kept / wall_s, 2) if wall_s else 0.0,
         "generated_tokens_per_s": round(generated / wall_s, 2) if wall_s else 0.0,
         "stop_reasons": dict(Counter(s["stop_reason"] for s in stats)),
@@ -195,7 +203,7 @@ def _finish(summary: dict, records: list[dict], wall: float, console) -> dict:
 
         table = Table(title="tessy synth", show_header=False)
         for key in ("samples", "skipped", "errors", "teacher_token_share", "switches_per_sample", "mean_tokens",
-                    "records_with_both_sources", "kept_tokens_per_s", "generated_tokens_per_s", "wall_s"):
+                    "records_with_both_sources", "thinking_variety", "kept_tokens_per_s", "generated_tokens_per_s", "wall_s"):
             table.add_row(key.replace("_", " "), str(summary.get(key, "")))
         table.add_row("stop reasons", ", ".join(f"{k}: {v}" for k, v in summary["stop_reasons"].items()) or "-")
         if "driver" in summary:

@@ -50,6 +50,17 @@ class Transcript:
     def text(self, part: str) -> str:
         return "".join(s["text"] for s in self.segments if s["part"] == part)
 
+    def tail(self, part: str, n_chars: int) -> str:
+        """The last `n_chars` characters of `text(part)`, without joining the whole transcript."""
+        pieces, size = [], 0
+        for seg in reversed(self.segments):
+            if seg["part"] == part:
+                pieces.append(seg["text"])
+                size += len(seg["text"])
+                if size >= n_chars:
+                    break
+        return "".join(reversed(pieces))[-n_chars:] if n_chars > 0 else ""
+
     def close_marker(self, role: str) -> str:
         return self.parties[role].profile.think_close
 

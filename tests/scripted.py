@@ -89,12 +89,13 @@ class ScriptedBackend:
         return spans
 
 
-def run_scripted(student_script, teacher_script, n_samples=1, same_vocab=False, driver="ticks", **settings):
-    """Run the loop over scripted models; return (transcripts, student, teacher)."""
+def run_scripted(student_script, teacher_script, n_samples=1, same_vocab=False, driver="ticks", predictor=None, **settings):
+    """Run the loop over scripted models (B_S and B_T: `predictor`, else the lexicon); return
+    (transcripts, student, teacher)."""
     student = ScriptedBackend(student_script, "a")
     teacher = ScriptedBackend(teacher_script, "a" if same_vocab else "b")
     s = LoopSettings(**{"k": 20, "same_vocab": same_vocab, **settings})
-    lexicon = LexiconPredictor()
+    lexicon = predictor or LexiconPredictor()
     done: list[Transcript] = []
 
     def start(i):

@@ -4,6 +4,7 @@ import pytest
 from scripted import EOS, run_scripted
 
 from tessy.loop import is_repeating
+from tessy.predictors import LexiconPredictor
 
 ANSWER = ["The answer.", EOS]
 
@@ -52,16 +53,55 @@ def test_empty_span_is_handled_and_two_in_a_row_force_one_word():
     assert think(x)[0] == ("teacher", "Wait")
 
 
-@pytest.mark.parametrize("same_vocab, kept", [(False, "x = 12 + "), (True, "x = 12 + ab")])
-def test_partial_word_dropped_only_across_vocabularies(same_vocab, kept, monkeypatch):
-    # A predictor that cuts the teacher mid-word ("abc|def"): only a hand-over between different
-    # vocabularies drops the partial word.
-    import tessy.scheduler as scheduler
+class CutAt:
+    """A predictor that cuts a teacher span where `marker` starts ("abc|def": mid-word), and cuts
+    like the lexicon elsewhere."""
 
-    real = scheduler.boundary
-    monkeypatch.setattr(scheduler, "boundary", lambda text, spans, role: text.find("cdef") if "cdef" in text else real(text, spans, role))
-    [x], _, _ = run_scripted(["compute", "Hmm", EOS, *ANSWER], ["x = 12 + abcdef", "</think>"], same_vocab=same_vocab)
-    assert think(x)[0] == ("teacher", kept)
+    name = "cut-at"
+
+    def __init__(self, marker="cdef"):
+        self.marker, self.lexicon = marker, LexiconPredictor()
+
+    def cuts(self, texts, contexts, role):
+        return [t.find(self.marker) if self.marker in t else c
+                for t, c in zip(texts, self.lexicon.cuts(texts, contexts, role))]
+
+
+@pytest.mark.parametrize("same_vocab, handover, kept", [
+    (False, "drop-partial-word", "x = 12 + "),  # paper, section 3.1: the partial word goes
+    (True, "drop-partial-word", "x = 12 + ab"),  # one vocabulary: the cut stays where it is
+    (False, "complete-word", "x = 12 + abcdef"),  # the release: the word runs on to the next space
+    (True, "complete-word", "x = 12 + abcdef"),
+])
+def test_handover_modes_end_a_cut_span(same_vocab, handover, kept):
+    [x], _, _ = run_scripted(["compute", "Hmm", EOS, *ANSWER], ["x = 12 + abcdef gh", "</think>"],
+                             same_vocab=same_vocab, handover=handover, predictor=CutAt())
+    spans = think(x)
+    at = next(i for i, (source, _) in enumerate(spans) if source == "teacher")
+    assert spans[at] == ("teacher", kept)
+    assert spans[at + 1][0] == "student"  # the cut handed the turn over
+
+
+def test_complete_word_stops_at_the_close_marker():
+    [x], _, _ = run_scripted(["compute", "Hmm", EOS, *ANSWER], ["x = abcdef</think>"], same_vocab=True,
+                             handover="complete-word", predictor=CutAt())
+    assert ("teacher", "x = abcdef") in think(x)
+
+
+class CutAtTheEnd:
+    """Cuts every teacher span at its end: a switch that drops nothing."""
+
+    name = "cut-at-the-end"
+
+    def cuts(self, texts, contexts, role):
+        return [len(t) if role == "teacher" else c for t, c in zip(texts, LexiconPredictor().cuts(texts, contexts, role))]
+
+
+def test_a_cut_that_drops_nothing_still_switches():
+    # The release's rule can switch with the whole span kept (its window ends on the other kind).
+    [x], _, _ = run_scripted(["compute", "Hmm", EOS, *ANSWER], ["x = 12 ", "</think>"], same_vocab=True,
+                             predictor=CutAtTheEnd())
+    assert think(x)[:2] == [("teacher", "x = 12 "), ("student", "Hmm")]
 
 
 def test_think_budget_closes_and_student_answers():
@@ -115,8 +155,43 @@ def test_provenance_of_scripted_run():
         assert seg["text"] in sampled
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("abc " * 20, True), ("\n" * 60, True), ("a varied sentence that does not repeat at all, ok.", False), ("xyxy", False),
-])
-def test_is_repeating(text, expected):
-    assert is_repeating(text) is expected
+# --- the repetition guard ------------------------------------------------------------------------
+REASONING = "We need the sum of the first n odd numbers. Try small cases: 1, 1+3=4, 1+3+5=9. "
+TABLE = "| n | sum |\n| --- | --- |\n" + "".join(f"| {i} | {i * i} |\n" for i in range(1, 30))
+LEGITIMATE = {
+    "rule of dashes": REASONING + "-" * 120 + "\nSo the answer is n^2.",
+    "rules between sections": (REASONING + "\n" + "-" * 60 + "\n") * 6,
+    "rows of zeros": REASONING + "The matrix is\n" + "0 0 0 0 0 0 0 0 0 0 0 0\n" * 12 + "so its rank is 0.",
+    "a table": REASONING + TABLE,
+    "a table rule": REASONING + "| " + " | ".join(["---"] * 40) + " |\n",
+    "rows of a zero table": REASONING + "| 0 | 0 | 0 |\n" * 20 + "All zero.",
+    "short repeated code lines": REASONING + "```python\n" + "".join(f"class E{i}(Exception):\n    pass\n" for i in range(12)) + "```",
+    "the same short line": REASONING + "```python\n" + "    pass\n" * 30 + "```",
+    "a long list of zeros": "dp = [" + "0, " * 150 + "0]",
+    "a recap that repeats a phrase a few times": REASONING + "Check n=1: ok. Check n=2: ok. Check n=3: ok. Check n=4: ok. ",
+}
+LOOPS = {
+    "a sentence repeated": REASONING + "Wait, let me check that again. " * 10,
+    "a base model echoing its prompt": "Question: add two numbers. Answer: 3\n" * 9,
+    "a numbered loop": REASONING + "So the answer is 4. Let me verify. " * 12,
+    "a tag over the whole window": "Answer: <input>\n" + "<input>\n" * 200,
+    "a word over the whole window": REASONING + "the " * 400,
+}
+
+
+@pytest.mark.parametrize("name", LEGITIMATE)
+def test_legitimate_text_does_not_trip_the_repetition_guard(name):
+    assert not is_repeating(LEGITIMATE[name])
+
+
+@pytest.mark.parametrize("name", LOOPS)
+def test_loops_trip_the_repetition_guard(name):
+    assert is_repeating(LOOPS[name])
+
+
+def test_repetition_thresholds_are_settings():
+    text = REASONING + "Wait, let me check that again. " * 5
+    assert not is_repeating(text)  # five repeats: fewer than the default eight
+    assert is_repeating(text, min_repeats=5)
+    assert not is_repeating(LOOPS["a sentence repeated"], window_chars=100)  # the window holds too few repeats
+    assert is_repeating("ab " * 20, min_words=1, min_repeats=8)

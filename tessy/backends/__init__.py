@@ -23,6 +23,14 @@ class Sampling:
     temperature: float = 0.6  # the paper's setting (section 3.1)
     top_p: float = 1.0
     seed: int | None = 0
+    top_k: int = 0  # 0 is off
+    min_p: float = 0.0  # 0 is off
+    repetition_penalty: float = 1.0  # 1 is off; above 1 makes tokens already in the context less likely
+
+    @classmethod
+    def of(cls, config) -> "Sampling":
+        """A role's sampling, from its `ModelConfig`."""
+        return cls(config.temperature, config.top_p, config.seed, config.top_k, config.min_p, config.repetition_penalty)
 
 
 @dataclass

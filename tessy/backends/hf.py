@@ -25,7 +25,10 @@ class HFBackend:
     def __init__(self, model, tokenizer, sampling: Sampling | None = None):
         from transformers.generation.logits_process import (
             LogitsProcessorList,
+            MinPLogitsWarper,
+            RepetitionPenaltyLogitsProcessor,
             TemperatureLogitsWarper,
+            TopKLogitsWarper,
             TopPLogitsWarper,
         )
 
@@ -39,11 +42,19 @@ class HFBackend:
             eos.append(tokenizer.eos_token_id)
         self.eos_ids = set(eos)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids or {0})
+        # transformers' own processors, in the order `generate` applies them (and vLLM: penalty,
+        # temperature, top-k, top-p, min-p). The penalty acts on greedy decoding too.
+        s = self.sampling
+        self.penalty = RepetitionPenaltyLogitsProcessor(s.repetition_penalty) if s.repetition_penalty != 1.0 else None
         self.warpers = LogitsProcessorList()
-        if self.sampling.temperature > 0:
-            self.warpers.append(TemperatureLogitsWarper(self.sampling.temperature))
-            if self.sampling.top_p < 1.0:
-                self.warpers.append(TopPLogitsWarper(self.sampling.top_p))
+        if s.temperature > 0:
+            self.warpers.append(TemperatureLogitsWarper(s.temperature))
+            if s.top_k > 0:
+                self.warpers.append(TopKLogitsWarper(s.top_k))
+            if s.top_p < 1.0:
+                self.warpers.append(TopPLogitsWarper(s.top_p))
+            if s.min_p > 0:
+                self.warpers.append(MinPLogitsWarper(s.min_p))
         self.generator = torch.Generator(device=self.device)
         if self.sampling.seed is not None:
             self.generator.manual_seed(self.sampling.seed)
@@ -53,7 +64,7 @@ class HFBackend:
         from tessy.models import load
 
         model, tokenizer = load(config.model, dtype=config.dtype, device=config.device)
-        return cls(model, tokenizer, Sampling(config.temperature, config.top_p, config.seed))
+        return cls(model, tokenizer, Sampling.of(config))
 
     # --- sessions -------------------------------------------------------------------------
     def start(self, prompt: str, add_special_tokens: bool = False, key: str = "") -> Session:
@@ -122,7 +133,10 @@ class HFBackend:
             cache = out.cache
             # Each row's token at position len(ids) + len(generated) draws from its own seed stream.
             at = [len(s.ids) + len(g) for s, g in zip(sessions, generated)]
-            next_ids = self._sample(out.logits[:, -1, :].float(), [s.seed for s in sessions], at)
+            logits = out.logits[:, -1, :].float()
+            if self.penalty is not None:
+                logits = self.penalty(self._contexts(sessions, generated, logits.device), logits)
+            next_ids = self._sample(logits, [s.seed for s in sessions], at)
             steps += 1
             for i, tok in enumerate(next_ids.tolist()):
                 if done[i]:
@@ -174,6 +188,14 @@ class HFBackend:
                 vs.append(F.pad(v, (0, 0, pad, 0)))
             stacked.append((torch.cat(ks), torch.cat(vs)))
         return stacked
+
+    @staticmethod
+    def _contexts(sessions: list[Session], generated: list[list[int]], device) -> torch.Tensor:
+        """Each row's ids so far (prompt, transcript and this call's tokens), as the repetition
+        penalty reads them. A short row is padded with its own first id, which is already in it."""
+        rows = [s.ids + g for s, g in zip(sessions, generated)]
+        width = max(len(r) for r in rows)
+        return torch.tensor([r + [r[0]] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
 
     def _sample(self, logits: torch.Tensor, seeds: list[int | None], positions: list[int]) -> torch.Tensor:
         if self.sampling.temperature <= 0:

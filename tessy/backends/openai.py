@@ -257,7 +257,7 @@ class OpenAIBackend:
         tokenizer = load_tokenizer(config.model)
         pool = EndpointPool(config.urls, api_key, config.timeout_s, config.max_retries, config.concurrency)
         model_dir = Path(tokenizer.name_or_path) if Path(tokenizer.name_or_path).is_dir() else None
-        return cls(tokenizer, pool, Sampling(config.temperature, config.top_p, config.seed), config.model,
+        return cls(tokenizer, pool, Sampling.of(config), config.model,
                    eos_ids_of(tokenizer, model_dir))
 
     def close(self) -> None:
@@ -372,10 +372,20 @@ class OpenAIBackend:
         if seed is not None:
             # The session's stream at this position: a retried or resumed request samples the same.
             body["seed"] = seed
-        if not ep.ids:
+        if ep.ids:
+            # vLLM and SGLang take these beside the OpenAI fields; sent only when set, so a server
+            # that knows none of them still answers a config that uses none.
+            if s.top_k > 0:
+                body["top_k"] = s.top_k
+            if s.min_p > 0:
+                body["min_p"] = s.min_p
+            if s.repetition_penalty != 1.0:
+                body["repetition_penalty"] = s.repetition_penalty
+        else:
             # llama.cpp's own defaults (top_k 40, min_p 0.05, repeat penalty 1.1) would change the
-            # role's sampling; turn them off so only temperature and top_p act, as in-process.
-            body.update(top_k=0, min_p=0.0, repeat_penalty=1.0)
+            # role's sampling, so every knob is sent. Its repeat penalty looks back over the last 64
+            # tokens only (`repeat_last_n`), where transformers and vLLM look at the whole context.
+            body.update(top_k=s.top_k, min_p=s.min_p, repeat_penalty=s.repetition_penalty)
         return body
 
     async def _probe(self, ep: Endpoint) -> None:

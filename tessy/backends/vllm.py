@@ -46,7 +46,7 @@ class VLLMBackend:
         dtype = "auto" if config.dtype == "float32" and config.device != "cpu" else config.dtype
         llm = vllm.LLM(model=model, enable_prefix_caching=True, dtype=dtype, seed=config.seed or 0, **llm_kwargs)
         tokenizer = load_tokenizer(config.model)
-        return cls(llm, tokenizer, Sampling(config.temperature, config.top_p, config.seed))
+        return cls(llm, tokenizer, Sampling.of(config))
 
     # --- sessions ---------------------------------------------------------------------------------
     def start(self, prompt: str, add_special_tokens: bool = False, key: str = "") -> Session:
@@ -87,6 +87,9 @@ class VLLMBackend:
                 max_tokens=max_new_tokens[i],
                 temperature=s.temperature,
                 top_p=s.top_p,
+                top_k=s.top_k if s.top_k > 0 else -1,  # -1 is off in every vLLM version
+                min_p=s.min_p,
+                repetition_penalty=s.repetition_penalty,
                 seed=request_seed(sessions[i].seed, len(sessions[i].ids)),
                 stop=[m for m in stop[i] if m] or None,
                 include_stop_str_in_output=True,

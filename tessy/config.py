@@ -113,4 +113,23 @@ def load_config(path: str | Path | None = None, **overrides) -> SynthConfig:
     for key, value in overrides.items():
         if value is not None:
             setattr(config, key, value)
+    check(config, str(path or "config"))
     return config
+
+
+def check(config: SynthConfig, where: str) -> None:
+    """The values that would otherwise fail deep in a run, refused before any model loads."""
+    from tessy.loop import HANDOVERS
+    from tessy.predictors import PredictorSpec
+
+    if config.handover not in HANDOVERS:
+        raise ValueError(f"{where}: handover {config.handover!r} is not one of {', '.join(HANDOVERS)}")
+    for role in ("student", "teacher"):
+        k = getattr(config, role).k
+        if k is not None and (not isinstance(k, int) or k < 1):
+            raise ValueError(f"{where}: {role}.k must be an integer of at least 1 (or null for the top-level k), not {k!r}")
+        spec = getattr(config, f"{role}_predictor")
+        if isinstance(spec, dict):
+            PredictorSpec.parse(spec, f"{where}: {role}_predictor")
+        elif not isinstance(spec, str):
+            raise ValueError(f"{where}: {role}_predictor must be 'lexicon', a checkpoint directory or a mapping, not {spec!r}")

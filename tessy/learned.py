@@ -151,8 +151,12 @@ class LearnedPredictor:
         elif not meta:
             raise ValueError(f"{path}: not a checkpoint of `tessy predictor train`; describe a plain checkpoint "
                              f"with {{path, labels, style_label, context_tokens}}")
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForTokenClassification.from_pretrained(path, dtype=torch.float32)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForTokenClassification.from_pretrained(path, dtype=torch.float32)
+        except OSError as e:  # a hub name without the hub, or a directory without the files
+            raise ValueError(f"{path}: cannot load the predictor ({str(e).splitlines()[0]}); download the checkpoint "
+                             f"and give its directory as `path`") from None
         if model.config.num_labels != 2:
             raise ValueError(f"{path}: a boundary predictor has 2 labels, this checkpoint has {model.config.num_labels}")
         model = model.to(pick_device(device)).eval()

@@ -52,6 +52,9 @@ class LoopSettings:
         """k for `role`."""
         return self.k[role] if isinstance(self.k, dict) else self.k
 
+    def longest_turn(self) -> int:
+        return max(self.k.values()) if isinstance(self.k, dict) else self.k
+
     def repeating(self, text: str) -> bool:
         return is_repeating(text, self.repetition_min_words, self.repetition_min_repeats, self.repetition_window_chars)
 

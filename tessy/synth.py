@@ -116,15 +116,14 @@ def synthesize(config: SynthConfig, prompts_path, out_path, limit: int | None = 
                "errors": 0, "errors_left": len(failed), "errors_file": str(errors_path)}
     if not todo:
         return _finish(summary, [], 0.0, console)
+    # The predictors first: a wrong path should fail before the generators take minutes to load.
+    predictors = {role: load_predictor(getattr(config, f"{role}_predictor"), config.style_phrases, f"{role}_predictor")
+                  for role in (STUDENT, TEACHER)}
     opened = backends is None  # what synth opens, it closes
     backends = backends or load_backends(config)
     settings = settings_for(config, backends)
-    predictors = {
-        STUDENT: load_predictor(config.student_predictor, config.style_phrases),
-        TEACHER: load_predictor(config.teacher_predictor, config.style_phrases),
-    }
     scheduler = Scheduler(backends, predictors, max_in_flight=config.in_flight or 2 * config.batch_size,
-                          driver=config.driver, chunk_tokens=max(settings.k.values()))
+                          driver=config.driver, chunk_tokens=settings.longest_turn())
     writer = RecordWriter(out)
     records = []
     config_hash = config.hash()

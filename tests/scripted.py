@@ -104,7 +104,7 @@ def run_scripted(student_script, teacher_script, n_samples=1, same_vocab=False, 
         return x, tessy_sample(x, s)
 
     Scheduler({STUDENT: student, TEACHER: teacher}, {STUDENT: lexicon, TEACHER: lexicon}, max_in_flight=n_samples,
-              driver=driver, chunk_tokens=s.k).run(
+              driver=driver, chunk_tokens=s.longest_turn()).run(
         (lambda i=i: start(i) for i in range(n_samples)), done.append
     )
     return done, student, teacher

@@ -70,7 +70,7 @@ def solo_run(method, student_script, teacher_script, driver, **settings):
 
     lexicon = LexiconPredictor()
     Scheduler({STUDENT: student, TEACHER: teacher}, {STUDENT: lexicon, TEACHER: lexicon}, driver=driver,
-              chunk_tokens=s.k).run([start], done.append)
+              chunk_tokens=s.longest_turn()).run([start], done.append)
     return done[0], student, teacher
 
 

@@ -36,7 +36,7 @@ def main() -> None:
     import torch
 
     from tessy.config import load_config
-    from tessy.learned import TrainConfig, train_predictor
+    from tessy.predictors.learned import TrainConfig, train_predictor
     from tessy.synth import load_backends, synthesize
 
     work = Path(tempfile.mkdtemp(prefix="predictor-cost-"))

@@ -21,7 +21,8 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from tessy.predictors import STUDENT, TEACHER
+from tessy.roles import STUDENT, TEACHER
+from tessy.segments import Segment, read_segments  # noqa: F401  (read_segments: the reader of what annotate writes)
 
 # Table 2 of the paper, verbatim (the paper's rendering lost its line breaks; they are restored).
 ANNOTATION_PROMPT = """You are a text analysis expert.
@@ -140,39 +141,6 @@ def merge_spans(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 # --- where segments come from ------------------------------------------------------------------------
-@dataclass
-class Segment:
-    id: str
-    source: str  # student | teacher: the model that wrote the text
-    text: str
-    doc: str = ""  # the text the window was cut from
-    context: str = ""  # text just before the window (left context for the predictor)
-    style_spans: list[tuple[int, int]] = field(default_factory=list)
-    annotator: str = ""
-    unfound: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return {"id": self.id, "source": self.source, "text": self.text,
-                "style_spans": [list(s) for s in self.style_spans], "annotator": self.annotator,
-                "doc": self.doc, "context": self.context, "unfound": self.unfound}
-
-
-def read_segments(path, source: str | None = None) -> list[dict]:
-    """Annotated segments from a JSONL file, optionally only one source's. Raises ValueError on a
-    line that lacks `text` or `style_spans`, or whose spans fall outside its text."""
-    from tessy.records import json_lines
-
-    rows = []
-    for n, row in json_lines(path):
-        if not isinstance(row.get("text"), str) or not isinstance(row.get("style_spans"), list):
-            raise ValueError(f"{path}:{n}: an annotated segment needs `text` and `style_spans`")
-        if any(not (0 <= s < e <= len(row["text"])) for s, e in row["style_spans"]):
-            raise ValueError(f"{path}:{n}: a style span lies outside the text")
-        if source is None or row.get("source") == source:
-            rows.append(row)
-    return rows
-
-
 _THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)
 
 
@@ -354,7 +322,7 @@ def run_annotate(job: AnnotateJob, console=None) -> dict:
     from rich.progress import Progress
 
     from tessy.config import load_config
-    from tessy.predictors import LexiconPredictor
+    from tessy.predictors.lexicon import LexiconPredictor
     from tessy.records import read_records
 
     say = console.print if console is not None else (lambda *a, **k: None)

@@ -119,7 +119,7 @@ def cmd_annotate(args) -> int:
 
 
 def cmd_predictor_train(args) -> int:
-    from tessy.learned import TrainConfig, train_predictor
+    from tessy.predictors.learned import TrainConfig, train_predictor
 
     config = TrainConfig(data=args.data, out=args.out, base=args.base, source=args.source, epochs=args.epochs, lr=args.lr,
                          batch_size=args.batch_size, max_length=args.max_length, left_context=args.left_context,
@@ -132,8 +132,8 @@ def cmd_predictor_train(args) -> int:
 
 
 def cmd_predictor_eval(args) -> int:
-    from tessy.annotate import read_segments
-    from tessy.predictor_eval import evaluate, results_table
+    from tessy.segments import read_segments
+    from tessy.predictors.scoring import evaluate, results_table
     from tessy.predictors import load_predictor
 
     rows = read_segments(args.data, args.source)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tessy.backends import Session, Span
-from tessy.predictors import STUDENT
-from tessy.transcript import Transcript, other
+from tessy.roles import STUDENT, other
+from tessy.transcript import Transcript
 
 
 @dataclass(frozen=True)

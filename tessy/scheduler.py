@@ -28,7 +28,8 @@ from typing import Any
 
 from tessy.backends import SampleError, Span, span_from_ids
 from tessy.loop import Boundary, Generate
-from tessy.predictors import STUDENT, TEACHER, BoundaryPredictor
+from tessy.predictors import BoundaryPredictor
+from tessy.roles import STUDENT, TEACHER
 from tessy.transcript import Transcript
 
 DRIVERS = ("auto", "events", "ticks")

@@ -10,8 +10,8 @@ import time
 from dataclasses import dataclass, field
 
 from tessy.backends import Backend, Session, Span
-from tessy.predictors import STUDENT, TEACHER
 from tessy.profiles import Profile
+from tessy.roles import STUDENT, TEACHER, other
 
 
 @dataclass
@@ -21,10 +21,6 @@ class Party:
     backend: Backend
     profile: Profile
     session: Session
-
-
-def other(role: str) -> str:
-    return TEACHER if role == STUDENT else STUDENT
 
 
 @dataclass

@@ -15,7 +15,8 @@ from tessy.analysis import (
     token_labels,
 )
 from tessy.plots import write_report
-from tessy.predictors import STUDENT, TEACHER, LexiconPredictor
+from tessy.predictors.lexicon import LexiconPredictor
+from tessy.roles import STUDENT, TEACHER
 
 
 class WordTokenizer:

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from tessy.annotate import read_segments
-from tessy.learned import CAPABILITY, IGNORE, STYLE, LearnedPredictor, TrainConfig, _join, split_by_doc, token_labels, train_predictor
-from tessy.predictor_eval import AllCapability, evaluate, score, unit_index
-from tessy.predictors import STUDENT, TEACHER, load_predictor
+from tessy.segments import read_segments
+from tessy.predictors.learned import CAPABILITY, IGNORE, STYLE, LearnedPredictor, TrainConfig, _join, split_by_doc, token_labels, train_predictor
+from tessy.predictors.scoring import AllCapability, evaluate, score, unit_index
+from tessy.predictors import load_predictor
+from tessy.roles import STUDENT, TEACHER
 
 DATA = Path(__file__).parent / "data" / "predictor_segments.jsonl"
 

@@ -4,7 +4,7 @@ import pytest
 from scripted import EOS, run_scripted
 
 from tessy.loop import is_repeating
-from tessy.predictors import LexiconPredictor
+from tessy.predictors.lexicon import LexiconPredictor
 
 ANSWER = ["The answer.", EOS]
 

@@ -22,7 +22,7 @@ from scripted import CharTokenizer
 from tessy.backends import SampleError, Sampling, Span
 from tessy.backends.openai import ChatClient, EndpointPool, OpenAIBackend
 from tessy.config import load_config
-from tessy.predictors import STUDENT, TEACHER
+from tessy.roles import STUDENT, TEACHER
 from tessy.records import errors_path_for, read_errors, read_records
 from tessy.synth import synthesize
 

@@ -1,6 +1,10 @@
 import pytest
 
-from tessy.predictors import STUDENT, TEACHER, LexiconPredictor, boundary
+from tessy.predictors import boundary
+
+from tessy.predictors.lexicon import LexiconPredictor
+
+from tessy.roles import STUDENT, TEACHER
 
 
 @pytest.mark.parametrize("text, role, expected", [

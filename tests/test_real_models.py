@@ -17,7 +17,7 @@ from provenance import Recording, splits_into_prefixes
 from tessy.backends import Sampling
 from tessy.backends.hf import HFBackend
 from tessy.config import load_config
-from tessy.predictors import STUDENT, TEACHER
+from tessy.roles import STUDENT, TEACHER
 from tessy.records import read_records
 from tessy.synth import load_backends, synthesize
 

@@ -16,7 +16,7 @@ def test_half_written_last_line_is_repaired_and_not_counted(tmp_path):
 def test_malformed_lines_name_their_file_and_line(tmp_path):
     import pytest
 
-    from tessy.annotate import read_segments
+    from tessy.segments import read_segments
     from tessy.sft import load_examples
     from tessy.shards import merge
 

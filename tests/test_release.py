@@ -17,9 +17,10 @@ import yaml
 from scripted import EOS, run_scripted
 
 from tessy.backends import span_from_ids
-from tessy.learned import LearnedPredictor, encode, shift_left
+from tessy.predictors.learned import LearnedPredictor, encode, shift_left
 from tessy.loop import kept_tokens
-from tessy.predictors import STUDENT, TEACHER, PredictorSpec, load_predictor
+from tessy.predictors import PredictorSpec, load_predictor
+from tessy.roles import STUDENT, TEACHER
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTEXT_TOKENS = 200  # the release's classifier_len
@@ -172,7 +173,7 @@ def test_a_same_token_checkpoint_reads_its_left_context(release_checkpoints):
     """A checkpoint trained with --left-context sees the context at inference too (it did not)."""
     import torch
 
-    from tessy.learned import _join, _trimmed
+    from tessy.predictors.learned import _join, _trimmed
 
     path = release_checkpoints["mixed"]
     predictor = LearnedPredictor.load(path, PredictorSpec(str(path), labels="same-token", context_tokens=64))

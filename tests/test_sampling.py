@@ -15,7 +15,7 @@ from test_openai_backend import backend_on
 
 from tessy.backends import Sampling
 from tessy.config import load_config
-from tessy.predictors import STUDENT, TEACHER
+from tessy.roles import STUDENT, TEACHER
 
 PROMPT = "Question: List the colours of the rainbow, one per line.\n\nAnswer:"
 

@@ -17,7 +17,8 @@ from tessy.backends.openai import EndpointPool, OpenAIBackend
 from tessy.config import load_config
 from tessy.loop import LoopSettings
 from tessy.methods import teacher_only
-from tessy.predictors import STUDENT, TEACHER, LexiconPredictor
+from tessy.predictors.lexicon import LexiconPredictor
+from tessy.roles import STUDENT, TEACHER
 from tessy.profiles import PLAIN
 from tessy.records import read_records
 from tessy.scheduler import Scheduler

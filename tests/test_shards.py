@@ -9,7 +9,7 @@ import pytest
 from scripted import EOS, ScriptedBackend
 from tessy.cli import main
 from tessy.config import load_config
-from tessy.predictors import STUDENT, TEACHER
+from tessy.roles import STUDENT, TEACHER
 from tessy.prompts import Prompt, read_prompts
 from tessy.records import errors_path_for, read_records
 from tessy.shards import merge, parse_shard, select_shard, shard_of

@@ -34,6 +34,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tessy.predictors.eq5 import eq5_cuts
+from tessy.roles import TEACHER
+
 META_FILE = "tessy_predictor.json"
 CAPABILITY, STYLE = 0, 1
 LABELS = {CAPABILITY: "capability", STYLE: "style"}
@@ -164,16 +167,12 @@ class LearnedPredictor:
 
     # --- what the loop asks -------------------------------------------------------------------
     def cuts(self, texts: list[str], contexts: list[str], role: str) -> list[int | None]:
-        from tessy.predictors import eq5_cuts
-
         if self.semantics == "next-token":
             return self._release_cuts(texts, contexts, role)
         return eq5_cuts(texts, self.style_spans(texts, contexts), role)
 
     def _release_cuts(self, texts: list[str], contexts: list[str], role: str) -> list[int | None]:
         """The release's rule (module docstring), on character offsets of context + text."""
-        from tessy.predictors import TEACHER
-
         other = self.style_label if role == TEACHER else 1 - self.style_label
         windows = [self._window(context + text) for text, context in zip(texts, contexts)]
         out = []
@@ -307,8 +306,8 @@ def train_predictor(config: TrainConfig, log: Callable[[str], None] = print) -> 
     import torch
     from transformers import AutoModelForTokenClassification, AutoTokenizer, get_linear_schedule_with_warmup
 
-    from tessy.annotate import read_segments
-    from tessy.predictor_eval import AllCapability, evaluate
+    from tessy.predictors.scoring import AllCapability, evaluate
+    from tessy.segments import read_segments
 
     rows = read_segments(config.data, config.source)
     if not rows:

@@ -4,7 +4,7 @@ Two measures, for any number of predictors side by side:
 - Style precision, recall and F1 over word units. Predictors tokenize differently (the lexicon not
   at all), so they are all scored on the same units: words and single punctuation marks
   (`\\w+|[^\\w\\s]`). A unit is style when its first character lies in a style span.
-- Boundary accuracy: the cut the loop would make (Eq. 5; `tessy.predictors.boundary`): the first
+- Boundary accuracy: the cut the loop would make (Eq. 5; `tessy.predictors.eq5.boundary`): the first
   capability character of a student segment, the first style character of a teacher segment.
   Exact, and within one word (the predicted cut falls in the same unit as the true cut, or an
   adjacent one).
@@ -15,7 +15,8 @@ from __future__ import annotations
 import bisect
 import re
 
-from tessy.predictors import STUDENT, TEACHER, boundary
+from tessy.predictors.eq5 import boundary
+from tessy.roles import STUDENT, TEACHER
 
 UNIT = re.compile(r"\w+|[^\w\s]")
 
@@ -72,7 +73,8 @@ def evaluate(predictor, rows: list[dict], batch_size: int = 64) -> dict:
     """Run `predictor` over the rows' texts in batches and score it."""
     predicted = []
     for i in range(0, len(rows), batch_size):
-        predicted.extend(predictor.style_spans([r["text"] for r in rows[i:i + batch_size]]))
+        batch = rows[i:i + batch_size]
+        predicted.extend(predictor.style_spans([r["text"] for r in batch], [r.get("context", "") for r in batch]))
     return score(rows, predicted)
 
 
@@ -81,7 +83,7 @@ class AllCapability:
 
     name = "all-capability"
 
-    def style_spans(self, texts):
+    def style_spans(self, texts, contexts=None):
         return [[] for _ in texts]
 
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tessy.predictors import TEACHER
+from tessy.roles import TEACHER
 from tessy.records import read_records
 
 

@@ -159,7 +159,7 @@ def test_a_session_samples_from_its_own_seed_stream(backends):
 def test_span_offsets_decode_like_the_prefixes(backends, role, monkeypatch):
     # The linear decoding of a long span (one token with a little left context at a time) gives the
     # same offsets as decoding every prefix, multibyte characters included, without falling back.
-    import tessy.backends as spans
+    import tessy.backends.protocol as spans
 
     by_prefixes = spans._span_by_prefixes
     tokenizer = backends[role].tokenizer

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tessy.backends import Sampling, Session, Span, answered, span_from_ids
+from tessy.backends.protocol import Sampling, Session, Span, answered, span_from_ids
 from tessy.seeds import stream_seed, uniform
 
 

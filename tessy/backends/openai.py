@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from tessy.backends import SampleError, Sampling, Session, Span, span_from_ids
+from tessy.backends.protocol import SampleError, Sampling, Session, Span, span_from_ids
 from tessy.seeds import request_seed, stream_seed
 
 BACKOFF_S = 0.5  # first wait before a retry; doubled each try, with jitter

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from tessy.backends import Sampling, Session, Span, answered, span_from_ids
+from tessy.backends.protocol import Sampling, Session, Span, answered, span_from_ids
 from tessy.backends.openai import eos_ids_of, load_tokenizer, server_span
 from tessy.seeds import request_seed, stream_seed
 

@@ -1,0 +1,159 @@
+"""The Backend protocol and what passes through it: sampling settings, sessions, spans, failures.
+(tessy/backends/__init__.py says how the two shapes of writing serve the scheduler's two drivers.)
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass
+class Sampling:
+    temperature: float = 0.6  # the paper's setting (section 3.1)
+    top_p: float = 1.0
+    seed: int | None = 0
+    top_k: int = 0  # 0 is off
+    min_p: float = 0.0  # 0 is off
+    repetition_penalty: float = 1.0  # 1 is off; above 1 makes tokens already in the context less likely
+
+    @classmethod
+    def of(cls, config) -> "Sampling":
+        """A role's sampling, from its `ModelConfig`."""
+        return cls(config.temperature, config.top_p, config.seed, config.top_k, config.min_p, config.repetition_penalty)
+
+
+@dataclass
+class Session:
+    """One sample's transcript as one model sees it."""
+
+    ids: list[int]
+    n_cached: int = 0  # ids[:n_cached] have cached state in the engine
+    state: Any = None  # engine-specific (the hf backend keeps per-layer key/value tensors)
+    seed: int | None = None  # the session's seed stream (tessy/seeds.py); None samples unseeded
+
+
+@dataclass
+class Span:
+    """Up to k tokens a model wrote in one turn.
+
+    `offsets[i]` is the length of the text of `ids[:i+1]`, or -1 where that prefix ends inside a
+    character (a UTF-8 sequence cut by the k-token edge): no cut may land there.
+    """
+
+    ids: list[int]
+    text: str
+    offsets: list[int]
+    finish: str  # "length" | "eos" | "stop"
+    # What the engine reported for the request's prompt, where it reports it (servers): its tokens,
+    # and how many of them came from the prefix cache.
+    prompt_tokens: int | None = None
+    cached_tokens: int | None = None
+
+    def tokens_within(self, n_chars: int) -> int:
+        """The most tokens whose text fits in the first `n_chars` characters."""
+        n = 0
+        for i, end in enumerate(self.offsets):
+            if end == -1:
+                continue
+            if end > n_chars:
+                break
+            n = i + 1
+        return n
+
+    def text_of(self, n_tokens: int) -> str:
+        return self.text[: self.offsets[n_tokens - 1]] if n_tokens else ""
+
+
+class SampleError(Exception):
+    """One row of a `generate` call that failed for good (a server backend gave up after its
+    retries). A backend returns it in that row's place; the scheduler drops that sample and reports
+    it, and the other rows go on."""
+
+    def __init__(self, message: str, attempts: int = 1, endpoint: str = ""):
+        super().__init__(message)
+        self.attempts = attempts
+        self.endpoint = endpoint
+
+
+class Backend(Protocol):
+    tokenizer: Any
+    sampling: Sampling
+    concurrent: bool  # True: a server that batches whatever is in flight; drive it through `submit`
+
+    def start(self, prompt: str, add_special_tokens: bool = False, key: str = "") -> Session:
+        """A new session on `prompt`; `key` names it for its seed stream (tessy/seeds.py)."""
+        ...
+
+    def extend(self, session: Session, text: str) -> int: ...
+
+    def generate(self, sessions: list[Session], max_new_tokens: list[int], stop: list[tuple[str, ...]]) -> list[Span | SampleError]: ...
+
+    def submit(self, session: Session, max_new_tokens: int, stop: tuple[str, ...]) -> Future:
+        """One request; the future's result is a `Span` or a `SampleError`."""
+        ...
+
+    def rollback(self, session: Session, n_tokens: int) -> None: ...
+
+    def release(self, session: Session) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def answered(result) -> Future:
+    """A future that is already done: `submit` of an in-process backend, which computes at once."""
+    future: Future = Future()
+    future.set_result(result)
+    return future
+
+
+DECODE_CONTEXT = 8  # tokens of left context when decoding one token's text (see span_from_ids)
+
+
+def span_from_ids(tokenizer, ids: list[int], finish: str) -> Span:
+    """Decode `ids` with per-token character offsets (see `Span`).
+
+    Each token's text is decoded with a few tokens of left context (SentencePiece drops a leading
+    space at the start of a decode), so a span of n tokens costs O(n), not O(n^2): a single-model
+    baseline's thinking is one request of up to its whole budget. Where the pieces do not add up to
+    the full decode, the exact prefix-by-prefix decode is used instead.
+    """
+    full = tokenizer.decode(ids, skip_special_tokens=False)
+    offsets, length, done = [], 0, 0  # ids[:done] are in `length` characters
+    head_at, head = -1, ""
+    for i in range(1, len(ids) + 1):
+        start = max(0, done - DECODE_CONTEXT)
+        if head_at != done:
+            head_at, head = done, tokenizer.decode(ids[start:done], skip_special_tokens=False)
+        piece = tokenizer.decode(ids[start:i], skip_special_tokens=False)
+        if piece.endswith("\ufffd") or not piece.startswith(head):
+            offsets.append(-1)
+            continue
+        length += len(piece) - len(head)
+        done = i
+        offsets.append(length)
+    text = full[:length]
+    if length > len(full) or not _consistent(tokenizer, ids, offsets, full):
+        return _span_by_prefixes(tokenizer, ids, finish, full)
+    return Span(ids=list(ids), text=text, offsets=offsets, finish=finish)
+
+
+def _consistent(tokenizer, ids: list[int], offsets: list[int], full: str) -> bool:
+    """The last whole-character prefix decodes to the text the offsets claim."""
+    last = max((i for i, o in enumerate(offsets) if o != -1), default=-1)
+    if last == -1:
+        return True
+    return tokenizer.decode(ids[: last + 1], skip_special_tokens=False) == full[: offsets[last]]
+
+
+def _span_by_prefixes(tokenizer, ids: list[int], finish: str, full: str) -> Span:
+    offsets, text = [], ""
+    for i in range(1, len(ids) + 1):
+        prefix = tokenizer.decode(ids[:i], skip_special_tokens=False)
+        if prefix.endswith("\ufffd") or not full.startswith(prefix):
+            offsets.append(-1)
+        else:
+            offsets.append(len(prefix))
+            text = prefix
+    return Span(ids=list(ids), text=text, offsets=offsets, finish=finish)

@@ -37,7 +37,7 @@ def test_unknown_config_key_is_an_error(tmp_path, capsys):
     path = tmp_path / "c.yaml"
     path.write_text("kk: 3\n")
     assert main(["synth", "--config", str(path), "--prompts", "x", "--out", str(tmp_path / "o.jsonl")]) == 2
-    assert "unknown key(s) kk" in capsys.readouterr().err
+    assert "unknown key 'kk'; did you mean 'k'?" in capsys.readouterr().err
 
 
 def test_bad_prompts_file_exits_with_its_line(tmp_path, capsys):

@@ -203,7 +203,7 @@ def test_cli_method_flag(tmp_path, capsys):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps({"id": 1, "prompt": "q"}) + "\n")
     assert main(["synth", "--prompts", str(prompts), "--out", str(tmp_path / "o.jsonl"), "--method", "nope"]) == 2
-    assert "unknown method" in capsys.readouterr().err
+    assert "method is 'nope': choose one of tessy, student-only" in capsys.readouterr().err
 
 
 # --- the real packaged models ----------------------------------------------------------------------

@@ -164,5 +164,5 @@ def test_an_unknown_driver_is_refused_before_any_model_loads(tmp_path, monkeypat
 
     monkeypatch.setattr(synth, "load_backends", lambda config: pytest.fail("loaded the models"))
     prompts = write_prompts(tmp_path / "p.jsonl", [{"id": "a", "prompt": "q"}])
-    with pytest.raises(ValueError, match="unknown driver 'fast'; known: auto, events, ticks"):
+    with pytest.raises(ValueError, match="driver is 'fast': choose one of auto, events, ticks"):
         synthesize(load_config(driver="fast"), prompts, tmp_path / "out.jsonl", progress=False)

@@ -1,0 +1,138 @@
+"""Dataclasses from YAML mappings, checked as they are built: types, ranges, choices, unknown keys.
+
+A small loader of our own rather than pydantic: the configs are plain dataclasses whose fields
+already carry their help text (the CLI reads it too), and the checks they need fit in field metadata:
+- `min`, `max`: inclusive bounds; `gt`: a strict lower bound;
+- `choices`: the allowed values;
+- `kind: "url"`: a string (or each string of a list) that starts with http:// or https://.
+Every error names the file, the key and the bad value (`ConfigError`, a ValueError: the CLI prints it
+and exits with status 2, without a traceback).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value that cannot be used; the message names the file, the key and the value."""
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A YAML file that must hold a mapping; a syntax error names its line."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{line}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the file must hold a mapping of keys to values, not a {type(data).__name__}")
+    return data
+
+
+def build(cls, data, where: str, nested: dict | None = None, prefix: str = ""):
+    """An instance of dataclass `cls` from `data`; `nested` maps field names to the dataclass their
+    mapping builds (`{"student": ModelConfig}`). Errors read `{where}: {prefix}{key} ...`."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'the config'} must be a mapping of keys to values, "
+                          f"not {_show(data)}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f"; did you mean {prefix}{close[0]!r}?" if close else f"; known: {', '.join(fields)}"
+            raise ConfigError(f"{where}: unknown key {prefix}{key!r}{hint}")
+    kwargs = {}
+    for key, value in data.items():
+        if nested and key in nested:
+            kwargs[key] = build(nested[key], value, where, None, f"{prefix}{key}.")
+        else:
+            kwargs[key] = check_value(value, hints[key], fields[key].metadata, f"{where}: {prefix}{key}")
+    return cls(**kwargs)
+
+
+def check_value(value, hint, meta, where: str):
+    """`value` as field type `hint` (ints widen to floats), within the field's metadata limits."""
+    value = _typed(value, hint, where)
+    if value is None:
+        return value
+    if "choices" in meta and value not in meta["choices"]:
+        close = difflib.get_close_matches(str(value), [str(c) for c in meta["choices"]], n=1)
+        hint_ = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{where} is {value!r}: choose one of {', '.join(map(str, meta['choices']))}{hint_}")
+    if "min" in meta and value < meta["min"]:
+        raise ConfigError(f"{where} is {value!r}: it must be at least {meta['min']}")
+    if "max" in meta and value > meta["max"]:
+        raise ConfigError(f"{where} is {value!r}: it must be at most {meta['max']}")
+    if "gt" in meta and not value > meta["gt"]:
+        raise ConfigError(f"{where} is {value!r}: it must be greater than {meta['gt']}")
+    if meta.get("kind") == "url":
+        for url in value if isinstance(value, list) else [value]:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"{where}: {url!r} is not a URL (http://host:port/v1)")
+    return value
+
+
+def _typed(value, hint, where: str):
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            try:
+                return _typed(value, arg, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where} is {_show(value)}: expected {' or '.join(_name(a) for a in args)}")
+    if hint is type(None):
+        if value is None:
+            return None
+    elif hint is typing.Any:
+        return value
+    elif hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif origin is list or hint is list:
+        if isinstance(value, list):
+            return [_typed(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)] if args else value
+    elif origin is dict or hint is dict:
+        if isinstance(value, dict):
+            return value
+    else:
+        return value
+    raise ConfigError(f"{where} is {_show(value)}: expected {_name(hint)}")
+
+
+def _name(hint) -> str:
+    if hint is type(None):
+        return "null"
+    origin = typing.get_origin(hint)
+    if origin is list or hint is list:
+        args = typing.get_args(hint)
+        plural = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
+        return f"a list of {plural.get(args[0], _name(args[0]))}" if args else "a list"
+    if origin is dict or hint is dict:
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(hint, str(hint))
+
+
+def _show(value) -> str:
+    return f"{value!r} ({type(value).__name__})" if not isinstance(value, (dict, list)) else type(value).__name__

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tessy.backends import Session, Span
-from tessy.roles import STUDENT, other
+from tessy.roles import STUDENT, TEACHER, other
 from tessy.transcript import Transcript
 
 
@@ -34,26 +34,47 @@ class Boundary:
 HANDOVERS = ("drop-partial-word", "complete-word")
 
 
+CONTEXT_CHARS = 4000  # thinking handed to a predictor as left context: it reads what it needs of it
+
+
 @dataclass(frozen=True)
 class LoopSettings:
-    k: int | dict[str, int] = 20  # tokens per turn (paper, section 3.1), or role -> tokens per turn
-    max_think_tokens: int = 384
-    max_answer_tokens: int = 256
-    max_rounds: int = 200
-    same_vocab: bool = False  # different vocabularies: a handed-over span ends on a whole word
-    handover: str = "drop-partial-word"  # how a cut span ends a word; see `kept_tokens`
-    repetition_min_words: int = 3  # the repetition guard, see `is_repeating`
-    repetition_min_repeats: int = 8
-    repetition_window_chars: int = 1000
-    final_answer: str = STUDENT  # who writes the answer; "teacher" is the paper's appendix A.1 variant
-    context_chars: int = 4000  # thinking text handed to a predictor as left context (it reads what it needs)
+    """The loop's settings, taken from the run's config (`of`): the defaults live there, once."""
+
+    k: dict[str, int]  # role -> tokens per turn (paper, section 3.1: 20 for both)
+    max_think_tokens: int
+    max_answer_tokens: int
+    max_rounds: int
+    same_vocab: bool  # different vocabularies: a handed-over span ends on a whole word
+    handover: str  # how a cut span ends a word; see `kept_tokens`
+    repetition_min_words: int  # the repetition guard, see `is_repeating`
+    repetition_min_repeats: int
+    repetition_window_chars: int
+    final_answer: str  # who writes the answer; "teacher" is the paper's appendix A.1 variant
+    context_chars: int = CONTEXT_CHARS
+
+    @classmethod
+    def of(cls, config, same_vocab: bool) -> "LoopSettings":
+        """From a `SynthConfig`: a role's own `k`, else the top-level `k`."""
+        return cls(
+            k={role: getattr(config, role).k or config.k for role in (STUDENT, TEACHER)},
+            max_think_tokens=config.max_think_tokens,
+            max_answer_tokens=config.max_answer_tokens,
+            max_rounds=config.max_rounds,
+            same_vocab=same_vocab,
+            handover=config.handover,
+            repetition_min_words=config.repetition_min_words,
+            repetition_min_repeats=config.repetition_min_repeats,
+            repetition_window_chars=config.repetition_window_chars,
+            final_answer=config.final_answer,
+        )
 
     def turn(self, role: str) -> int:
         """k for `role`."""
-        return self.k[role] if isinstance(self.k, dict) else self.k
+        return self.k[role]
 
     def longest_turn(self) -> int:
-        return max(self.k.values()) if isinstance(self.k, dict) else self.k
+        return max(self.k.values())
 
     def repeating(self, text: str) -> bool:
         return is_repeating(text, self.repetition_min_words, self.repetition_min_repeats, self.repetition_window_chars)

@@ -6,6 +6,7 @@ model weights. (The real models are tested in test_real_models.py.)
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 
 from tessy.backends import Session, Span, answered, span_from_ids
@@ -90,12 +91,22 @@ class ScriptedBackend:
         return spans
 
 
+def loop_settings(same_vocab: bool = True, **settings) -> LoopSettings:
+    """The default config's loop settings with k = 20 for both roles, changed by `settings`
+    (`k` may be one number for both roles)."""
+    from tessy.config import load_config
+
+    if isinstance(settings.get("k"), int):
+        settings["k"] = {STUDENT: settings["k"], TEACHER: settings["k"]}
+    return dataclasses.replace(LoopSettings.of(load_config(k=20), same_vocab), **settings)
+
+
 def run_scripted(student_script, teacher_script, n_samples=1, same_vocab=False, driver="ticks", predictor=None, **settings):
     """Run the loop over scripted models (B_S and B_T: `predictor`, else the lexicon); return
     (transcripts, student, teacher)."""
     student = ScriptedBackend(student_script, "a")
     teacher = ScriptedBackend(teacher_script, "a" if same_vocab else "b")
-    s = LoopSettings(**{"k": 20, "same_vocab": same_vocab, **settings})
+    s = loop_settings(same_vocab, **settings)
     lexicon = predictor or LexiconPredictor()
     done: list[Transcript] = []
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from scripted import EOS, CharTokenizer, ScriptedBackend, run_scripted
+from scripted import EOS, CharTokenizer, ScriptedBackend, loop_settings, run_scripted
 
 from tessy.backends import Sampling
 from tessy.backends.openai import EndpointPool, OpenAIBackend
 from tessy.config import load_config
-from tessy.loop import LoopSettings
 from tessy.methods import teacher_only
 from tessy.predictors.lexicon import LexiconPredictor
 from tessy.roles import STUDENT, TEACHER
@@ -61,7 +60,7 @@ def test_auto_picks_events_for_servers_and_ticks_otherwise():
 # --- fewer requests where no predictor acts -------------------------------------------------------------
 def solo_run(method, student_script, teacher_script, driver, **settings):
     student, teacher = ScriptedBackend(student_script, "a"), ScriptedBackend(teacher_script, "b")
-    s = LoopSettings(**{"k": 20, **settings})
+    s = loop_settings(**settings)
     done = []
 
     def start():

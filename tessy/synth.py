@@ -20,8 +20,8 @@ from tessy.shards import select_shard
 from tessy.transcript import Party, Transcript
 
 
-class ConfigMismatchError(RuntimeError):
-    pass
+class ConfigMismatchError(ValueError):
+    """An output written with another config: resuming would mix two kinds of records."""
 
 
 def config_path_for(out: Path) -> Path:
@@ -39,18 +39,7 @@ def same_vocabulary(a, b) -> bool:
 
 
 def settings_for(config: SynthConfig, backends: dict) -> LoopSettings:
-    return LoopSettings(
-        k={role: getattr(config, role).k or config.k for role in (STUDENT, TEACHER)},
-        max_think_tokens=config.max_think_tokens,
-        max_answer_tokens=config.max_answer_tokens,
-        max_rounds=config.max_rounds,
-        same_vocab=same_vocabulary(backends[STUDENT].tokenizer, backends[TEACHER].tokenizer),
-        handover=config.handover,
-        repetition_min_words=config.repetition_min_words,
-        repetition_min_repeats=config.repetition_min_repeats,
-        repetition_window_chars=config.repetition_window_chars,
-        final_answer=config.final_answer,
-    )
+    return LoopSettings.of(config, same_vocabulary(backends[STUDENT].tokenizer, backends[TEACHER].tokenizer))
 
 
 def start_sample(prompt: Prompt, config: SynthConfig, backends: dict, settings: LoopSettings, predictors: dict | None = None,

@@ -22,7 +22,7 @@ from tessy.seeds import stream_seed, uniform
 class HFBackend:
     concurrent = False  # one process gains nothing from overlap: the scheduler batches it in ticks
 
-    def __init__(self, model, tokenizer, sampling: Sampling | None = None):
+    def __init__(self, model, tokenizer, sampling: Sampling):
         from transformers.generation.logits_process import (
             LogitsProcessorList,
             MinPLogitsWarper,
@@ -34,7 +34,7 @@ class HFBackend:
 
         self.model = model
         self.tokenizer = tokenizer
-        self.sampling = sampling or Sampling()
+        self.sampling = sampling
         self.device = next(model.parameters()).device
         eos = model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])

@@ -239,11 +239,11 @@ class _Remote:
 class OpenAIBackend:
     concurrent = True  # a server batches whatever is in flight: each sample goes on its own clock
 
-    def __init__(self, tokenizer, pool: EndpointPool, sampling: Sampling | None = None, model: str = "",
+    def __init__(self, tokenizer, pool: EndpointPool, sampling: Sampling, model: str = "",
                  eos_ids: set[int] | None = None):
         self.tokenizer = tokenizer
         self.pool = pool
-        self.sampling = sampling or Sampling()
+        self.sampling = sampling
         self.model = model  # the identity in the config; also the model name when the server won't say
         self.eos_ids = eos_ids if eos_ids is not None else eos_ids_of(tokenizer)
 

@@ -11,9 +11,12 @@ from typing import Any, Protocol
 
 @dataclass
 class Sampling:
-    temperature: float = 0.6  # the paper's setting (section 3.1)
-    top_p: float = 1.0
-    seed: int | None = 0
+    """A role's sampling. The defaults of a run live in `ModelConfig` (`Sampling.of`); these are the
+    values that switch a knob off."""
+
+    temperature: float  # 0 is greedy
+    top_p: float = 1.0  # 1 is off
+    seed: int | None = None  # None samples unseeded
     top_k: int = 0  # 0 is off
     min_p: float = 0.0  # 0 is off
     repetition_penalty: float = 1.0  # 1 is off; above 1 makes tokens already in the context less likely

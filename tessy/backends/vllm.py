@@ -24,10 +24,10 @@ def is_vllm_available() -> bool:
 class VLLMBackend:
     concurrent = False  # one engine call per tick takes the whole batch
 
-    def __init__(self, llm, tokenizer, sampling: Sampling | None = None, eos_ids: set[int] | None = None):
+    def __init__(self, llm, tokenizer, sampling: Sampling, eos_ids: set[int] | None = None):
         self.llm = llm
         self.tokenizer = tokenizer
-        self.sampling = sampling or Sampling()
+        self.sampling = sampling
         self.eos_ids = eos_ids if eos_ids is not None else eos_ids_of(tokenizer)
 
     @classmethod

@@ -151,10 +151,10 @@ def cmd_predictor_eval(args) -> int:
 
 
 def cmd_sft(args) -> int:
-    from tessy.sft import SFTRunConfig, train
+    from tessy.sft import SFTRunConfig, load_sft_config, train
 
     fields = {f.name for f in dataclasses.fields(SFTRunConfig)}
-    train(SFTRunConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None}), console=_console())
+    train(load_sft_config(args.config, **{k: v for k, v in vars(args).items() if k in fields}), console=_console())
     return 0
 
 
@@ -324,28 +324,46 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", help="write {predictor: metrics} here")
     q.set_defaults(func=cmd_predictor_eval)
     p = sub.add_parser("sft", help="fine-tune the student on records with TRL (loss on assistant tokens only)")
-    p.add_argument("--data", required=True, help="tessy records JSONL (their `messages`)")
-    p.add_argument("--model", required=True, help="student: embedded name, .gguf, or Hugging Face directory")
-    p.add_argument("--out", required=True, help="output directory: model, checkpoints/, train_log.json")
-    p.add_argument("--lora", action="store_true", help="LoRA through PEFT instead of full fine-tuning")
+    p.add_argument("--config", help="YAML of these options, keys with _ (configs/sft-qwen3-8b.yaml); flags override it")
+    p.add_argument("--data", help="tessy records JSONL (their `messages`); required here or in --config")
+    p.add_argument("--model", help="student: embedded name, .gguf, or HF directory; required here or in --config")
+    p.add_argument("--out", help="output directory: model, checkpoints/, train_log.json; required here or in --config")
+    p.add_argument("--lora", action=argparse.BooleanOptionalAction, help="LoRA through PEFT, not full fine-tuning")
     p.add_argument("--lora-r", type=int, help="LoRA rank (default 8)")
     p.add_argument("--lora-alpha", type=int, help="LoRA alpha (default 16)")
     p.add_argument("--epochs", type=float, help="epochs (default 1); a checkpoint after each")
     p.add_argument("--learning-rate", "--lr", type=float, help="learning rate (default 5e-5, as the paper)")
     p.add_argument("--batch-size", type=int, help="sequences per device per step (default 1)")
     p.add_argument("--grad-accum", type=int, help="gradient accumulation steps (default 1)")
-    p.add_argument("--max-length", type=int, help="longest sequence in tokens (default 2048)")
+    p.add_argument("--max-length", type=int, help="longest example in the student's tokens, prompt too (default 2048)")
+    p.add_argument("--too-long", choices=["error", "drop", "truncate-left"],
+                   help="examples over --max-length: error (default: refuse, with their count), drop them, or "
+                   "truncate-left (cut the start of the thinking; prompt and answer stay)")
+    p.add_argument("--keep-stop-reasons", help="train on records whose thinking ended so: all, or a comma list of "
+                   "student_closed, teacher_closed, think_budget, max_rounds, repetition "
+                   "(default: student_closed,teacher_closed,think_budget)")
+    p.add_argument("--packing", action=argparse.BooleanOptionalAction,
+                   help="pack examples into --max-length rows (TRL's BFD); a batch then counts rows")
+    p.add_argument("--attn-implementation", help="attention kernel, e.g. flash_attention_2 (default: sdpa)")
     p.add_argument("--max-steps", type=int, help="stop after N optimizer steps")
     p.add_argument("--system-prompt", help="system-prompt isolation (appendix A.2); recorded for tessy eval")
     p.add_argument("--seed", type=int, help="training seed")
     p.set_defaults(func=cmd_sft)
 
     p = sub.add_parser("eval", help="pass@1 on humaneval or a benchmark JSONL; code runs in a sandbox")
-    p.add_argument("--benchmark", required=True, help="humaneval, or a JSONL of problems (see README)")
+    p.add_argument("--benchmark", required=True, help="humaneval, or a JSONL of problems, LiveCodeBench rows included (see README)")
     p.add_argument("--model", help="model to sample (embedded name, .gguf, HF directory, or a `tessy sft` output)")
     p.add_argument("--samples", help="score these completions (JSONL task_id, completion); generates nothing")
-    p.add_argument("--n", type=int, help="samples per problem (default 1)")
-    p.add_argument("--limit", type=int, help="only the first N problems")
+    p.add_argument("--records", help="score the answers of a tessy synth run (records: id, answer) against the problems "
+                   "with the same ids (paper, Figure 6); generates nothing")
+    p.add_argument("--n", type=int, help="samples per problem, each with its own seed (default 1)")
+    p.add_argument("--limit", type=int, help="only the first N problems (after the date filter)")
+    from tessy.livecodebench import WINDOWS  # the standard library only: --help stays instant
+
+    p.add_argument("--window", choices=list(WINDOWS), help="LiveCodeBench window on contest_date (paper, section 3.2): "
+                   + ", ".join(f"{k} = {a} to {b}" for k, (a, b) in WINDOWS.items()) + ", end excluded")
+    p.add_argument("--since", help="only problems whose contest_date is on or after YYYY-MM-DD")
+    p.add_argument("--until", help="only problems whose contest_date is before YYYY-MM-DD")
     p.add_argument("--out", help="directory for results.jsonl and summary.json")
     p.add_argument("--profile", help="model profile (default plain)")
     p.add_argument("--backend", help="hf (default) | openai (servers given with --url) | vllm")
@@ -353,10 +371,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="hf backend: torch device (default cpu)")
     p.add_argument("--temperature", type=float, help="sampling temperature (default 0.6)")
     p.add_argument("--seed", type=int, help="sampling seed")
-    p.add_argument("--max-think-tokens", type=int, help="thinking budget (default 1024)")
-    p.add_argument("--max-answer-tokens", type=int, help="answer budget (default 512)")
+    p.add_argument("--max-think-tokens", type=int, help="thinking budget (default: the model's own limit, 40,960 for Qwen3-8B)")
+    p.add_argument("--max-answer-tokens", type=int, help="answer budget (default: what the model's own limit leaves)")
+    p.add_argument("--force-close-thinking", action="store_true", default=None,
+                   help="close the thinking when --max-think-tokens is spent and let the model answer (not the paper's "
+                   "protocol, where a thinking that never ends has no answer)")
     p.add_argument("--batch-size", type=int, help="samples generated at once (default 8)")
     p.add_argument("--timeout-s", type=float, help="sandbox wall-clock limit per run (default 10)")
+    p.add_argument("--compile-timeout-s", type=float, help="wall-clock limit of one g++ compile (default 30)")
     p.add_argument("--system-prompt", help="system prompt (default: the one recorded by tessy sft)")
     p.set_defaults(func=cmd_eval)
 
@@ -374,14 +396,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (PromptFileError, FileNotFoundError, ValueError) as e:
+    except (PromptFileError, FileNotFoundError, ValueError) as e:  # ConfigError, ConfigMismatchError included
         print(f"tessy: error: {e}", file=sys.stderr)
         return 2
-    except RuntimeError as e:
-        if type(e).__name__ == "ConfigMismatchError":
-            print(f"tessy: error: {e}", file=sys.stderr)
-            return 2
-        raise
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ def test_every_shipped_config_loads(name):
     if name.startswith("sft"):
         from tessy.sft import load_sft_config
 
-        load_sft_config(path)
+        load_sft_config(path, data="records.jsonl", out="runs/sft")
     else:
         config = load_config(path)
         assert config.to_dict()  # and it round-trips through its own YAML

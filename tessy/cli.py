@@ -197,11 +197,16 @@ def cmd_sft(args) -> int:
     return 0
 
 
+# A run's transport settings are the synth config's business; eval's own timeout_s is the sandbox's.
+EVAL_MODEL_SKIP = ("k", "api_key_env", "timeout_s", "max_retries", "concurrency")
+
+
 def cmd_eval(args) -> int:
+    from tessy.config import ModelConfig
     from tessy.evaluate import EvalConfig, evaluate
 
-    fields = {f.name for f in dataclasses.fields(EvalConfig)}
-    config = EvalConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+    model = {k: v for k, v in given(args, ModelConfig).items() if k not in EVAL_MODEL_SKIP}
+    config = EvalConfig(model=ModelConfig(**{"model": "", **model}), **given(args, EvalConfig))
     evaluate(config, out=args.out, console=_console())
     return 0
 
@@ -255,7 +260,8 @@ def cmd_analyze(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     # The configs' modules are light (no torch): their fields become the flags.
-    from tessy.config import SynthConfig
+    from tessy.config import ModelConfig, SynthConfig
+    from tessy.evaluate import EvalConfig
     from tessy.predictors.learned import TrainConfig
     from tessy.sft import SFTRunConfig
     from tessy.export import FORMATS as EXPORT_FORMATS  # light: json and pathlib only
@@ -353,35 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sft)
 
     p = sub.add_parser("eval", help="pass@1 on humaneval or a benchmark JSONL; code runs in a sandbox")
-    p.add_argument("--benchmark", required=True, help="humaneval, or a JSONL of problems, LiveCodeBench rows included (see README)")
-    p.add_argument("--model", help="model to sample (embedded name, .gguf, HF directory, or a `tessy sft` output)")
-    p.add_argument("--samples", help="score these completions (JSONL task_id, completion); generates nothing")
-    p.add_argument("--records", help="score the answers of a tessy synth run (records: id, answer) against the problems "
-                   "with the same ids (paper, Figure 6); generates nothing")
-    p.add_argument("--n", type=int, help="samples per problem, each with its own seed (default 1)")
-    p.add_argument("--limit", type=int, help="only the first N problems (after the date filter)")
-    from tessy.livecodebench import WINDOWS  # the standard library only: --help stays instant
-
-    p.add_argument("--window", choices=list(WINDOWS), help="LiveCodeBench window on contest_date (paper, section 3.2): "
-                   + ", ".join(f"{k} = {a} to {b}" for k, (a, b) in WINDOWS.items()) + ", end excluded")
-    p.add_argument("--since", help="only problems whose contest_date is on or after YYYY-MM-DD")
-    p.add_argument("--until", help="only problems whose contest_date is before YYYY-MM-DD")
+    add_fields(p, EvalConfig, skip=("model",))
     p.add_argument("--out", help="directory for results.jsonl and summary.json")
-    p.add_argument("--profile", help="model profile (default plain)")
-    p.add_argument("--backend", help="hf (default) | openai (servers given with --url) | vllm")
+    # The model: the same fields, help and defaults as a role of the synth config.
+    add_fields(p.add_argument_group("the model that samples (as a role of the synth config)"), ModelConfig,
+               skip=("urls", *EVAL_MODEL_SKIP))
     p.add_argument("--url", dest="urls", action="append", help="openai backend: a base URL ending in /v1 (repeatable)")
-    p.add_argument("--device", help="hf backend: torch device (default cpu)")
-    p.add_argument("--temperature", type=float, help="sampling temperature (default 0.6)")
-    p.add_argument("--seed", type=int, help="sampling seed")
-    p.add_argument("--max-think-tokens", type=int, help="thinking budget (default: the model's own limit, 40,960 for Qwen3-8B)")
-    p.add_argument("--max-answer-tokens", type=int, help="answer budget (default: what the model's own limit leaves)")
-    p.add_argument("--force-close-thinking", action="store_true", default=None,
-                   help="close the thinking when --max-think-tokens is spent and let the model answer (not the paper's "
-                   "protocol, where a thinking that never ends has no answer)")
-    p.add_argument("--batch-size", type=int, help="samples generated at once (default 8)")
-    p.add_argument("--timeout-s", type=float, help="sandbox wall-clock limit per run (default 10)")
-    p.add_argument("--compile-timeout-s", type=float, help="wall-clock limit of one g++ compile (default 30)")
-    p.add_argument("--system-prompt", help="system prompt (default: the one recorded by tessy sft)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("plot-loss", help="overlay the loss curves of several SFT runs (paper, Figure 15)")

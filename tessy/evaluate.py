@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
 
+from tessy.config import ModelConfig
 from tessy.checkers import LANGUAGE_ALIASES, check, parse_checker
 from tessy.livecodebench import WINDOWS, date_range, in_range, parse_day, row_tests
 from tessy.mathcheck import extract_boxed, math_equal
@@ -43,21 +44,14 @@ NO_CODE_RUN = "none (no code is run)"
 @dataclass
 class EvalConfig:
     benchmark: str = field(default="humaneval", metadata={"help": "humaneval, or a JSONL file of problems (see load_benchmark)"})
-    model: str | None = field(default=None, metadata={"help": "model to sample: embedded name, .gguf, or HF directory (a `tessy sft` output)"})
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(""), metadata={"help": "the model that samples the replies: its name (empty: none), profile, backend and sampling, as in a synth config; with --samples, its profile reads their thinking"})
     samples: str | None = field(default=None, metadata={"help": "score these pre-generated completions (JSONL: task_id, completion) instead of sampling"})
     records: str | None = field(default=None, metadata={"help": "score the answers of a `tessy synth` run (JSONL records: id, answer, messages) against the problems with the same ids (paper, Figure 6)"})
     n: int = field(default=1, metadata={"help": "samples per problem, each with its own seed; pass@1 is averaged over them (paper: several at temperature 0.6)"})
     limit: int | None = field(default=None, metadata={"help": "only the first N problems (after the date filter)"})
-    window: str | None = field(default=None, metadata={"help": f"LiveCodeBench window by name: {', '.join(f'{k} = {a} .. {b}' for k, (a, b) in WINDOWS.items())} (paper, section 3.2)"})
+    window: str | None = field(default=None, metadata={"choices": tuple(WINDOWS), "help": f"LiveCodeBench window by name: {', '.join(f'{k} = {a} .. {b}' for k, (a, b) in WINDOWS.items())} (paper, section 3.2)"})
     since: str | None = field(default=None, metadata={"help": "only problems whose contest_date is on or after this day (YYYY-MM-DD)"})
     until: str | None = field(default=None, metadata={"help": "only problems whose contest_date is before this day (YYYY-MM-DD)"})
-    profile: str = field(default="plain", metadata={"help": "the model's profile: how its thinking opens and closes"})
-    backend: str = field(default="hf", metadata={"help": "hf (in this process) | openai (servers at `urls`) | vllm"})
-    urls: list[str] = field(default_factory=list, metadata={"help": "openai backend: base URLs ending in /v1"})
-    device: str = field(default="cpu", metadata={"help": "hf backend: torch device"})
-    dtype: str = field(default="float32", metadata={"help": "hf backend: torch dtype of the weights"})
-    temperature: float = field(default=0.6, metadata={"help": "sampling temperature (paper: 0.6)"})
-    seed: int = field(default=0, metadata={"help": "sampling seed; sample s of a problem samples from its own stream, keyed task_id/s"})
     max_think_tokens: int | None = field(default=None, metadata={"help": "thinking budget; default: the model's own limit (its context length, 40,960 for Qwen3-8B)"})
     max_answer_tokens: int | None = field(default=None, metadata={"help": "answer budget; default: what the model's own limit leaves"})
     force_close_thinking: bool = field(default=False, metadata={"help": "close the thinking when --max-think-tokens is spent and let the model answer (not the paper's protocol: there, a thinking that never ends has no answer)"})
@@ -288,19 +282,16 @@ def generate(config: EvalConfig, problems: list[Problem], console=None, backend=
     answers. `backend` defaults to the one `config` names.
     """
     from tessy.backends import make_backend
-    from tessy.config import ModelConfig
     from tessy.profiles import get_profile, render_prompt
 
     if config.force_close_thinking and config.max_think_tokens is None:
         raise ValueError("--force-close-thinking needs a --max-think-tokens budget to close it at")
-    profile = get_profile(config.profile)
-    backend = backend or make_backend(ModelConfig(model=config.model, profile=config.profile, backend=config.backend,
-                                       temperature=config.temperature, seed=config.seed, urls=list(config.urls),
-                                       device=config.device, dtype=config.dtype), "model")  # fmt: skip
-    limit = model_token_limit(backend, config.model)
+    profile = get_profile(config.model.profile)
+    backend = backend or make_backend(config.model, "model")
+    limit = model_token_limit(backend, config.model.model)
     if limit is None and (config.max_think_tokens is None or config.max_answer_tokens is None):
         raise ValueError("the model's own token limit is unknown here: give --max-think-tokens and --max-answer-tokens")
-    system = config.system_prompt if config.system_prompt is not None else recorded_system_prompt(config.model)
+    system = config.system_prompt if config.system_prompt is not None else recorded_system_prompt(config.model.model)
     jobs = [(p, s) for p in problems for s in range(config.n)]
     out = []
     for b in range(0, len(jobs), config.batch_size):
@@ -415,7 +406,7 @@ def evaluate(config: EvalConfig, out: str | Path | None = None, console=None) ->
     from tessy.profiles import get_profile
 
     t0 = time.monotonic()
-    if sum(x is not None for x in (config.model, config.samples, config.records)) != 1:
+    if sum(bool(x) for x in (config.model.model, config.samples, config.records)) != 1:
         raise ValueError("give one of --model (sample replies), --samples (score replies already written) "
                          "or --records (score the answers of a tessy synth run)")  # fmt: skip
     since, until = date_range(config.window, config.since, config.until)
@@ -438,7 +429,7 @@ def evaluate(config: EvalConfig, out: str | Path | None = None, console=None) ->
     else:
         samples = generate(config, problems, console)
 
-    profile = get_profile(config.profile)
+    profile = get_profile(config.model.profile)
     # Records hold the answer alone; completions carry the thinking in the profile's markers.
     markers = ("", "") if config.records else (profile.think_open, profile.think_close)
     workers = max(1, os.cpu_count() or 1)
@@ -471,7 +462,7 @@ def evaluate(config: EvalConfig, out: str | Path | None = None, console=None) ->
             key = re.sub(r"^(?:(?:public|private) )?test \d+: ", "", r["reason"]).split(":")[0]
             reasons[key] = reasons.get(key, 0) + 1
     summary = {
-        "benchmark": config.benchmark, "model": config.model, "samples_file": config.samples,
+        "benchmark": config.benchmark, "model": config.model.model or None, "samples_file": config.samples,
         "records_file": config.records, "problems": len(per_task), "samples": len(results),
         "passed": sum(r["passed"] for r in results), "pass@1": pass1, "pass@1_se": se,
         "thinking": thinking_protocol(config),
@@ -510,7 +501,7 @@ def mean_and_standard_error(values: list[float]) -> tuple[float, float | None]:
 
 def thinking_protocol(config: EvalConfig) -> str:
     """How the thinking was bounded, in words, for the summary."""
-    if config.model is None:
+    if not config.model.model:
         return "not generated here (scored " + ("--records" if config.records else "--samples") + ")"
     if config.force_close_thinking:
         return f"force-closed after {config.max_think_tokens} thinking tokens (--force-close-thinking), then the model answers"

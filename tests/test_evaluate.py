@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from tessy.cli import main
+from tessy.config import ModelConfig
 from tessy.evaluate import (
     EvalConfig,
     Problem,
@@ -252,7 +253,7 @@ def test_each_sample_has_its_own_seed_stream():
     from tessy.seeds import stream_seed
 
     backend = LimitedModel([EOS] * 12, context=200)
-    rows = generate(EvalConfig(n=3, seed=0), MATH + [Problem("m2", "math", "1+1?", {"answer": "2"})], backend=backend)
+    rows = generate(EvalConfig(n=3), MATH + [Problem("m2", "math", "1+1?", {"answer": "2"})], backend=backend)
     assert [(r["task_id"], r["sample"]) for r in rows] == [("m1", 0), ("m1", 1), ("m1", 2), ("m2", 0), ("m2", 1), ("m2", 2)]
     assert backend.keys == ["m1/0", "m1/1", "m1/2", "m2/0", "m2/1", "m2/2"]
     assert len({stream_seed(0, k) for k in backend.keys}) == 6
@@ -269,7 +270,7 @@ def test_a_failed_server_request_is_scored_as_failed(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ev, "generate", lambda config, problems, console=None: generate(config, problems, backend=Failing([])))
     bench = write_jsonl(tmp_path / "m.jsonl", [{"task_id": "m1", "question": "6*7?", "answer": "42"}])
-    summary = evaluate(EvalConfig(benchmark=str(bench), model="scripted", max_think_tokens=8, max_answer_tokens=8),
+    summary = evaluate(EvalConfig(benchmark=str(bench), model=ModelConfig("scripted"), max_think_tokens=8, max_answer_tokens=8),
                        out=tmp_path / "out")  # fmt: skip
     [result] = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     assert summary["pass@1"] == 0 and not result["passed"] and "server gave up" in result["reason"]

@@ -22,8 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tessy.roles import TEACHER
 from tessy.records import read_records
+from tessy.roles import TEACHER
 
 
 @dataclass

@@ -172,9 +172,9 @@ def cmd_predictor_train(args) -> int:
 
 
 def cmd_predictor_eval(args) -> int:
-    from tessy.segments import read_segments
-    from tessy.predictors.scoring import evaluate, results_table
     from tessy.predictors import load_predictor
+    from tessy.predictors.scoring import evaluate, results_table
+    from tessy.segments import read_segments
 
     rows = read_segments(args.data, args.source)
     if not rows:
@@ -262,10 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     # The configs' modules are light (no torch): their fields become the flags.
     from tessy.config import ModelConfig, SynthConfig
     from tessy.evaluate import EvalConfig
-    from tessy.predictors.learned import TrainConfig
-    from tessy.sft import SFTRunConfig
     from tessy.export import FORMATS as EXPORT_FORMATS  # light: json and pathlib only
+    from tessy.predictors.learned import TrainConfig
     from tessy.scheduler import DRIVERS  # light: no model code
+    from tessy.sft import SFTRunConfig
 
     parser = argparse.ArgumentParser(
         prog="tessy",

@@ -32,8 +32,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
 
-from tessy.config import ModelConfig
 from tessy.checkers import LANGUAGE_ALIASES, check, parse_checker
+from tessy.config import ModelConfig
 from tessy.livecodebench import WINDOWS, date_range, in_range, parse_day, row_tests
 from tessy.mathcheck import extract_boxed, math_equal
 from tessy.sandbox import Limits, Result, build, compile_limits, isolation, run_python

@@ -15,8 +15,8 @@ import hashlib
 import re
 
 from tessy.loop import Generate, LoopSettings, first_repetition, stop_guard, thinking_end, write_answer
-from tessy.roles import STUDENT, TEACHER
 from tessy.profiles import render_prompt
+from tessy.roles import STUDENT, TEACHER
 from tessy.transcript import Party, Transcript
 
 METHODS = (

@@ -81,7 +81,14 @@ def synthesize(config: SynthConfig, prompts_path, out_path, limit: int | None = 
     `shard` (i, n) runs only shard i of n (see `tessy.shards`). A sample whose backend failed for
     good goes to the errors file beside the output, not into it; a later run skips its id unless
     `retry_errors`, which runs only those ids."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     methods.check_method(config.method, config.final_answer)
     check_driver(config.driver)

@@ -1,7 +1,6 @@
 """Fixtures shared by the test modules."""
 
 import pytest
-
 from fake_server import FakeServer
 
 

@@ -12,8 +12,8 @@ from collections import deque
 from tessy.backends import Session, Span, answered, span_from_ids
 from tessy.loop import LoopSettings, tessy_sample
 from tessy.predictors.lexicon import LexiconPredictor
-from tessy.roles import STUDENT, TEACHER
 from tessy.profiles import PLAIN
+from tessy.roles import STUDENT, TEACHER
 from tessy.scheduler import Scheduler
 from tessy.transcript import Party, Transcript
 

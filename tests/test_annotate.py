@@ -1,20 +1,20 @@
 import json
 
 import pytest
-
 from scripted import ScriptedBackend
+
 from tessy.annotate import (
     ANNOTATION_PROMPT,
     AnnotationParseError,
+    Segment,
     align_spans,
     annotate_llm,
-    backend_asker,
     annotation_messages,
+    backend_asker,
     parse_spans,
     read_segments,
     sample_windows,
     thinking_texts,
-    Segment,
 )
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from scripted import EOS, ScriptedBackend
 
 from tessy.cli import main
 from tessy.config import ModelConfig
@@ -23,7 +24,6 @@ from tessy.evaluate import (
     strip_thinking,
 )
 from tessy.sandbox import Limits
-from scripted import EOS, ScriptedBackend
 
 DATA = Path(__file__).parent / "data"
 

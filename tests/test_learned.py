@@ -9,11 +9,21 @@ from pathlib import Path
 
 import pytest
 
-from tessy.segments import read_segments
-from tessy.predictors.learned import CAPABILITY, IGNORE, STYLE, LearnedPredictor, TrainConfig, _join, split_by_doc, token_labels, train_predictor
-from tessy.predictors.scoring import AllCapability, evaluate, score, unit_index
 from tessy.predictors import load_predictor
+from tessy.predictors.learned import (
+    CAPABILITY,
+    IGNORE,
+    STYLE,
+    LearnedPredictor,
+    TrainConfig,
+    _join,
+    split_by_doc,
+    token_labels,
+    train_predictor,
+)
+from tessy.predictors.scoring import AllCapability, evaluate, score, unit_index
 from tessy.roles import STUDENT, TEACHER
+from tessy.segments import read_segments
 
 DATA = Path(__file__).parent / "data" / "predictor_segments.jsonl"
 

@@ -11,8 +11,8 @@ from scripted import EOS, ScriptedBackend
 from tessy.backends import Session
 from tessy.config import load_config
 from tessy.methods import METHODS, REFERENCE_TEMPLATE, best_candidate, mix_sources, parse_score
-from tessy.roles import STUDENT, TEACHER
 from tessy.records import read_records
+from tessy.roles import STUDENT, TEACHER
 from tessy.synth import synthesize
 
 THINK_CLOSE = "</think>"

@@ -16,14 +16,14 @@ import time
 import urllib.request
 
 import pytest
-
 from provenance import Recording, splits_into_prefixes
 from scripted import CharTokenizer
+
 from tessy.backends import SampleError, Sampling, Span
 from tessy.backends.openai import ChatClient, EndpointPool, OpenAIBackend
 from tessy.config import load_config
-from tessy.roles import STUDENT, TEACHER
 from tessy.records import errors_path_for, read_errors, read_records
+from tessy.roles import STUDENT, TEACHER
 from tessy.synth import synthesize
 
 

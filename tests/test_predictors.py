@@ -1,9 +1,7 @@
 import pytest
 
 from tessy.predictors import boundary
-
 from tessy.predictors.lexicon import LexiconPredictor
-
 from tessy.roles import STUDENT, TEACHER
 
 

@@ -12,13 +12,13 @@ import time
 
 import pytest
 import torch
-
 from provenance import Recording, splits_into_prefixes
+
 from tessy.backends import Sampling
 from tessy.backends.hf import HFBackend
 from tessy.config import load_config
-from tessy.roles import STUDENT, TEACHER
 from tessy.records import read_records
+from tessy.roles import STUDENT, TEACHER
 from tessy.synth import load_backends, synthesize
 
 pytestmark = pytest.mark.slow

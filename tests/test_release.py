@@ -17,9 +17,9 @@ import yaml
 from scripted import EOS, run_scripted
 
 from tessy.backends import span_from_ids
-from tessy.predictors.learned import LearnedPredictor, encode, shift_left
 from tessy.loop import kept_tokens
 from tessy.predictors import PredictorSpec, load_predictor
+from tessy.predictors.learned import LearnedPredictor, encode, shift_left
 from tessy.roles import STUDENT, TEACHER
 
 ROOT = Path(__file__).resolve().parents[1]

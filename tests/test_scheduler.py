@@ -17,9 +17,9 @@ from tessy.backends.openai import EndpointPool, OpenAIBackend
 from tessy.config import load_config
 from tessy.methods import teacher_only
 from tessy.predictors.lexicon import LexiconPredictor
-from tessy.roles import STUDENT, TEACHER
 from tessy.profiles import PLAIN
 from tessy.records import read_records
+from tessy.roles import STUDENT, TEACHER
 from tessy.scheduler import Scheduler
 from tessy.synth import synthesize
 from tessy.transcript import Party, Transcript

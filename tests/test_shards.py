@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from scripted import EOS, ScriptedBackend
+
 from tessy.cli import main
 from tessy.config import load_config
-from tessy.roles import STUDENT, TEACHER
 from tessy.prompts import Prompt, read_prompts
 from tessy.records import errors_path_for, read_records
+from tessy.roles import STUDENT, TEACHER
 from tessy.shards import merge, parse_shard, select_shard, shard_of
 from tessy.synth import synthesize
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import importlib.util
 
-from tessy.backends.protocol import Sampling, Session, Span, answered, span_from_ids
 from tessy.backends.openai import eos_ids_of, load_tokenizer, server_span
+from tessy.backends.protocol import Sampling, Session, Span, answered, span_from_ids
 from tessy.seeds import request_seed, stream_seed
 
 

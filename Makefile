@@ -36,6 +36,7 @@ sandbox:
 		|| echo "bubblewrap not installed: the sandbox falls back to resource limits only"
 
 test: $(TESTSTAMP) sandbox
+	$(VENV)/bin/ruff check tessy tests benchmarks scripts
 	$(PY) -m pytest -v --durations=15
 
 test-fast: $(TESTSTAMP) sandbox

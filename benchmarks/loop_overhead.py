@@ -112,7 +112,7 @@ def reseed(backends: dict, config) -> None:
 
 def write_prompts(n: int, path: Path) -> Path:
     """The first n demo prompts (cycled, with fresh ids, when n exceeds the file)."""
-    lines = [json.loads(l) for l in DEMO_PROMPTS.read_text().splitlines() if l.strip()]
+    lines = [json.loads(line) for line in DEMO_PROMPTS.read_text().splitlines() if line.strip()]
     with open(path, "w") as f:
         for i in range(n):
             obj = dict(lines[i % len(lines)])
@@ -131,7 +131,7 @@ def run_tessy(config, backends: dict, prompts: Path, workdir: Path, name: str) -
     stats: dict[str, CallStats] = {}
     with instrument(backends, stats), Clock() as clock:
         summary = synthesize(config, prompts, out, backends=backends, progress=False)
-    records = [json.loads(l) for l in out.read_text().splitlines() if l.strip()]
+    records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
     st = [r["stats"] for r in records]
     n = len(records)
     generated = {role: sum(s["generated_tokens"][role] for s in st) for role in ROLES}
@@ -257,7 +257,8 @@ def report(res: dict) -> list[str]:
         lines.append(f"  {label:<64} {value!s:>12}  {note}")
 
     lines.append("=" * 100)
-    lines.append(f"tessy loop overhead  |  N={res['prompts_n']} prompts, batch size B={res['batch_size']}, tessy in flight {res['in_flight']}, k={res['k']}, "
+    lines.append(f"tessy loop overhead  |  N={res['prompts_n']} prompts, batch size B={res['batch_size']}, "
+                 f"tessy in flight {res['in_flight']}, k={res['k']}, "
                  f"torch threads={res['torch_threads']}, models: {res['student']} / {res['teacher']}")
     lines.append("=" * 100)
     lines.append(f"1. Throughput (tessy run: think budget {tessy['max_think_tokens']}, answer budget "
@@ -323,9 +324,12 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts-n", type=int, default=8, help="demo prompts to synthesize (default 8)")
-    ap.add_argument("--batch-size", type=int, default=8, help="rows per model call: tessy's batch_size, plain's rows (default 8)")
-    ap.add_argument("--in-flight", type=int, default=0, help="tessy samples open at once (default 0: the config's 2 x batch size)")
-    ap.add_argument("--length", type=int, default=96, help="think budget L of the short run; the long run uses 2L (default 96)")
+    ap.add_argument("--batch-size", type=int, default=8,
+                    help="rows per model call: tessy's batch_size, plain's rows (default 8)")
+    ap.add_argument("--in-flight", type=int, default=0,
+                    help="tessy samples open at once (default 0: the config's 2 x batch size)")
+    ap.add_argument("--length", type=int, default=96,
+                    help="think budget L of the short run; the long run uses 2L (default 96)")
     ap.add_argument("--answer-tokens", type=int, default=32, help="answer budget of both runs (default 32)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
     ap.add_argument("--workdir", type=Path, default=None, help="where records go (default: a temp dir, removed)")
@@ -360,7 +364,8 @@ def main(argv: list[str] | None = None) -> None:
         t1 = run_tessy(dataclasses.replace(base, max_think_tokens=args.length), backends, prompts_path, workdir, "L")
         say(f"  {t1['wall_s']} s, {t1['generated_total']} tokens generated")
         say(f"tessy, think budget 2L={2 * args.length}")
-        t2 = run_tessy(dataclasses.replace(base, max_think_tokens=2 * args.length), backends, prompts_path, workdir, "2L")
+        t2 = run_tessy(dataclasses.replace(base, max_think_tokens=2 * args.length), backends, prompts_path, workdir,
+                       "2L")
         say(f"  {t2['wall_s']} s, {t2['generated_total']} tokens generated")
 
         rows = min(args.batch_size, len(prompts))
@@ -372,7 +377,8 @@ def main(argv: list[str] | None = None) -> None:
         say("plain, even rows, one long call")
         long = run_plain(base, backends, prompts, rows, even, None, "even rows, one long call")
         say(f"  {long['wall_s']} s")
-        per_prompt = {role: [(i, t2["generated_per_prompt"][p.id][role]) for i, p in enumerate(prompts)] for role in ROLES}
+        per_prompt = {role: [(i, t2["generated_per_prompt"][p.id][role]) for i, p in enumerate(prompts)]
+                      for role in ROLES}
         say(f"plain, per-sample lengths, chunks of {base.k}")
         ragged = run_plain(base, backends, prompts, args.batch_size, per_prompt, base.k,
                            f"per-sample lengths, chunks of {base.k}")
@@ -407,7 +413,8 @@ def main(argv: list[str] | None = None) -> None:
             "overhead_vs_chunked_cpu": ratio(t2["cpu_s"] / t2["generated_total"], chunked["cpu_s"] / chunked["tokens"]),
             "overhead_vs_long_cpu": ratio(t2["cpu_s"] / t2["generated_total"], long["cpu_s"] / long["tokens"]),
             "overhead_vs_per_sample": ratio(tessy_tpt, ragged["wall_s"] / ragged["tokens"]),
-            "overhead_vs_per_sample_cpu": ratio(t2["cpu_s"] / t2["generated_total"], ragged["cpu_s"] / ragged["tokens"]),
+            "overhead_vs_per_sample_cpu": ratio(t2["cpu_s"] / t2["generated_total"],
+                                                ragged["cpu_s"] / ragged["tokens"]),
             "kept_overhead_vs_chunked": ratio(t2["wall_s"] / t2["kept_tokens"], chunked["wall_s"] / chunked["tokens"]),
         },
         "scaling": {
@@ -436,8 +443,8 @@ def main(argv: list[str] | None = None) -> None:
                 for phase, u in res["cpu_utilisation"].items() if u is not None and threads > 1 and u < 0.6 * threads]
     busy = {k: v for k, v in res["load_avg_1min"].items() if v > (os.cpu_count() or 1) + 1}
     if busy:
-        warnings.append(f"1-minute load average above the {os.cpu_count()} CPUs: {busy}; wall-time figures are unreliable, "
-                        "prefer the CPU-time ratios")
+        warnings.append(f"1-minute load average above the {os.cpu_count()} CPUs: {busy}; "
+                        "wall-time figures are unreliable, prefer the CPU-time ratios")
     if t2["mean_think_tokens"] < 1.5 * t1["mean_think_tokens"]:
         warnings.append("the 2L run reached less than 1.5x the thinking of the L run (early stops); "
                         "read the normalised ratios")

@@ -71,10 +71,11 @@ def main() -> None:
                         "device": "cuda" if torch.cuda.is_available() else "cpu"}
 
     print(f"\n{'':28}{'lexicon':>12}{'learned':>12}")
-    for key in ("wall_s", "generate_s", "predict_s", "predict_share_of_loop", "boundary_calls", "predict_ms_per_boundary"):
+    for key in ("wall_s", "generate_s", "predict_s", "predict_share_of_loop", "boundary_calls",
+                "predict_ms_per_boundary"):
         print(f"{key:28}{results['lexicon'][key]:>12}{results['learned'][key]:>12}")
-    print(f"learned / lexicon predict time per boundary: "
-          f"{results['learned']['predict_ms_per_boundary'] / max(results['lexicon']['predict_ms_per_boundary'], 1e-6):.0f}x")
+    ratio = results["learned"]["predict_ms_per_boundary"] / max(results["lexicon"]["predict_ms_per_boundary"], 1e-6)
+    print(f"learned / lexicon predict time per boundary: {ratio:.0f}x")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

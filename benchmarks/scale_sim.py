@@ -64,8 +64,9 @@ MODEL = "smollm2-135m-instruct"
 MARKER = "</think>"  # the `plain` profile's close marker
 
 STYLE = [
-    "Okay, let's see.", "Wait, that is not right.", "Hmm, let me check again.", "So, first I need to understand the question.",
-    "Let me think about this.", "Alright, now the next part.", "Hmm, maybe I should try another way.", "Wait, let me verify that.",
+    "Okay, let's see.", "Wait, that is not right.", "Hmm, let me check again.",
+    "So, first I need to understand the question.", "Let me think about this.", "Alright, now the next part.",
+    "Hmm, maybe I should try another way.", "Wait, let me verify that.",
     "Okay, so that works.", "Let me recall the definition.", "Hmm, that seems too easy.", "Actually, wait.",
     "So basically, we need to be careful here.", "Let me double-check the arithmetic.", "Okay, that makes sense.",
     "But if that is the case, then what?", "Hold on, I think I made a mistake.", "Alright, let me try again.",
@@ -78,13 +79,16 @@ CAPABILITY = [
     "We compute 3 * 4 = 12, so the sum is 15.", "def f(x): return x + 1", "The loop runs n times, so it is O(n).",
     "The derivative of x^2 is 2x.", "Substituting x = 2 gives 4 + 6 = 10.", "for i in range(n): total += a[i]",
     "The triangle has sides 3, 4 and 5.", "Dividing both sides by 7 gives y = 6.", "The area is pi * r^2 = 28.27.",
-    "A prime number has exactly two divisors.", "The list is sorted in O(n log n) time.", "x = (-b + sqrt(b^2 - 4ac)) / 2a",
-    "The probability is 1/6 for each face.", "Binary search halves the interval each step.", "The remainder of 17 mod 5 is 2.",
-    "The matrix [[1, 2], [3, 4]] has determinant -2.", "return sorted(set(xs))", "The sum 1 + 2 + ... + n equals n(n+1)/2.",
-    "The speed is 120 km / 2 h = 60 km/h.", "The hash map gives O(1) lookups on average.", "The gcd of 84 and 36 is 12.",
+    "A prime number has exactly two divisors.", "The list is sorted in O(n log n) time.",
+    "x = (-b + sqrt(b^2 - 4ac)) / 2a", "The probability is 1/6 for each face.",
+    "Binary search halves the interval each step.", "The remainder of 17 mod 5 is 2.",
+    "The matrix [[1, 2], [3, 4]] has determinant -2.", "return sorted(set(xs))",
+    "The sum 1 + 2 + ... + n equals n(n+1)/2.", "The speed is 120 km / 2 h = 60 km/h.",
+    "The hash map gives O(1) lookups on average.", "The gcd of 84 and 36 is 12.",
     "The series converges because the ratio is 1/2.", "If a > b and b > c, then a > c.", "The answer is 42.",
-    "while lo < hi: mid = (lo + hi) // 2", "The integral of 1/x is ln|x| + C.", "The angle sum of a triangle is 180 degrees.",
-    "The function is increasing on (0, inf).", "The recursion depth is log2(n).", "Each of the 5 boxes holds 8 apples, 40 in all.",
+    "while lo < hi: mid = (lo + hi) // 2", "The integral of 1/x is ln|x| + C.",
+    "The angle sum of a triangle is 180 degrees.", "The function is increasing on (0, inf).",
+    "The recursion depth is log2(n).", "Each of the 5 boxes holds 8 apples, 40 in all.",
 ]
 PROMPTS = [
     "Problem {i}: what is the sum of the first {m} odd numbers? Explain your steps.",
@@ -145,7 +149,8 @@ class SimServers:
             log = logdir / f"sim-{role}.log"
             self.logs[role] = log
             self.procs[role] = subprocess.Popen(
-                [sys.executable, str(HERE / "sim_server.py"), "--port", str(port), "--corpus", str(corpus_path), *server_args],
+                [sys.executable, str(HERE / "sim_server.py"), "--port", str(port), "--corpus", str(corpus_path),
+                 *server_args],
                 stdout=open(log, "wb"), stderr=subprocess.STDOUT)
             self.urls[role] = f"http://127.0.0.1:{port}"
         for role, url in self.urls.items():
@@ -190,7 +195,8 @@ def has_driver() -> bool:
     return hasattr(load_config(), "driver")
 
 
-def run_one(servers: SimServers, workdir: Path, args, method: str, in_flight: int, n_samples: int, driver: str | None) -> dict:
+def run_one(servers: SimServers, workdir: Path, args, method: str, in_flight: int, n_samples: int,
+            driver: str | None) -> dict:
     from tessy.config import load_config
     from tessy.records import read_records
     from tessy.synth import synthesize
@@ -224,7 +230,8 @@ def run_one(servers: SimServers, workdir: Path, args, method: str, in_flight: in
     think_spans = sum(sum(1 for seg in r["segments"] if seg["part"] == "think") for r in records)
     row = {
         "method": method, "driver": driver or "ticks (lock-step, before the change)", "in_flight": in_flight,
-        "samples": len(records), "errors": summary.get("errors", 0), "wall_s": round(wall, 2), "call_s": round(call_s, 2),
+        "samples": len(records), "errors": summary.get("errors", 0), "wall_s": round(wall, 2),
+        "call_s": round(call_s, 2),
         "client_cpu_s": round(client_cpu, 2),  # the synth call's process CPU, tokenizer loading included
         "kept_tokens": kept, "generated_tokens": gen,
         "generated_tokens_per_s": round(gen / wall, 1) if wall else 0.0,
@@ -238,7 +245,8 @@ def run_one(servers: SimServers, workdir: Path, args, method: str, in_flight: in
     for role, s in stats.items():
         row["servers"][role] = {
             "busy_fraction": round(s["busy_s"] / wall, 3) if wall else None,
-            "prefix_cache_hit_rate": round(s["cached_prompt_tokens"] / s["prompt_tokens"], 3) if s["prompt_tokens"] else None,
+            "prefix_cache_hit_rate": (round(s["cached_prompt_tokens"] / s["prompt_tokens"], 3)
+                                      if s["prompt_tokens"] else None),
             "mean_active": s["mean_active"], "max_active": s["max_active"],
             "requests_per_sample": round((s["requests"] - s["requests_max1"]) / len(records), 2) if records else None,
             "overrun_fraction": round(s["overrun_s"] / s["busy_s"], 3) if s["busy_s"] else 0.0,
@@ -262,9 +270,11 @@ COLUMNS = [
     ("bytes/kept tok", lambda r: _f(r["bytes_per_kept_token"], 0)),
     ("active S", lambda r: f"{r['servers']['student']['mean_active']:.1f}"),
     ("active T", lambda r: f"{r['servers']['teacher']['mean_active']:.1f}"),
-    ("CPU c/S/T", lambda r: "/".join(f"{x / r['call_s']:.2f}" for x in (r["client_cpu_s"], r["servers"]["student"]["cpu_s"],
-                                                                          r["servers"]["teacher"]["cpu_s"]))),
-    ("overrun S/T", lambda r: f"{r['servers']['student']['overrun_fraction']:.2f}/{r['servers']['teacher']['overrun_fraction']:.2f}"),
+    ("CPU c/S/T", lambda r: "/".join(f"{x / r['call_s']:.2f}"
+                                     for x in (r["client_cpu_s"], r["servers"]["student"]["cpu_s"],
+                                               r["servers"]["teacher"]["cpu_s"]))),
+    ("overrun S/T", lambda r: f"{r['servers']['student']['overrun_fraction']:.2f}/"
+                              f"{r['servers']['teacher']['overrun_fraction']:.2f}"),
 ]
 
 
@@ -275,7 +285,8 @@ def _f(x, digits):
 def table(rows: list[dict]) -> str:
     cells = [[name for name, _ in COLUMNS] + [""]] + [[str(get(r)) for _, get in COLUMNS] + [SIM] for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip() for row in cells]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+             for row in cells]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)
 
@@ -303,34 +314,40 @@ def main(argv=None) -> int:
     from tessy.backends.openai import load_tokenizer
 
     levels = [int(x) for x in args.in_flight.split(",") if x.strip()]
-    cap_level, cap = (int(x) for x in args.samples_per_slot_max.split(":")) if args.samples_per_slot_max else (None, None)
+    cap_level, cap = ((int(x) for x in args.samples_per_slot_max.split(":")) if args.samples_per_slot_max
+                      else (None, None))
     with_driver = has_driver()
     drivers = [d.strip() for d in args.drivers.split(",") if d.strip()] if with_driver else [None]
     print(f"tessy from {tessy.__file__}")
-    print(f"scheduler drivers: {', '.join(drivers) if with_driver else 'ticks (lock-step, before the change): no `driver` config field'}")
+    print("scheduler drivers: "
+          f"{', '.join(drivers) if with_driver else 'ticks (lock-step, before the change): no `driver` config field'}")
     server_args = ["--step-ms", str(args.step_ms), "--per-seq-ms", str(args.per_seq_ms),
                    "--prefill-ms-per-token", str(args.prefill_ms_per_token)]
-    print(f"simulated engine: step {args.step_ms} ms + {args.per_seq_ms} ms/active seq + {args.prefill_ms_per_token} ms/uncached "
-          f"prompt token, 16-token prefix-cache blocks; k={args.k}, think {args.max_think_tokens}, answer {args.max_answer_tokens} "
+    print(f"simulated engine: step {args.step_ms} ms + {args.per_seq_ms} ms/active seq + "
+          f"{args.prefill_ms_per_token} ms/uncached prompt token, 16-token prefix-cache blocks; k={args.k}, "
+          f"think {args.max_think_tokens}, answer {args.max_answer_tokens} "
           f"tokens; {os.cpu_count()} CPU cores shared by the client and both servers", flush=True)
 
     workdir = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="tessy-scale-sim-"))
     workdir.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(MODEL)
     corpus = build_corpus(tokenizer, workdir / "corpus.json")
-    print(f"corpus: {len(corpus['sentences'])} sentences, eos {corpus['eos_id']}, {MARKER} = {corpus['markers'][MARKER]}")
+    print(f"corpus: {len(corpus['sentences'])} sentences, eos {corpus['eos_id']}, "
+          f"{MARKER} = {corpus['markers'][MARKER]}")
     servers = SimServers(workdir / "corpus.json", workdir, server_args)
     rows, t_all = [], time.perf_counter()
     try:
         for level in levels:
-            per_slot = min(args.samples_per_slot, cap) if cap_level is not None and level >= cap_level else args.samples_per_slot
+            per_slot = (min(args.samples_per_slot, cap) if cap_level is not None and level >= cap_level
+                        else args.samples_per_slot)
             for driver in drivers:
                 t = time.perf_counter()
                 row = run_one(servers, workdir, args, args.method, level, per_slot * level, driver)
                 row["samples_per_slot"] = per_slot
                 rows.append(row)
                 print(f"  ran {args.method} {row['driver']} at {level} in flight: {row['samples']} samples, "
-                      f"{row['wall_s']:.1f} s synth loop, {time.perf_counter() - t:.1f} s with set-up {SIM}", flush=True)
+                      f"{row['wall_s']:.1f} s synth loop, {time.perf_counter() - t:.1f} s with set-up {SIM}",
+                      flush=True)
         teacher_only = None
         if not args.no_teacher_only:
             driver = ("events" if "events" in drivers else drivers[-1]) if with_driver else None
@@ -348,10 +365,10 @@ def main(argv=None) -> int:
     print(table(rows))
     if not with_driver:
         print("* ticks = the lock-step driver of the code before the change (no `driver` field)")
-    print("S = student server, T = teacher server; busy = time with >= 1 active sequence / synth wall; active = mean active "
-          "sequences while busy;\n"
-          "CPU c/S/T = CPU seconds per wall second of the client (tessy) / student server / teacher server (2 cores = 2.00 in all); "
-          "overrun = share of busy time the steps ran over plan (CPU contention)")
+    print("S = student server, T = teacher server; busy = time with >= 1 active sequence / synth wall; "
+          "active = mean active sequences while busy;\n"
+          "CPU c/S/T = CPU seconds per wall second of the client (tessy) / student server / teacher server "
+          "(2 cores = 2.00 in all); overrun = share of busy time the steps ran over plan (CPU contention)")
     ratios = {}
     if with_driver and "ticks" in drivers and "events" in drivers:
         for level in levels:
@@ -363,16 +380,19 @@ def main(argv=None) -> int:
         t = teacher_only
         per_sample = t["servers"]["teacher"]["requests_per_sample"]
         spans = t["think_spans_per_sample"]
-        print(f"teacher-only ({t['driver']}, 16 in flight, {t['samples']} samples): {per_sample} teacher requests per sample, "
-              f"{spans} thinking spans per sample; target <= spans + 1 = {spans + 1 if spans is not None else '-'} {SIM}; "
+        print(f"teacher-only ({t['driver']}, 16 in flight, {t['samples']} samples): "
+              f"{per_sample} teacher requests per sample, {spans} thinking spans per sample; "
+              f"target <= spans + 1 = {spans + 1 if spans is not None else '-'} {SIM}; "
               f"mean kept tokens {t['kept_tokens'] / max(t['samples'], 1):.0f}, stop reasons {t['stop_reasons']}")
     total = time.perf_counter() - t_all
     print(f"total {total:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps({
-            "tessy_file": tessy.__file__, "drivers": drivers if with_driver else ["ticks (lock-step, before the change)"],
+            "tessy_file": tessy.__file__,
+            "drivers": drivers if with_driver else ["ticks (lock-step, before the change)"],
             "simulated_servers": True, "cpu_cores": os.cpu_count(), "args": vars(args), "runs": rows,
-            "events_over_ticks_generated_tokens_per_s": ratios, "teacher_only": teacher_only, "total_s": round(total, 1),
+            "events_over_ticks_generated_tokens_per_s": ratios, "teacher_only": teacher_only,
+            "total_s": round(total, 1),
         }, indent=1))
         print(f"figures written to {args.json}")
     if not args.keep:

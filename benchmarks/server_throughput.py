@@ -95,7 +95,8 @@ def synth_run(url: str, concurrency: int, n_prompts: int, workdir: Path) -> dict
         b.close()
     assert summary["errors"] == 0, summary
     return {"samples": summary["samples"], "wall_s": summary["wall_s"],
-            "generated_tokens_per_s": summary["generated_tokens_per_s"], "kept_tokens_per_s": summary["kept_tokens_per_s"]}
+            "generated_tokens_per_s": summary["generated_tokens_per_s"],
+            "kept_tokens_per_s": summary["kept_tokens_per_s"]}
 
 
 def main() -> None:
@@ -115,7 +116,7 @@ def main() -> None:
     results = {"server": "llama-cpp-python server, SmolLM2-135M-Instruct Q4_1, CPU", "cores": os.cpu_count()}
     try:
         runs = {}
-        for i, c in enumerate((1, 8, 8, 1)):
+        for _i, c in enumerate((1, 8, 8, 1)):
             runs.setdefault(f"raw_c{c}", []).append(raw_requests(url, tokenizer, c, args.sessions, args.rounds, args.k))
             print(f"raw k={args.k} requests, concurrency {c}: {runs[f'raw_c{c}'][-1]}", flush=True)
         for i, c in enumerate((1, 8, 8, 1)):

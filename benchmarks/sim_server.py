@@ -303,7 +303,8 @@ class Handler(BaseHTTPRequestHandler):
             self._error(400, "body is not JSON")
             return
         prompt = req.get("prompt")
-        if not isinstance(prompt, list) or not prompt or not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        if (not isinstance(prompt, list) or not prompt
+                or not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)):
             self._error(400, "this simulated server takes token-id prompts only (a non-empty list of ints)")
             return
         max_tokens = req.get("max_tokens", 16)
@@ -329,7 +330,8 @@ class Handler(BaseHTTPRequestHandler):
             "id": f"cmpl-{uuid.uuid4().hex[:16]}", "object": "text_completion", "created": int(time.time()),
             "model": req.get("model") or "sim", "choices": [choice],
             "usage": {"prompt_tokens": len(prompt), "completion_tokens": len(seq.out),
-                      "total_tokens": len(prompt) + len(seq.out), "prompt_tokens_details": {"cached_tokens": seq.cached}},
+                      "total_tokens": len(prompt) + len(seq.out),
+                      "prompt_tokens_details": {"cached_tokens": seq.cached}},
         })
 
 

@@ -358,7 +358,8 @@ def run_annotate(job: AnnotateJob, console=None) -> dict:
     segments: list[Segment] = []
     for role in (STUDENT, TEACHER):
         mine = [d for d in docs if d[1] == role]
-        for seg in sample_windows(mine, job.n if mine else 0, job.min_words, job.max_words, job.context_chars, job.seed):
+        for seg in sample_windows(mine, job.n if mine else 0, job.min_words, job.max_words, job.context_chars,
+                                  job.seed):
             seg.id = f"{role}-{seg.id[3:]}"
             segments.append(seg)
     say(f"{len(segments)} segments from {len(docs)} thinking texts; annotator: {job.annotator}")
@@ -392,7 +393,8 @@ def run_annotate(job: AnnotateJob, console=None) -> dict:
     out.write_text("".join(json.dumps(s.to_dict(), ensure_ascii=False) + "\n" for s in annotated), encoding="utf-8")
     failed_path = out.with_name(out.stem + ".failed.jsonl")
     if report.failed:
-        failed_path.write_text("".join(json.dumps(f, ensure_ascii=False) + "\n" for f in report.failed), encoding="utf-8")
+        failed_path.write_text("".join(json.dumps(f, ensure_ascii=False) + "\n" for f in report.failed),
+                               encoding="utf-8")
     chars = sum(len(s.text) for s in annotated)
     style = sum(e - b for s in annotated for b, e in s.style_spans)
     summary = {

@@ -109,7 +109,8 @@ def _special_judge(checker: dict, test_input: str, output: str, answer: str, lim
     result = judge.run(limits=limits, args=("input.txt", "output.txt", "answer.txt"), files=files)
     if result.passed:
         return ""
-    said = next((line.strip() for line in reversed((result.stderr + "\n" + result.stdout).splitlines()) if line.strip()), "")
+    said = next((line.strip() for line in reversed((result.stderr + "\n" + result.stdout).splitlines())
+                 if line.strip()), "")
     # testlib's exit codes: 1 wrong answer, 2 presentation error; anything else is the checker failing,
     # and so is a Python checker that dies of an exception (that too exits with 1).
     if result.returncode in (1, 2) and "Traceback (most recent call last)" not in result.stderr:

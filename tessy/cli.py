@@ -89,9 +89,11 @@ def cmd_merge(args) -> int:
     table.add_row("records", str(summary["records"]))
     for key in ("duplicates", "missing", "errors"):
         ids = list(summary[key])
-        table.add_row(key, f"{len(ids)}" + (f": {', '.join(ids[:10])}" + (" ..." if len(ids) > 10 else "") if ids else ""))
+        table.add_row(key, f"{len(ids)}"
+                      + (f": {', '.join(ids[:10])}" + (" ..." if len(ids) > 10 else "") if ids else ""))
     if len(summary["config_hashes"]) > 1:
-        table.add_row("config hashes", "[red]" + ", ".join(summary["config_hashes"]) + " (shards made with different configs)")
+        table.add_row("config hashes",
+                      "[red]" + ", ".join(summary["config_hashes"]) + " (shards made with different configs)")
     table.add_row("out", summary["out"])
     _console().print(table)
     return 1 if summary["duplicates"] or summary["missing"] else 0
@@ -104,7 +106,8 @@ def cmd_export(args) -> int:
     skipped = summary["skipped"]
     line = f"wrote {summary['written']} records to {summary['out']} ({summary['format']})"
     if skipped:
-        line += f"; skipped {len(skipped)} with an error: {', '.join(skipped[:10])}" + (" ..." if len(skipped) > 10 else "")
+        line += (f"; skipped {len(skipped)} with an error: {', '.join(skipped[:10])}"
+                 + (" ..." if len(skipped) > 10 else ""))
     print(line)
     return 0
 
@@ -150,10 +153,13 @@ def cmd_show(args) -> int:
 def cmd_annotate(args) -> int:
     from tessy.annotate import AnnotateJob, run_annotate
 
-    job = AnnotateJob(out=args.out, records=args.records or [], sample=["student", "teacher"] if args.sample == "both" else ([args.sample] if args.sample else []),
+    job = AnnotateJob(out=args.out, records=args.records or [],
+                      sample=(["student", "teacher"] if args.sample == "both"
+                              else [args.sample] if args.sample else []),
                       prompts=args.prompts, source=args.source, config=args.config, annotator=args.annotator, n=args.n,
                       min_words=args.min_words, max_words=args.max_words, sample_tokens=args.sample_tokens,
-                      retries=args.retries, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed)
+                      retries=args.retries, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                      seed=args.seed)
     summary = run_annotate(job, _console())
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(summary, indent=2))
@@ -167,7 +173,8 @@ def cmd_predictor_train(args) -> int:
     meta = train_predictor(config, log=_console().print)
     last = meta["epochs"][-1]
     print(f"saved {args.out} (role {meta['role']}, {meta['n_train']} train / {meta['n_eval']} held out, "
-          f"{meta['train_s']} s); held-out style F1 {last.get('style_f1', '-')}, boundary exact {last.get('boundary_exact', '-')}")
+          f"{meta['train_s']} s); held-out style F1 {last.get('style_f1', '-')}, "
+          f"boundary exact {last.get('boundary_exact', '-')}")
     return 0
 
 
@@ -183,7 +190,8 @@ def cmd_predictor_eval(args) -> int:
     for spec in args.predictor:
         predictor = load_predictor(spec)
         results[spec if spec == "lexicon" else predictor.name] = evaluate(predictor, rows)
-    _console().print(results_table(results, f"{args.data} ({len(rows)} segments{', ' + args.source if args.source else ''})"))
+    _console().print(results_table(results,
+                                   f"{args.data} ({len(rows)} segments{', ' + args.source if args.source else ''})"))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
         print(f"wrote {args.json}")
@@ -264,7 +272,6 @@ def build_parser() -> argparse.ArgumentParser:
     from tessy.evaluate import EvalConfig
     from tessy.export import FORMATS as EXPORT_FORMATS  # light: json and pathlib only
     from tessy.predictors.learned import TrainConfig
-    from tessy.scheduler import DRIVERS  # light: no model code
     from tessy.sft import SFTRunConfig
 
     parser = argparse.ArgumentParser(
@@ -282,11 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
     # The config's own fields (a flag overrides the --config file); roles' settings stay in the file.
     add_fields(p, SynthConfig, skip=("student", "teacher", "style_phrases", "profiles"))
     p.add_argument("--summary-json", help="also write the summary as JSON here")
-    p.add_argument("--student-url", action="append", metavar="URL", help="serve the student from this OpenAI-compatible "
-                   "server (base URL ending in /v1; repeat for several); its tokenizer, profile and sampling stay from the config")
+    p.add_argument("--student-url", action="append", metavar="URL",
+                   help="serve the student from this OpenAI-compatible server (base URL ending in /v1; repeat for "
+                   "several); its tokenizer, profile and sampling stay from the config")
     p.add_argument("--teacher-url", action="append", metavar="URL", help="the same for the teacher")
     p.add_argument("--shard", metavar="i/N", help="run only shard i of N (0-based; split by a hash of the id)")
-    p.add_argument("--retry-errors", action="store_true", help="run only the ids in OUT's errors file that are not done yet")
+    p.add_argument("--retry-errors", action="store_true",
+                   help="run only the ids in OUT's errors file that are not done yet")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("merge", help="join shard outputs by id; report missing and duplicated ids")
@@ -295,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", help="the prompts file: ids it has and no shard has are reported missing")
     p.set_defaults(func=cmd_merge)
 
-    p = sub.add_parser("export", help="write records as the release's dialogs, LLaMA-Factory's sharegpt, or Parquet for TRL")
+    p = sub.add_parser("export",
+                       help="write records as the release's dialogs, LLaMA-Factory's sharegpt, or Parquet for TRL")
     p.add_argument("records", help="records JSONL (tessy synth or merge output)")
     p.add_argument("--format", required=True, choices=EXPORT_FORMATS,
                    help="dialogs: JSONL {id_ddm, dialogs}; sharegpt: JSONL {conversations, system, id}; "
@@ -303,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="file to write")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("analyze", help="compare datasets on their shared prompts: lengths, teacher share, TF-IDF, student NLL")
+    p = sub.add_parser("analyze",
+                       help="compare datasets on their shared prompts: lengths, teacher share, TF-IDF, student NLL")
     p.add_argument("files", nargs="+", help="records JSONL files (one per method)")
     p.add_argument("--out", required=True, help="directory for analysis.json, the PNGs and index.html")
     p.add_argument("--names", help="comma-separated dataset names (default: each file's method, else its stem)")
@@ -326,11 +337,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("annotate", help="cut thinking segments and annotate their style spans (Table 2)")
     p.add_argument("--out", required=True, help="annotated segments JSONL (failures go to OUT.failed.jsonl)")
     p.add_argument("--records", action="append", help="JSONL of synth records or generations (repeatable)")
-    p.add_argument("--sample", choices=["student", "teacher", "both"], help="also sample fresh thinking from these models")
+    p.add_argument("--sample", choices=["student", "teacher", "both"],
+                   help="also sample fresh thinking from these models")
     p.add_argument("--prompts", help="prompts JSONL for --sample")
     p.add_argument("--source", choices=["student", "teacher"], help="who wrote --records lines without a `source`")
     p.add_argument("--config", help="synth config naming the student and teacher (default: the embedded models)")
-    p.add_argument("--annotator", default="teacher", help="teacher | student (an LLM with the Table 2 prompt) | lexicon")
+    p.add_argument("--annotator", default="teacher",
+                   help="teacher | student (an LLM with the Table 2 prompt) | lexicon")
     p.add_argument("--n", type=int, default=1000, help="segments per source (paper: 100k)")
     p.add_argument("--min-words", type=int, default=8, help="shortest segment, in words")
     p.add_argument("--max-words", type=int, default=48, help="longest segment, in words")

@@ -43,23 +43,71 @@ NO_CODE_RUN = "none (no code is run)"
 
 @dataclass
 class EvalConfig:
-    benchmark: str = field(default="humaneval", metadata={"help": "humaneval, or a JSONL file of problems (see load_benchmark)"})
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(""), metadata={"help": "the model that samples the replies: its name (empty: none), profile, backend and sampling, as in a synth config; with --samples, its profile reads their thinking"})
-    samples: str | None = field(default=None, metadata={"help": "score these pre-generated completions (JSONL: task_id, completion) instead of sampling"})
-    records: str | None = field(default=None, metadata={"help": "score the answers of a `tessy synth` run (JSONL records: id, answer, messages) against the problems with the same ids (paper, Figure 6)"})
-    n: int = field(default=1, metadata={"help": "samples per problem, each with its own seed; pass@1 is averaged over them (paper: several at temperature 0.6)"})
+    benchmark: str = field(
+        default="humaneval",
+        metadata={"help": "humaneval, or a JSONL file of problems (see load_benchmark)"},
+    )
+    model: ModelConfig = field(
+        default_factory=lambda: ModelConfig(""),
+        metadata={"help": "the model that samples the replies: its name (empty: none), profile, backend and sampling, "
+                          "as in a synth config; with --samples, its profile reads their thinking"},
+    )
+    samples: str | None = field(
+        default=None,
+        metadata={"help": "score these pre-generated completions (JSONL: task_id, completion) instead of sampling"},
+    )
+    records: str | None = field(
+        default=None,
+        metadata={"help": "score the answers of a `tessy synth` run (JSONL records: id, answer, messages) "
+                          "against the problems with the same ids (paper, Figure 6)"},
+    )
+    n: int = field(
+        default=1,
+        metadata={"help": "samples per problem, each with its own seed; pass@1 is averaged over them "
+                          "(paper: several at temperature 0.6)"},
+    )
     limit: int | None = field(default=None, metadata={"help": "only the first N problems (after the date filter)"})
-    window: str | None = field(default=None, metadata={"choices": tuple(WINDOWS), "help": f"LiveCodeBench window by name: {', '.join(f'{k} = {a} .. {b}' for k, (a, b) in WINDOWS.items())} (paper, section 3.2)"})
-    since: str | None = field(default=None, metadata={"help": "only problems whose contest_date is on or after this day (YYYY-MM-DD)"})
-    until: str | None = field(default=None, metadata={"help": "only problems whose contest_date is before this day (YYYY-MM-DD)"})
-    max_think_tokens: int | None = field(default=None, metadata={"help": "thinking budget; default: the model's own limit (its context length, 40,960 for Qwen3-8B)"})
-    max_answer_tokens: int | None = field(default=None, metadata={"help": "answer budget; default: what the model's own limit leaves"})
-    force_close_thinking: bool = field(default=False, metadata={"help": "close the thinking when --max-think-tokens is spent and let the model answer (not the paper's protocol: there, a thinking that never ends has no answer)"})
+    window: str | None = field(
+        default=None,
+        metadata={"choices": tuple(WINDOWS),
+                  "help": "LiveCodeBench window by name: "
+                          f"{', '.join(f'{k} = {a} .. {b}' for k, (a, b) in WINDOWS.items())} (paper, section 3.2)"},
+    )
+    since: str | None = field(
+        default=None,
+        metadata={"help": "only problems whose contest_date is on or after this day (YYYY-MM-DD)"},
+    )
+    until: str | None = field(
+        default=None,
+        metadata={"help": "only problems whose contest_date is before this day (YYYY-MM-DD)"},
+    )
+    max_think_tokens: int | None = field(
+        default=None,
+        metadata={"help": "thinking budget; default: the model's own limit (its context length, 40,960 for Qwen3-8B)"},
+    )
+    max_answer_tokens: int | None = field(
+        default=None,
+        metadata={"help": "answer budget; default: what the model's own limit leaves"},
+    )
+    force_close_thinking: bool = field(
+        default=False,
+        metadata={"help": "close the thinking when --max-think-tokens is spent and let the model answer "
+                          "(not the paper's protocol: there, a thinking that never ends has no answer)"},
+    )
     batch_size: int = field(default=8, metadata={"help": "samples generated at once"})
-    chunk_tokens: int = field(default=64, metadata={"help": "tokens per generate call (progress and stop checks between calls)"})
+    chunk_tokens: int = field(
+        default=64,
+        metadata={"help": "tokens per generate call (progress and stop checks between calls)"},
+    )
     timeout_s: float = field(default=10.0, metadata={"help": "sandbox wall-clock limit per program run"})
-    compile_timeout_s: float = field(default=30.0, metadata={"help": "wall-clock limit of one g++ compile (C++ answers and checkers)"})
-    system_prompt: str | None = field(default=None, metadata={"help": "system prompt; default: the one `tessy sft` recorded beside the model"})
+    compile_timeout_s: float = field(
+        default=30.0,
+        metadata={"help": "wall-clock limit of one g++ compile (C++ answers and checkers)"},
+    )
+    system_prompt: str | None = field(
+        default=None,
+        metadata={"help": "system prompt; default: the one `tessy sft` recorded beside the model"},
+    )
 
 
 @dataclass
@@ -72,7 +120,8 @@ class Problem:
 
 
 # --- benchmarks ---------------------------------------------------------------------------------
-def load_benchmark(spec: str, limit: int | None = None, since: date | None = None, until: date | None = None) -> list[Problem]:
+def load_benchmark(spec: str, limit: int | None = None, since: date | None = None,
+                   until: date | None = None) -> list[Problem]:
     """`humaneval`, or a JSONL file with one problem per line. Returns a list of `Problem`: those
     whose contest date is in [since, until) when either is given, then the first `limit`.
 
@@ -196,15 +245,18 @@ def score(problem: Problem, completion: str, limits: Limits, think_open: str = "
     if problem.kind == "functional":
         result = run_python(_functional_program(code, problem.data), limits=limits)
         verdict = re.fullmatch(r"exit status 1: ((?:public |private )?test \d+: wrong answer)", result.reason)
-        return {"passed": result.passed, "reason": verdict[1] if verdict else result.reason, "isolation": result.isolation}
+        return {"passed": result.passed, "reason": verdict[1] if verdict else result.reason,
+                "isolation": result.isolation}
     program = build(language, code, compile_limits(compile_timeout_s))  # C++ compiles once per sample
     if isinstance(program, Result):
         return {"passed": False, "reason": program.reason, "isolation": program.isolation}
-    for test, name in zip(problem.data["tests"], _names_of_tests(problem.data["tests"])):  # stdio: stop at the first failure
+    # stdio: stop at the first failure
+    for test, name in zip(problem.data["tests"], _names_of_tests(problem.data["tests"])):
         result = program.run(stdin=test["input"], limits=limits)
         if not result.passed:
             return {"passed": False, "reason": f"{name}: {result.reason}", "isolation": result.isolation}
-        why = check(problem.data.get("checker"), test["input"], result.stdout, test["output"], limits, compile_timeout_s)
+        why = check(problem.data.get("checker"), test["input"], result.stdout, test["output"], limits,
+                    compile_timeout_s)
         if why:
             return {"passed": False, "reason": f"{name}: {why}", "isolation": result.isolation}
     return {"passed": True, "reason": "", "isolation": result.isolation}
@@ -270,7 +322,8 @@ def model_token_limit(backend, model: str | None = None) -> int | None:
         except (OSError, json.JSONDecodeError):
             pass
     candidates.append(getattr(getattr(backend, "tokenizer", None), "model_max_length", None))
-    return next((n for n in candidates if isinstance(n, int) and 0 < n < 10**7), None)  # tokenizers say 1e30 for "unknown"
+    # tokenizers say 1e30 for "unknown"
+    return next((n for n in candidates if isinstance(n, int) and 0 < n < 10**7), None)
 
 
 def generate(config: EvalConfig, problems: list[Problem], console=None, backend=None) -> list[dict]:
@@ -298,12 +351,14 @@ def generate(config: EvalConfig, problems: list[Problem], console=None, backend=
         batch = jobs[b : b + config.batch_size]
         texts = []
         for p, _ in batch:
-            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": p.prompt}]
+            messages = (([{"role": "system", "content": system}] if system else [])
+                        + [{"role": "user", "content": p.prompt}])
             texts.append(render_prompt(profile, backend.tokenizer, messages)[0])
         # Each sample's seed stream is keyed by task and sample (tessy/seeds.py): the n repeats differ.
         sessions = [backend.start(t, key=f"{p.task_id}/{s}") for t, (p, s) in zip(texts, batch)]
         starts = [len(s.ids) for s in sessions]
-        ended = _run_phase(backend, sessions, starts, [_budget(config.max_think_tokens, limit, len(s.ids)) for s in sessions],
+        ended = _run_phase(backend, sessions, starts,
+                           [_budget(config.max_think_tokens, limit, len(s.ids)) for s in sessions],
                            (profile.think_close,), config.chunk_tokens)  # fmt: skip
         live = []
         for i, (s, why) in enumerate(zip(sessions, ended)):
@@ -439,7 +494,8 @@ def evaluate(config: EvalConfig, out: str | Path | None = None, console=None) ->
     limits = Limits(timeout_s=config.timeout_s, max_output_chars=Limits().file_size_mb * 1024 * 1024,
                     max_procs=max(Limits().max_procs, 8 * workers))  # fmt: skip
     if console is not None:
-        console.print(f"scoring {len(samples)} samples of {len({s['task_id'] for s in samples})} problems; sandbox: {isolation()}")
+        console.print(f"scoring {len(samples)} samples of {len({s['task_id'] for s in samples})} problems; "
+                      f"sandbox: {isolation()}")
 
     def grade(s: dict) -> dict:
         if s.get("error"):
@@ -450,7 +506,8 @@ def evaluate(config: EvalConfig, out: str | Path | None = None, console=None) ->
     with ThreadPoolExecutor(max_workers=workers) as pool:
         running = {i: pool.submit(grade, s) for i, s in enumerate(samples) if by_id[s["task_id"]].kind != "math"}
         grades = [running[i].result() if i in running else grade(s) for i, s in enumerate(samples)]
-    results = [{"task_id": s["task_id"], "sample": s["sample"], **g, "completion": s["completion"]} for s, g in zip(samples, grades)]
+    results = [{"task_id": s["task_id"], "sample": s["sample"], **g, "completion": s["completion"]}
+               for s, g in zip(samples, grades)]
 
     per_task: dict[str, list[bool]] = {}
     for r in results:
@@ -504,7 +561,8 @@ def thinking_protocol(config: EvalConfig) -> str:
     if not config.model.model:
         return "not generated here (scored " + ("--records" if config.records else "--samples") + ")"
     if config.force_close_thinking:
-        return f"force-closed after {config.max_think_tokens} thinking tokens (--force-close-thinking), then the model answers"
+        return (f"force-closed after {config.max_think_tokens} thinking tokens (--force-close-thinking), "
+                "then the model answers")
     budget = f"{config.max_think_tokens} tokens" if config.max_think_tokens is not None else "the model's own limit"
     return f"budget {budget}, not force-closed: a thinking that never ends has no answer"
 
@@ -522,6 +580,7 @@ def print_summary(summary: dict, console) -> None:
     console.print(table)
     console.print(f"thinking: {summary['thinking']}")
     if summary["window"]["since"] or summary["window"]["until"]:
-        console.print(f"contest dates: {summary['window']['since'] or '...'} to {summary['window']['until'] or '...'} (end excluded)")
+        console.print(f"contest dates: {summary['window']['since'] or '...'} to "
+                      f"{summary['window']['until'] or '...'} (end excluded)")
     if summary["failure_reasons"]:
         console.print("failures: " + ", ".join(f"{k} x{v}" for k, v in summary["failure_reasons"].items()))

@@ -145,7 +145,8 @@ def teacher_reference(x: Transcript, s: LoopSettings):
     x.method_stats["reference_tokens"] = y.tokens("answer")
     student = x.parties[STUDENT]
     student.backend.release(student.session)
-    prompted = [*x.messages[:-1], {"role": "user", "content": REFERENCE_TEMPLATE.format(question=question, reference=reference)}]
+    prompted = [*x.messages[:-1],
+                {"role": "user", "content": REFERENCE_TEMPLATE.format(question=question, reference=reference)}]
     x.parties[STUDENT] = fresh_party(student, prompted, f"{x.id}/{STUDENT}/reference")
     yield from solo_sample(x, s, STUDENT, STUDENT)
 
@@ -184,7 +185,8 @@ def teacher_score(x: Transcript, s: LoopSettings, n_candidates: int):
     scores, replies = [], []
     for c, y in enumerate(candidates):
         response = student.profile.response(y.text("think"), y.text("answer"))
-        judge = fresh_party(teacher, [{"role": "user", "content": SCORE_TEMPLATE.format(question=question, response=response)}],
+        judge = fresh_party(teacher,
+                            [{"role": "user", "content": SCORE_TEMPLATE.format(question=question, response=response)}],
                             f"{x.id}/{TEACHER}/judge{c}")
         judge.backend.extend(judge.session, teacher.profile.think_close + teacher.profile.answer_open + SCORE_PREFIX)
         try:

@@ -23,7 +23,8 @@ def _heatmap(ax, values, rows, cols, fmt="{:.2f}", cmap="viridis"):
     top = max((v for row in values for v in row), default=0) or 1
     for i, row in enumerate(values):
         for j, v in enumerate(row):
-            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=8, color="white" if v < 0.6 * top else "black")
+            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=8,
+                    color="white" if v < 0.6 * top else "black")
     return im
 
 
@@ -113,12 +114,14 @@ def page(result: dict, files: dict[str, str]) -> str:
                      f(nll.get(n, {}).get("capability", {}).get("nll")), f(nll.get(n, {}).get("all", {}).get("nll")),
                      ", ".join(f"{k}: {v}" for k, v in sorted(d["close_reasons"].items()))])
     table = "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
-    table += "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows) + "</table>"
+    table += ("".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+              + "</table>")
     sim = "<table><tr><th></th>" + "".join(f"<th>{html.escape(n)}</th>" for n in names) + "</tr>"
     for n, row in zip(names, result["similarity"]["matrix"]):
         sim += f"<tr><th>{html.escape(n)}</th>" + "".join(f"<td>{v:.3f}</td>" for v in row) + "</tr>"
     sim += "</table>"
-    figures = "".join(f'<figure><img src="{html.escape(f)}" alt="{html.escape(k)}"><figcaption>{html.escape(k)}</figcaption></figure>'
+    figures = "".join(f'<figure><img src="{html.escape(f)}" alt="{html.escape(k)}">'
+                      f"<figcaption>{html.escape(k)}</figcaption></figure>"
                       for k, f in files.items())
     meta = html.escape(json.dumps({k: result[k] for k in ("shared_prompts", "student", "predictor") if k in result}))
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>tessy analyze</title>
@@ -139,4 +142,5 @@ def write_report(result: dict, out: str | Path) -> dict[str, str]:
     (out / "analysis.json").write_text(json.dumps(result, indent=2))
     files = draw(result, out)
     (out / "index.html").write_text(page(result, files))
-    return {"json": str(out / "analysis.json"), "html": str(out / "index.html"), **{k: str(out / v) for k, v in files.items()}}
+    return {"json": str(out / "analysis.json"), "html": str(out / "index.html"),
+            **{k: str(out / v) for k, v in files.items()}}

@@ -102,7 +102,10 @@ class Limits:
     file_size_mb: int = field(default=16, metadata={"help": "RLIMIT_FSIZE: largest file it may write, stdout included"})
     max_procs: int = field(default=32, metadata={"help": "RLIMIT_NPROC: processes of the sandbox user"})
     max_output_chars: int = field(default=100_000, metadata={"help": "stdout/stderr kept in the result"})
-    stack_mb: int = field(default=256, metadata={"help": "RLIMIT_STACK of compiled programs: judges allow deep recursion (Python keeps its default)"})
+    stack_mb: int = field(
+        default=256,
+        metadata={"help": "RLIMIT_STACK of compiled programs: judges allow deep recursion (Python keeps its default)"},
+    )
 
 
 def compile_limits(timeout_s: float = 30.0) -> Limits:
@@ -115,7 +118,8 @@ def compile_limits(timeout_s: float = 30.0) -> Limits:
 @dataclass
 class Result:
     passed: bool  # exit status 0, within every limit
-    reason: str  # "" when passed; else timeout, cpu limit, memory limit, compile error, exit status N: last stderr line, ...
+    # "" when passed; else timeout, cpu limit, memory limit, compile error, exit status N: last stderr line, ...
+    reason: str
     stdout: str
     stderr: str
     returncode: int | None  # None when killed on the wall-clock timeout
@@ -248,7 +252,8 @@ def compile_cpp(source: str, limits: Limits | None = None) -> tuple[bytes | None
     reason is "compile error: " and the first error line (the whole log is in `stderr`)."""
     limits = limits or compile_limits()
     if shutil.which("g++") is None:
-        return None, Result(False, "sandbox error: no g++ on PATH (apt-get install g++)", "", "", None, isolation(), 0.0)
+        return None, Result(False, "sandbox error: no g++ on PATH (apt-get install g++)", "", "", None, isolation(),
+                            0.0)
     result, binary = _run("compile", {"main.cpp": source}, (), "", limits, collect="main")
     if result.passed and binary:
         return binary, result
@@ -301,7 +306,8 @@ def _run(kind: str, files: dict[str, str | bytes], args: tuple[str, ...], stdin:
             argv = _bwrap_args(str(work)) + argv
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": inside, "TMPDIR": inside, "LANG": "C.UTF-8",
                "PYTHONHASHSEED": "0"}  # fmt: skip
-        with open(host / "stdin", "rb") as fin, open(host / "stdout", "wb") as fout, open(host / "stderr", "wb") as ferr:
+        with (open(host / "stdin", "rb") as fin, open(host / "stdout", "wb") as fout,
+              open(host / "stderr", "wb") as ferr):
             try:
                 proc = subprocess.Popen(argv, stdin=fin, stdout=fout, stderr=ferr, cwd=work, env=env,
                                         start_new_session=True)  # fmt: skip
@@ -323,7 +329,8 @@ def _run(kind: str, files: dict[str, str | bytes], args: tuple[str, ...], stdin:
         stdout = _read(host / "stdout", limits.max_output_chars)
         stderr = _read(host / "stderr", limits.max_output_chars)
         wall = time.monotonic() - start
-        reason = "" if returncode == 0 and not timed_out else _reason(returncode, timed_out, stderr, limits, kind == "python")
+        reason = ("" if returncode == 0 and not timed_out
+                  else _reason(returncode, timed_out, stderr, limits, kind == "python"))
         kept = None
         if not reason and collect and (work / collect).is_file():
             kept = (work / collect).read_bytes()

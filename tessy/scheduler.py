@@ -197,7 +197,8 @@ class Scheduler:
                     if items and not predicting[role]:
                         batch, waiting[role] = items, []
                         predicting[role] = True
-                        pending[workers.submit(self._predict, role, [f.request for f in batch])] = ("boundary", role, batch)
+                        future = workers.submit(self._predict, role, [f.request for f in batch])
+                        pending[future] = ("boundary", role, batch)
                 done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
                 for future in done:
                     kind, *what = pending.pop(future)

@@ -50,20 +50,49 @@ class SFTRunConfig:
     data: str = field(metadata={"help": "tessy records JSONL (their `messages`), or JSONL of prompt/completion pairs"})
     model: str = field(metadata={"help": "student to fine-tune: embedded name, .gguf, or Hugging Face directory"})
     out: str = field(metadata={"help": "output directory: the model, checkpoints/, train_log.json, tessy_sft.json"})
-    lora: bool = field(default=False, metadata={"help": "train a LoRA adapter (PEFT) instead of all weights; the saved model is merged"})
+    lora: bool = field(
+        default=False,
+        metadata={"help": "train a LoRA adapter (PEFT) instead of all weights; the saved model is merged"},
+    )
     lora_r: int = field(default=8, metadata={"min": 1, "help": "LoRA rank (paper, appendix A.5: 8)"})
     lora_alpha: int = field(default=16, metadata={"min": 1, "help": "LoRA alpha (paper, appendix A.5: 16)"})
-    epochs: float = field(default=1.0, metadata={"gt": 0, "help": "passes over the data; a checkpoint is written after each"})
+    epochs: float = field(
+        default=1.0,
+        metadata={"gt": 0, "help": "passes over the data; a checkpoint is written after each"},
+    )
     learning_rate: float = field(default=5e-5, metadata={"gt": 0, "help": "peak learning rate (paper: 5e-5)"})
     batch_size: int = field(default=1, metadata={"min": 1, "help": "sequences per device per step"})
-    grad_accum: int = field(default=1, metadata={"min": 1, "help": "gradient accumulation; effective batch = batch_size x grad_accum x devices"})
-    max_length: int = field(default=2048, metadata={"min": 1, "help": "longest example in tokens, prompt and reply; see too_long"})
-    too_long: str = field(default="error", metadata={"choices": TOO_LONG, "help": "examples over max_length: error (refuse, with their count), drop, or truncate-left (cut the thinking's start)"})
-    keep_stop_reasons: str = field(default=KEEP_STOP_REASONS, metadata={"help": "records kept, by how their thinking ended: all, or a comma list of STOP_REASONS"})
+    grad_accum: int = field(
+        default=1,
+        metadata={"min": 1, "help": "gradient accumulation; effective batch = batch_size x grad_accum x devices"},
+    )
+    max_length: int = field(
+        default=2048,
+        metadata={"min": 1, "help": "longest example in tokens, prompt and reply; see too_long"},
+    )
+    too_long: str = field(
+        default="error",
+        metadata={"choices": TOO_LONG,
+                  "help": "examples over max_length: error (refuse, with their count), drop, or truncate-left "
+                          "(cut the thinking's start)"},
+    )
+    keep_stop_reasons: str = field(
+        default=KEEP_STOP_REASONS,
+        metadata={"help": "records kept, by how their thinking ended: all, or a comma list of STOP_REASONS"},
+    )
     max_steps: int = field(default=-1, metadata={"help": "stop after this many optimizer steps (-1: run all epochs)"})
-    system_prompt: str | None = field(default=None, metadata={"help": "system-prompt isolation (appendix A.2): added to every example and recorded for eval"})
-    packing: bool = field(default=False, metadata={"help": "TRL's BFD packing into rows of max_length (loss mask kept); a batch then counts rows"})
-    attn_implementation: str | None = field(default=None, metadata={"help": "attention kernel for from_pretrained, e.g. flash_attention_2 (default: sdpa)"})
+    system_prompt: str | None = field(
+        default=None,
+        metadata={"help": "system-prompt isolation (appendix A.2): added to every example and recorded for eval"},
+    )
+    packing: bool = field(
+        default=False,
+        metadata={"help": "TRL's BFD packing into rows of max_length (loss mask kept); a batch then counts rows"},
+    )
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={"help": "attention kernel for from_pretrained, e.g. flash_attention_2 (default: sdpa)"},
+    )
     seed: int = field(default=0, metadata={"help": "training seed"})
     logging_steps: int = field(default=1, metadata={"help": "log the loss every N steps"})
 
@@ -83,7 +112,8 @@ def load_sft_config(path: str | Path | None = None, **overrides) -> SFTRunConfig
     fields = {f.name: f for f in dataclasses.fields(SFTRunConfig)}
     missing = [name for name, f in fields.items() if f.default is dataclasses.MISSING and data.get(name) is None]
     if missing and not set(data) - set(fields):
-        raise ConfigError(f"tessy sft needs {', '.join('--' + m for m in missing)} (on the command line or in --config)")
+        raise ConfigError(f"tessy sft needs {', '.join('--' + m for m in missing)} "
+                          "(on the command line or in --config)")
     return build(SFTRunConfig, data, where)
 
 
@@ -116,7 +146,8 @@ def load_examples(path: str | Path, system_prompt: str | None = None) -> list[di
         elif "prompt" in row and "completion" in row:
             prompt, completion = row["prompt"], row["completion"]
             if isinstance(prompt, str):
-                prompt, completion = [{"role": "user", "content": prompt}], [{"role": "assistant", "content": completion}]
+                prompt, completion = ([{"role": "user", "content": prompt}],
+                                      [{"role": "assistant", "content": completion}])
         else:
             raise ValueError(f"{path}:{i}: expected a tessy record (`messages`) or `prompt` and `completion`")
         prompt = [{"role": m["role"], "content": m["content"]} for m in prompt]

@@ -131,7 +131,8 @@ class FakeServer:
                     if server.delay_s:
                         time.sleep(server.delay_s)
                     if self.path.endswith("/chat/completions"):
-                        reply = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok: " + body["messages"][-1]["content"]}}]}
+                        message = {"role": "assistant", "content": "ok: " + body["messages"][-1]["content"]}
+                        reply = {"choices": [{"index": 0, "message": message}]}
                         status, payload = 200, json.dumps(reply).encode()
                     else:
                         status, payload = server._answer(body)

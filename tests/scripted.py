@@ -101,7 +101,8 @@ def loop_settings(same_vocab: bool = True, **settings) -> LoopSettings:
     return dataclasses.replace(LoopSettings.of(load_config(k=20), same_vocab), **settings)
 
 
-def run_scripted(student_script, teacher_script, n_samples=1, same_vocab=False, driver="ticks", predictor=None, **settings):
+def run_scripted(student_script, teacher_script, n_samples=1, same_vocab=False, driver="ticks", predictor=None,
+                 **settings):
     """Run the loop over scripted models (B_S and B_T: `predictor`, else the lexicon); return
     (transcripts, student, teacher)."""
     student = ScriptedBackend(student_script, "a")
@@ -111,7 +112,8 @@ def run_scripted(student_script, teacher_script, n_samples=1, same_vocab=False, 
     done: list[Transcript] = []
 
     def start(i):
-        parties = {STUDENT: Party(student, PLAIN, student.start(f"q{i}")), TEACHER: Party(teacher, PLAIN, teacher.start(f"q{i}"))}
+        parties = {STUDENT: Party(student, PLAIN, student.start(f"q{i}")),
+                   TEACHER: Party(teacher, PLAIN, teacher.start(f"q{i}"))}
         x = Transcript(f"s{i}", [{"role": "user", "content": f"q{i}"}], parties)
         return x, tessy_sample(x, s)
 

@@ -44,10 +44,12 @@ def record(i, segments, method="m", stop="student_closed"):
     }
 
 
-STUDENT_DATA = [record(i, [(STUDENT, "think", f"okay so let me see number n{i} "), (STUDENT, "answer", "it is fine")], "student-only") for i in range(4)]
-TEACHER_DATA = [record(i, [(TEACHER, "think", f"compute x = x{i} * 2 modulo seven "), (TEACHER, "answer", "return x")], "teacher-only", "think_budget") for i in range(4)]
-MIXED_DATA = [record(i, [(STUDENT, "think", "okay so "), (TEACHER, "think", f"x = {i} * 2 "), (STUDENT, "think", "wait "),
-                         (STUDENT, "answer", "done")], "tessy") for i in range(4)]
+STUDENT_DATA = [record(i, [(STUDENT, "think", f"okay so let me see number n{i} "), (STUDENT, "answer", "it is fine")],
+                       "student-only") for i in range(4)]
+TEACHER_DATA = [record(i, [(TEACHER, "think", f"compute x = x{i} * 2 modulo seven "), (TEACHER, "answer", "return x")],
+                       "teacher-only", "think_budget") for i in range(4)]
+MIXED_DATA = [record(i, [(STUDENT, "think", "okay so "), (TEACHER, "think", f"x = {i} * 2 "),
+                         (STUDENT, "think", "wait "), (STUDENT, "answer", "done")], "tessy") for i in range(4)]
 
 
 def write(tmp_path, name, records):
@@ -130,7 +132,8 @@ def test_top_words_and_pca_cover_every_dataset(tmp_path):
 
 def test_report_files(tmp_path):
     ds = datasets(tmp_path, s=STUDENT_DATA, t=TEACHER_DATA, m=MIXED_DATA)
-    result = analyze(ds, WordTokenizer(), nll=lambda d: {k: {"nll": 1.0, "tokens": 3} for k in ("all", "style", "capability")})
+    result = analyze(ds, WordTokenizer(),
+                     nll=lambda d: {k: {"nll": 1.0, "tokens": 3} for k in ("all", "style", "capability")})
     files = write_report(result, tmp_path / "report")
     for name in ("similarity", "pca", "top_words", "lengths_share", "student_nll"):
         assert (tmp_path / "report" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -174,7 +177,8 @@ def test_nll_matches_a_direct_computation(student):
 
     model, tokenizer = student
     records = [
-        record(0, [(STUDENT, "think", "Okay, so we add the numbers: 2 + 3 = 5."), (STUDENT, "answer", "The sum is 5.")]),
+        record(0, [(STUDENT, "think", "Okay, so we add the numbers: 2 + 3 = 5."),
+                   (STUDENT, "answer", "The sum is 5.")]),
         record(1, [(TEACHER, "think", "def f(xs): return sum(xs)"), (STUDENT, "answer", "Use sum().")]),
     ]
     predictor = LexiconPredictor()

@@ -12,8 +12,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "tessy"
 
 PIPELINE = [
-    "tessy", "tessy.roles", "tessy.typed", "tessy.seeds", "tessy.records", "tessy.segments", "tessy.prompts", "tessy.models",
-    "tessy.profiles",
+    "tessy", "tessy.roles", "tessy.typed", "tessy.seeds", "tessy.records", "tessy.segments", "tessy.prompts",
+    "tessy.models", "tessy.profiles",
     "tessy.backends.protocol", "tessy.backends.openai", "tessy.backends.hf", "tessy.backends.vllm", "tessy.backends",
     "tessy.predictors.eq5", "tessy.predictors.lexicon", "tessy.predictors.scoring", "tessy.predictors.learned",
     "tessy.predictors",

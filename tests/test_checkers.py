@@ -27,11 +27,13 @@ def problems():
 
 SOLUTIONS = {  # task id: (accepted, rejected, why the rejected one is rejected)
     "circle-area": ("import math\nr = float(input())\nprint(f'{math.pi * r * r:.9f}')\n",
-                    "r = float(input())\nprint(f'{3.14 * r * r:.9f}')\n", "test 0: wrong answer: token 1 is '3.140000000'"),
+                    "r = float(input())\nprint(f'{3.14 * r * r:.9f}')\n",
+                    "test 0: wrong answer: token 1 is '3.140000000'"),
     "sorted-values": ("input()\nprint('\\n'.join(sorted(input().split(), key=int)))\n",  # one per line: same tokens
                       "input()\nprint(input())\n", "test 0: wrong answer: token 1 is '3', expected '1'"),
     "split-python-judge": ("n = int(input())\nprint(1, n - 1)\n",  # not the jury's 5 5, and still right
-                           "n = int(input())\nprint(0, n)\n", "test 0: wrong answer: checker says '0 + 10 is not a split of 10"),
+                           "n = int(input())\nprint(0, n)\n",
+                           "test 0: wrong answer: checker says '0 + 10 is not a split of 10"),
     "split-cpp-judge": ("n = int(input())\nprint(n - 1, 1)\n", "n = int(input())\nprint(n, 0)\n",
                         "test 0: wrong answer: checker says '10 + 0 is not a split of 10"),
 }  # fmt: skip
@@ -69,8 +71,10 @@ def test_float_checker(output, answer, tolerance, accepted):
 
 @pytest.mark.parametrize(
     "checker, output, answer, why",
-    [(None, "1\n2\n3\n", "1\n2", "wrong answer: 3 lines, expected 2"), (None, "1\n2\n", "1 2\n", "wrong answer: line 1 is '1', expected '1 2'"), (None, "  3  \n\n", "3", ""),
-     ({"type": "tokens"}, "1\n2\n", "1 2\n", ""), ({"type": "tokens"}, "1 2 3", "1 2", "wrong answer: 3 tokens, expected 2")],
+    [(None, "1\n2\n3\n", "1\n2", "wrong answer: 3 lines, expected 2"),
+     (None, "1\n2\n", "1 2\n", "wrong answer: line 1 is '1', expected '1 2'"), (None, "  3  \n\n", "3", ""),
+     ({"type": "tokens"}, "1\n2\n", "1 2\n", ""),
+     ({"type": "tokens"}, "1 2 3", "1 2", "wrong answer: 3 tokens, expected 2")],
 )  # fmt: skip
 def test_lines_and_tokens(checker, output, answer, why):
     assert check(parse_checker(checker), "", output, answer, LIMITS) == why
@@ -84,7 +88,8 @@ def test_lines_and_tokens(checker, output, answer, why):
 )  # fmt: skip
 def test_bad_checkers_are_refused_when_the_benchmark_loads(tmp_path, spec, message):
     bench = tmp_path / "b.jsonl"
-    bench.write_text(json.dumps({"task_id": "x", "question": "q", "checker": spec, "tests": [{"input": "", "output": "1"}]}) + "\n")
+    bench.write_text(json.dumps({"task_id": "x", "question": "q", "checker": spec,
+                                 "tests": [{"input": "", "output": "1"}]}) + "\n")
     with pytest.raises(ValueError, match=message):
         load_benchmark(str(bench))
 
@@ -108,12 +113,13 @@ def test_a_special_judge_runs_in_the_sandbox_too(tmp_path):
         assert not target.exists()
     finally:
         target.unlink(missing_ok=True)
-    assert why.startswith("checker error: exit status 1") and any(s in why for s in ("Read-only", "Permission denied")), why
+    assert why.startswith("checker error: exit status 1"), why
+    assert any(s in why for s in ("Read-only", "Permission denied")), why
 
 
 def test_checkers_through_evaluate(tmp_path, problems):
     samples = tmp_path / "s.jsonl"
-    samples.write_text("".join(json.dumps({"task_id": t, "completion": reply(c)}) + "\n" for t, (good, bad, _) in SOLUTIONS.items()
-                               for c in (good, bad)))  # fmt: skip
+    samples.write_text("".join(json.dumps({"task_id": t, "completion": reply(c)}) + "\n"
+                               for t, (good, bad, _) in SOLUTIONS.items() for c in (good, bad)))  # fmt: skip
     summary = evaluate(EvalConfig(benchmark=str(DATA / "checker_problems.jsonl"), samples=str(samples)))
     assert summary["pass@1"] == 0.5 and summary["samples"] == 8 and summary["failure_reasons"] == {"wrong answer": 4}

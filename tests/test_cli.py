@@ -8,7 +8,8 @@ from tessy.config import SynthConfig, load_config
 
 
 def test_help_lists_the_commands():
-    out = subprocess.run([sys.executable, "-m", "tessy.cli", "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-m", "tessy.cli", "--help"], capture_output=True, text=True,
+                         check=True).stdout
     for command in ("synth", "config", "show"):
         assert command in out
 

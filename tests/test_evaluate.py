@@ -70,7 +70,8 @@ def test_wrong_humaneval_solutions_fail(tmp_path, humaneval, kind):
         if body is None:
             body = "    return 'certainly not the answer'\n" + humaneval[t]["canonical_solution"]
         rows.append({"task_id": t, "completion": body})
-    config = EvalConfig(benchmark="humaneval", samples=str(write_jsonl(tmp_path / "s.jsonl", rows)), limit=n, timeout_s=2)
+    config = EvalConfig(benchmark="humaneval", samples=str(write_jsonl(tmp_path / "s.jsonl", rows)), limit=n,
+                        timeout_s=2)
     summary = evaluate(config, out=tmp_path / "out")
     results = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     assert summary["pass@1"] == 0.0 and summary["samples"] == n
@@ -131,7 +132,8 @@ def _stdio_and_functional(tmp_path):
         {"task_id": "add", "question": "Read two integers and print their sum.",
          "tests": [{"input": "1 2\n", "output": "3\n", "testtype": "stdin"},
                    {"input": "10 -4\n", "output": "6", "testtype": "stdin"}]},
-        {"question_id": "twice", "question_content": "Return twice x.", "starter_code": "class Solution:\n    def twice(self, x):",
+        {"question_id": "twice", "question_content": "Return twice x.",
+         "starter_code": "class Solution:\n    def twice(self, x):",
          "metadata": json.dumps({"func_name": "twice"}),
          "public_test_cases": json.dumps([{"input": "3", "output": "6", "testtype": "functional"},
                                           {"input": "[1]", "output": "[1, 1]", "testtype": "functional"}])},
@@ -155,7 +157,8 @@ def test_jsonl_benchmark_stdio_functional_and_math(tmp_path, completions, passed
     assert kinds == {"add": "stdio", "twice": "functional", "aime-1": "math"}
     samples = write_jsonl(tmp_path / "s.jsonl", [{"task_id": t, "completion": c} for t, c in completions.items()])
     evaluate(EvalConfig(benchmark=str(bench), samples=str(samples)), out=tmp_path / "out")
-    results = {json.loads(l)["task_id"]: json.loads(l) for l in (tmp_path / "out" / "results.jsonl").read_text().splitlines()}
+    results = {json.loads(line)["task_id"]: json.loads(line)
+               for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()}
     assert {t: r["passed"] for t, r in results.items()} == passed
     if not passed["add"]:
         assert results["add"]["reason"] == "test 1: wrong answer: line 1 is '3', expected '6'"
@@ -174,7 +177,8 @@ def test_bad_benchmark_lines_are_reported(tmp_path, line, message):
         load_benchmark(str(bench))
 
 
-@pytest.mark.parametrize("line, message", [("{oops", "s.jsonl:1: not JSON"), ('{"task_id": "HumanEval/0"}', "string `completion`"),
+@pytest.mark.parametrize("line, message", [("{oops", "s.jsonl:1: not JSON"),
+                                           ('{"task_id": "HumanEval/0"}', "string `completion`"),
                                            ('["HumanEval/0", "x"]', "needs `task_id`")])
 def test_bad_sample_lines_are_reported(tmp_path, capsys, line, message):
     (tmp_path / "s.jsonl").write_text(line + "\n")
@@ -200,7 +204,8 @@ MATH = [Problem("m1", "math", "What is 6 * 7?", {"answer": "42"})]
 @pytest.mark.parametrize(
     "script, force, think, answer",
     [(["6x7", "?</think>", "\n\nso \\boxed{42}", EOS], False, "6x7?", "so \\bo"),  # closes itself
-     (["x" * 10, "y" * 10, "the answer", EOS], True, "x" * 10 + "yy", "the answ"),  # budget spent: tessy closes (option)
+     # budget spent: tessy closes (option)
+     (["x" * 10, "y" * 10, "the answer", EOS], True, "x" * 10 + "yy", "the answ"),
      (["x" * 10, "y" * 10, "the answer", EOS], False, "x" * 10 + "yy", None),  # the paper's protocol: no answer
      (["short", EOS, "\\boxed{42}", EOS], False, "short", "\\boxed{4")],  # ends its turn inside the thinking
 )  # fmt: skip
@@ -210,7 +215,8 @@ def test_generate_closes_the_thinking_and_answers(script, force, think, answer):
     thinking, closed, rest = row["completion"].partition("</think>")
     assert thinking.strip() == "<think>\n" + think
     if answer is None:
-        assert not closed and score(MATH[0], row["completion"], Limits())["reason"] == "no answer: the thinking never closed"
+        assert not closed
+        assert score(MATH[0], row["completion"], Limits())["reason"] == "no answer: the thinking never closed"
     else:
         assert rest.strip() == answer
 
@@ -254,7 +260,8 @@ def test_each_sample_has_its_own_seed_stream():
 
     backend = LimitedModel([EOS] * 12, context=200)
     rows = generate(EvalConfig(n=3), MATH + [Problem("m2", "math", "1+1?", {"answer": "2"})], backend=backend)
-    assert [(r["task_id"], r["sample"]) for r in rows] == [("m1", 0), ("m1", 1), ("m1", 2), ("m2", 0), ("m2", 1), ("m2", 2)]
+    assert [(r["task_id"], r["sample"]) for r in rows] == [("m1", 0), ("m1", 1), ("m1", 2),
+                                                           ("m2", 0), ("m2", 1), ("m2", 2)]
     assert backend.keys == ["m1/0", "m1/1", "m1/2", "m2/0", "m2/1", "m2/2"]
     assert len({stream_seed(0, k) for k in backend.keys}) == 6
 
@@ -268,9 +275,11 @@ def test_a_failed_server_request_is_scored_as_failed(tmp_path, monkeypatch):
 
     import tessy.evaluate as ev
 
-    monkeypatch.setattr(ev, "generate", lambda config, problems, console=None: generate(config, problems, backend=Failing([])))
+    monkeypatch.setattr(ev, "generate",
+                        lambda config, problems, console=None: generate(config, problems, backend=Failing([])))
     bench = write_jsonl(tmp_path / "m.jsonl", [{"task_id": "m1", "question": "6*7?", "answer": "42"}])
-    summary = evaluate(EvalConfig(benchmark=str(bench), model=ModelConfig("scripted"), max_think_tokens=8, max_answer_tokens=8),
+    summary = evaluate(EvalConfig(benchmark=str(bench), model=ModelConfig("scripted"), max_think_tokens=8,
+                                  max_answer_tokens=8),
                        out=tmp_path / "out")  # fmt: skip
     [result] = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     assert summary["pass@1"] == 0 and not result["passed"] and "server gave up" in result["reason"]
@@ -280,19 +289,24 @@ def test_a_failed_server_request_is_scored_as_failed(tmp_path, monkeypatch):
 CPP = {
     "right": "#include <iostream>\nint main() {\n    int n; long long s = 0, x;\n    std::cin >> n;\n"
              "    while (n--) { std::cin >> x; s += x; }\n    std::cout << s << \"\\n\";\n}\n",
-    "compile error": "#include <iostream>\nint main() {\n    int n; std::cin >> n\n    std::cout << n << std::endl;\n}\n",
+    "compile error": "#include <iostream>\nint main() {\n    int n; std::cin >> n\n"
+                     "    std::cout << n << std::endl;\n}\n",
     "wrong": "#include <iostream>\nint main() {\n    int n, s = 0, x;\n    std::cin >> n;\n"  # int overflows on 3e9
              "    while (n--) { std::cin >> x; s += x; }\n    std::cout << s << \"\\n\";\n}\n",
 }
 
 
 @pytest.mark.parametrize("fence", ["cpp", "c++"])
-@pytest.mark.parametrize("kind, passed, reason", [("right", True, ""), ("compile error", False, "compile error: main.cpp:3"),
-                                                  ("wrong", False, "test 1: wrong answer: line 1 is '-1294967296'")])  # fmt: skip
+@pytest.mark.parametrize(
+    "kind, passed, reason",
+    [("right", True, ""), ("compile error", False, "compile error: main.cpp:3"),
+     ("wrong", False, "test 1: wrong answer: line 1 is '-1294967296'")],
+)  # fmt: skip
 def test_cpp_answers_compile_and_run_in_the_sandbox(kind, passed, reason, fence):
     [p] = load_benchmark(str(DATA / "cpp_problems.jsonl"))
     assert p.data["language"] == "cpp" and "```cpp" in p.prompt
-    reply = f"<think>\nuse long long\n</think>\n\nIn Python it would be ```python\nprint(sum(...))\n``` but:\n```{fence}\n{CPP[kind]}```\n"
+    reply = ("<think>\nuse long long\n</think>\n\nIn Python it would be ```python\nprint(sum(...))\n``` but:\n"
+             f"```{fence}\n{CPP[kind]}```\n")
     graded = score(p, reply, Limits(timeout_s=10))
     assert graded["passed"] is passed and graded["reason"].startswith(reason), graded
     if kind == "compile error":
@@ -306,15 +320,18 @@ def test_parallel_cpp_samples_do_not_starve_each_others_process_limit(tmp_path, 
     import tessy.evaluate as ev
 
     monkeypatch.setattr(ev.os, "cpu_count", lambda: 16)
-    samples = write_jsonl(tmp_path / "s.jsonl", [{"task_id": "cpp-total", "completion": f"```cpp\n{CPP['right']}```"}] * 16)
-    summary = evaluate(EvalConfig(benchmark=str(DATA / "cpp_problems.jsonl"), samples=str(samples), compile_timeout_s=120,
-                                  timeout_s=60))  # fmt: skip
+    samples = write_jsonl(tmp_path / "s.jsonl",
+                          [{"task_id": "cpp-total", "completion": f"```cpp\n{CPP['right']}```"}] * 16)
+    summary = evaluate(EvalConfig(benchmark=str(DATA / "cpp_problems.jsonl"), samples=str(samples),
+                                  compile_timeout_s=120, timeout_s=60))  # fmt: skip
     assert summary["passed"] == 16, summary["failure_reasons"]
 
 
 def test_functional_tests_in_cpp_are_refused(tmp_path):
-    bench = write_jsonl(tmp_path / "b.jsonl", [{"task_id": "f", "question": "q", "language": "cpp", "fn_name": "f",
-                                                "tests": [{"input": "1", "output": "1", "testtype": "functional"}]}])  # fmt: skip
+    bench = write_jsonl(tmp_path / "b.jsonl", [
+        {"task_id": "f", "question": "q", "language": "cpp", "fn_name": "f",
+         "tests": [{"input": "1", "output": "1", "testtype": "functional"}]},
+    ])  # fmt: skip
     with pytest.raises(ValueError, match="functional tests call a Python function"):
         load_benchmark(str(bench))
 
@@ -323,12 +340,14 @@ def test_functional_tests_in_cpp_are_refused(tmp_path):
 def test_records_are_scored_against_the_problems_with_their_ids(tmp_path):
     def record(rid, answer, **extra):
         return {"id": rid, "prompt": "q", "answer": answer, "method": "tessy",
-                "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": f"<think>\nt\n</think>\n\n{answer}"}],
+                "messages": [{"role": "user", "content": "q"},
+                             {"role": "assistant", "content": f"<think>\nt\n</think>\n\n{answer}"}],
                 **extra}  # fmt: skip
 
     records = write_jsonl(tmp_path / "tessy.jsonl", [
         record("cpp-total", f"Here:\n```cpp\n{CPP['right']}```"),
-        record("lcb-best-stretch", "```python\ninput()\nprint(sum(map(int, input().split())))\n```"),  # wrong on a private test
+        # wrong on a private test
+        record("lcb-best-stretch", "```python\ninput()\nprint(sum(map(int, input().split())))\n```"),
         record("not-a-benchmark-problem", "```python\nprint(1)\n```"),
         {"id": "lcb-triangle", "error": "teacher server gave up", "attempts": 3},
     ])  # fmt: skip
@@ -336,8 +355,10 @@ def test_records_are_scored_against_the_problems_with_their_ids(tmp_path):
     bench.write_text((DATA / "cpp_problems.jsonl").read_text() + (DATA / "lcb_problems.jsonl").read_text())
     assert main(["eval", "--records", str(records), "--benchmark", str(bench), "--out", str(tmp_path / "out")]) == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    results = {json.loads(line)["task_id"]: json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()}
-    assert {t: r["passed"] for t, r in results.items()} == {"cpp-total": True, "lcb-best-stretch": False, "lcb-triangle": False}
+    results = {json.loads(line)["task_id"]: json.loads(line)
+               for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()}
+    assert {t: r["passed"] for t, r in results.items()} == {"cpp-total": True, "lcb-best-stretch": False,
+                                                            "lcb-triangle": False}
     assert results["lcb-best-stretch"]["reason"].startswith("private test")
     assert "teacher server gave up" in results["lcb-triangle"]["reason"]
     assert summary["records_without_problem"] == 1 and summary["pass@1"] == pytest.approx(1 / 3)

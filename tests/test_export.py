@@ -101,7 +101,8 @@ def test_parquet_has_a_messages_column_for_trl(tmp_path, records, capsys):
 
 @pytest.mark.parametrize("fmt", ["dialogs", "sharegpt", "parquet"])
 def test_integer_ids_become_strings(tmp_path, fmt, capsys):
-    rows = [{**record("x", [{"role": "user", "content": "q"}]), "id": 7}, record("y", [{"role": "user", "content": "q"}])]
+    rows = [{**record("x", [{"role": "user", "content": "q"}]), "id": 7},
+            record("y", [{"role": "user", "content": "q"}])]
     out = tmp_path / f"out.{fmt}"
     export(write_jsonl(tmp_path / "r.jsonl", rows), fmt, out, capsys)
     if fmt == "parquet":
@@ -112,11 +113,13 @@ def test_integer_ids_become_strings(tmp_path, fmt, capsys):
 
 
 @pytest.mark.parametrize("fmt, bad, message", [
-    ("dialogs", {"id": "z", "messages": [{"role": "user", "content": "q"}]}, "r.jsonl:2: `messages` must end with the assistant's reply"),
+    ("dialogs", {"id": "z", "messages": [{"role": "user", "content": "q"}]},
+     "r.jsonl:2: `messages` must end with the assistant's reply"),
     ("parquet", {"id": "z"}, "r.jsonl:2: `messages` must end with the assistant's reply"),
     ("dialogs", {"messages": []}, "r.jsonl:2: missing field 'id'"),
     ("sharegpt", record("z", [{"role": "user", "content": "q"}, {"role": "user", "content": "q"}]),
-     "r.jsonl:2: sharegpt needs alternating user/assistant turns after an optional system message; message 1 is 'user'"),
+     "r.jsonl:2: sharegpt needs alternating user/assistant turns after an optional system message; "
+     "message 1 is 'user'"),
     ("sharegpt", record("z", [{"role": "tool", "content": "{}"}]), "message 0 is 'tool'"),
 ])
 def test_bad_records_name_their_line(tmp_path, fmt, bad, message, capsys):

@@ -34,7 +34,8 @@ SOLUTIONS = {  # task id: (right, wrong-but-passes-the-public-tests)
     "lcb-count-pairs": (
         "class Solution:\n    def countPairs(self, nums, target):\n"
         "        return sum(nums[i] + nums[j] < target for i in range(len(nums)) for j in range(i + 1, len(nums)))\n",
-        "class Solution:\n    def countPairs(self, nums, target):\n"  # <= where < is asked: no public pair sums to target
+        # <= where < is asked: no public pair sums to target
+        "class Solution:\n    def countPairs(self, nums, target):\n"
         "        return sum(nums[i] + nums[j] <= target for i in range(len(nums)) for j in range(i + 1, len(nums)))\n",
     ),
     "lcb-distinct-letters": (
@@ -53,17 +54,20 @@ def reply(code: str) -> str:
 
 
 def write_samples(path: Path, which: int) -> Path:
-    path.write_text("".join(json.dumps({"task_id": t, "completion": reply(c[which])}) + "\n" for t, c in SOLUTIONS.items()))
+    path.write_text("".join(json.dumps({"task_id": t, "completion": reply(c[which])}) + "\n"
+                            for t, c in SOLUTIONS.items()))
     return path
 
 
 def test_rows_load_with_public_and_private_tests():
     problems = {p.task_id: p for p in load_benchmark(str(LCB))}
     assert {t: p.kind for t, p in problems.items()} == {"lcb-best-stretch": "stdio", "lcb-count-pairs": "functional",
-                                                         "lcb-distinct-letters": "stdio", "lcb-triangle": "stdio"}  # fmt: skip
+                                                         "lcb-distinct-letters": "stdio",
+                                                         "lcb-triangle": "stdio"}  # fmt: skip
     kinds = {t: [x["kind"] for x in p.data["tests"]] for t, p in problems.items()}
     assert kinds["lcb-best-stretch"] == ["public"] * 2 + ["private"] * 3
-    assert kinds["lcb-triangle"] == ["public"] * 2 + ["private"] * 2  # plain-JSON private tests, as older rows keep them
+    # plain-JSON private tests, as older rows keep them
+    assert kinds["lcb-triangle"] == ["public"] * 2 + ["private"] * 2
     assert problems["lcb-count-pairs"].data["fn_name"] == "countPairs"
     assert problems["lcb-best-stretch"].contest_date == date(2024, 9, 14)
     assert "class Solution" in problems["lcb-count-pairs"].prompt
@@ -79,15 +83,21 @@ def test_private_tests_decode_the_livecodebench_way():
 
 
 def test_right_solutions_pass_and_wrong_ones_pass_public_but_fail_private(tmp_path):
-    right = evaluate(EvalConfig(benchmark=str(LCB), samples=str(write_samples(tmp_path / "right.jsonl", 0))), out=tmp_path / "r")
+    right = evaluate(EvalConfig(benchmark=str(LCB), samples=str(write_samples(tmp_path / "right.jsonl", 0))),
+                     out=tmp_path / "r")
     assert right["pass@1"] == 1.0 and right["problems"] == 4
-    wrong = evaluate(EvalConfig(benchmark=str(LCB), samples=str(write_samples(tmp_path / "wrong.jsonl", 1))), out=tmp_path / "w")
-    results = {json.loads(line)["task_id"]: json.loads(line) for line in (tmp_path / "w" / "results.jsonl").read_text().splitlines()}
+    wrong = evaluate(EvalConfig(benchmark=str(LCB), samples=str(write_samples(tmp_path / "wrong.jsonl", 1))),
+                     out=tmp_path / "w")
+    results = {json.loads(line)["task_id"]: json.loads(line)
+               for line in (tmp_path / "w" / "results.jsonl").read_text().splitlines()}
     assert wrong["pass@1"] == 0.0
     # Every wrong solution got through the public tests and failed on a private one.
-    assert all(r["reason"].startswith("private test") and "wrong answer" in r["reason"] for r in results.values()), results
-    assert results["lcb-best-stretch"]["reason"] == "private test 0: wrong answer: line 1 is '-10', expected '-1'"  # all negative
-    assert results["lcb-triangle"]["reason"].startswith("private test 1: wrong answer")  # exact in floats up to its first
+    assert all(r["reason"].startswith("private test") and "wrong answer" in r["reason"]
+               for r in results.values()), results
+    # all negative
+    assert results["lcb-best-stretch"]["reason"] == "private test 0: wrong answer: line 1 is '-10', expected '-1'"
+    # exact in floats up to its first
+    assert results["lcb-triangle"]["reason"].startswith("private test 1: wrong answer")
 
 
 @pytest.mark.parametrize(
@@ -106,7 +116,8 @@ def test_window_through_the_cli(tmp_path):
     from tessy.cli import main
 
     samples = write_samples(tmp_path / "right.jsonl", 0)  # answers for all four; the window scores one
-    assert main(["eval", "--benchmark", str(LCB), "--samples", str(samples), "--window", "v6", "--out", str(tmp_path / "o")]) == 0
+    assert main(["eval", "--benchmark", str(LCB), "--samples", str(samples), "--window", "v6",
+                 "--out", str(tmp_path / "o")]) == 0
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["problems"] == 1 and summary["pass@1"] == 1.0
     assert summary["window"] == {"since": "2025-02-01", "until": "2025-05-01"}
@@ -147,7 +158,8 @@ def test_a_pickle_naming_a_class_is_refused_and_nothing_runs(tmp_path, monkeypat
     ran = []  # every sandboxed process goes through _run: none may start, the row is refused first
     monkeypatch.setattr(tessy.sandbox, "_run", lambda *a, **k: ran.append(a))
     samples = tmp_path / "s.jsonl"
-    samples.write_text(json.dumps({"task_id": row["question_id"], "completion": reply(SOLUTIONS[row["question_id"]][0])}) + "\n")
+    samples.write_text(json.dumps({"task_id": row["question_id"],
+                                   "completion": reply(SOLUTIONS[row["question_id"]][0])}) + "\n")
 
     with pytest.raises(ValueError, match=r"refused: the pickle names (posix|os)\.system"):
         evaluate(EvalConfig(benchmark=str(bench), samples=str(samples)))

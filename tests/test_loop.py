@@ -94,7 +94,8 @@ class CutAtTheEnd:
     name = "cut-at-the-end"
 
     def cuts(self, texts, contexts, role):
-        return [len(t) if role == "teacher" else c for t, c in zip(texts, LexiconPredictor().cuts(texts, contexts, role))]
+        return [len(t) if role == "teacher" else c
+                for t, c in zip(texts, LexiconPredictor().cuts(texts, contexts, role))]
 
 
 def test_a_cut_that_drops_nothing_still_switches():
@@ -165,10 +166,12 @@ LEGITIMATE = {
     "a table": REASONING + TABLE,
     "a table rule": REASONING + "| " + " | ".join(["---"] * 40) + " |\n",
     "rows of a zero table": REASONING + "| 0 | 0 | 0 |\n" * 20 + "All zero.",
-    "short repeated code lines": REASONING + "```python\n" + "".join(f"class E{i}(Exception):\n    pass\n" for i in range(12)) + "```",
+    "short repeated code lines": (REASONING + "```python\n"
+                                  + "".join(f"class E{i}(Exception):\n    pass\n" for i in range(12)) + "```"),
     "the same short line": REASONING + "```python\n" + "    pass\n" * 30 + "```",
     "a long list of zeros": "dp = [" + "0, " * 150 + "0]",
-    "a recap that repeats a phrase a few times": REASONING + "Check n=1: ok. Check n=2: ok. Check n=3: ok. Check n=4: ok. ",
+    "a recap that repeats a phrase a few times": REASONING + "Check n=1: ok. Check n=2: ok. "
+                                                             "Check n=3: ok. Check n=4: ok. ",
 }
 LOOPS = {
     "a sentence repeated": REASONING + "Wait, let me check that again. " * 10,

@@ -15,7 +15,8 @@ from tessy.mathcheck import clean_answer, extract_boxed, math_equal
 PAIRS = [json.loads(line) for line in (Path(__file__).parent / "data" / "math_answers.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("pair", PAIRS, ids=[f"{p['got']} {'==' if p['equal'] else '!='} {p['expected']}" for p in PAIRS])
+@pytest.mark.parametrize("pair", PAIRS,
+                         ids=[f"{p['got']} {'==' if p['equal'] else '!='} {p['expected']}" for p in PAIRS])
 def test_equivalent_and_inequivalent_forms(pair):
     assert math_equal(pair["got"], pair["expected"]) is pair["equal"]
 
@@ -52,9 +53,11 @@ def test_extract_boxed(text, boxed):
 
 def test_math_benchmark_through_evaluate(tmp_path):
     bench = tmp_path / "math.jsonl"
-    bench.write_text("".join(json.dumps({"task_id": f"m{i}", "question": "?", "answer": p["expected"]}) + "\n" for i, p in enumerate(PAIRS)))
+    bench.write_text("".join(json.dumps({"task_id": f"m{i}", "question": "?", "answer": p["expected"]}) + "\n"
+                             for i, p in enumerate(PAIRS)))
     samples = tmp_path / "s.jsonl"
-    samples.write_text("".join(json.dumps({"task_id": f"m{i}", "completion": f"<think>\nhm\n</think>\n\nSo \\boxed{{{p['got']}}}."}) + "\n"
+    samples.write_text("".join(json.dumps({"task_id": f"m{i}",
+                                           "completion": f"<think>\nhm\n</think>\n\nSo \\boxed{{{p['got']}}}."}) + "\n"
                                for i, p in enumerate(PAIRS)))  # fmt: skip
     evaluate(EvalConfig(benchmark=str(bench), samples=str(samples)), out=tmp_path / "out")
     results = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]

@@ -66,7 +66,8 @@ def make_backends():
 
 def run(tmp_path, method, n_prompts=2, **overrides):
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"Question {i}: add 1 and 2."}) + "\n" for i in range(n_prompts)))
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"Question {i}: add 1 and 2."}) + "\n"
+                               for i in range(n_prompts)))
     config = load_config(method=method, batch_size=4, **overrides)
     backends = make_backends()
     out = tmp_path / f"{method}.jsonl"
@@ -91,7 +92,8 @@ def test_every_method_writes_the_record_shape(tmp_path, method):
         content = r["messages"][1]["content"]
         assert content.startswith("<think>\n") and THINK_CLOSE in content
         for s in r["segments"]:
-            assert s["source"] in (STUDENT, TEACHER) and s["part"] in ("think", "answer") and s["text"].strip() in content
+            assert (s["source"] in (STUDENT, TEACHER) and s["part"] in ("think", "answer")
+                    and s["text"].strip() in content)
         assert r["answer"] and r["stats"]["stop_reason"]
 
 
@@ -159,7 +161,8 @@ def test_best_candidate(scores, best):
 
 @pytest.mark.parametrize(
     "reply, score",
-    [("7", 7.0), (" 8/10", 8.0), ("Score 8.5.", 8.5), ("", None), ("excellent", None), ("11", None), ("-3", None), ("10", 10.0)],
+    [("7", 7.0), (" 8/10", 8.0), ("Score 8.5.", 8.5), ("", None), ("excellent", None), ("11", None), ("-3", None),
+     ("10", 10.0)],
 )
 def test_parse_score(reply, score):
     assert parse_score(reply) == score
@@ -219,7 +222,8 @@ def real_backends():
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_on_the_real_models(real_backends, tmp_path, method):
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text(json.dumps({"id": "a", "prompt": "Write a Python function that returns the sum of a list."}) + "\n")
+    prompts.write_text(json.dumps({"id": "a", "prompt": "Write a Python function that returns the sum of a list."})
+                       + "\n")
     # Tiny budgets: this checks the wiring on real tokenizers and caches, not the text.
     config = load_config(method=method, max_think_tokens=16, max_answer_tokens=8, score_candidates=2, batch_size=2)
     summary = synthesize(config, prompts, tmp_path / "out.jsonl", backends=real_backends, progress=False)

@@ -29,7 +29,8 @@ from tessy.synth import synthesize
 
 def backend_on(*servers, vocab="a", timeout_s=5.0, max_retries=2, concurrency=8) -> OpenAIBackend:
     pool = EndpointPool([s.url for s in servers], None, timeout_s, max_retries, concurrency, backoff_s=0.01)
-    return OpenAIBackend(CharTokenizer(vocab), pool, Sampling(temperature=0.6, top_p=1.0, seed=0), model="char", eos_ids={0})
+    return OpenAIBackend(CharTokenizer(vocab), pool, Sampling(temperature=0.6, top_p=1.0, seed=0), model="char",
+                         eos_ids={0})
 
 
 # --- request shapes ------------------------------------------------------------------------------
@@ -207,7 +208,8 @@ def test_synth_writes_error_records_beside_the_output_and_retry_errors_completes
     config = load_config(k=4, max_think_tokens=12, max_answer_tokens=4, batch_size=4)
 
     def backends():
-        return {STUDENT: backend_on(s_srv, vocab="a", max_retries=1), TEACHER: backend_on(t_srv, vocab="b", max_retries=1)}
+        return {STUDENT: backend_on(s_srv, vocab="a", max_retries=1),
+                TEACHER: backend_on(t_srv, vocab="b", max_retries=1)}
 
     summary = synthesize(config, prompts, out, backends=backends(), progress=False)
     assert summary["samples"] == 3 and summary["errors"] == 1
@@ -251,7 +253,8 @@ class LlamaServer:
         self.proc = None
 
     def start(self, timeout_s: float = 120.0) -> None:
-        self.proc = subprocess.Popen(self.cmd, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(self.cmd, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)
         deadline = time.time() + timeout_s
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -288,7 +291,8 @@ def served_config(url: str, **overrides):
     config = load_config(max_think_tokens=40, max_answer_tokens=12, batch_size=4, **overrides)
     for role, seed in ((STUDENT, 0), (TEACHER, 1)):  # one server serves both roles: SmolLM2 twice
         m = getattr(config, role)
-        m.model, m.backend, m.urls, m.seed, m.timeout_s, m.max_retries = "smollm2-135m-instruct", "openai", [url], seed, 60.0, 2
+        m.model, m.backend, m.urls = "smollm2-135m-instruct", "openai", [url]
+        m.seed, m.timeout_s, m.max_retries = seed, 60.0, 2
     return config
 
 
@@ -310,8 +314,8 @@ def test_synth_through_a_real_server_gives_true_provenance(llama, tmp_path, monk
         return x, steps
 
     monkeypatch.setattr(synth, "start_sample", start)
-    summary = synthesize(config, prompts, tmp_path / "out.jsonl", backends={r: Recording(b) for r, b in backends.items()},
-                         progress=False)
+    summary = synthesize(config, prompts, tmp_path / "out.jsonl",
+                         backends={r: Recording(b) for r, b in backends.items()}, progress=False)
     records = read_records(tmp_path / "out.jsonl")
     assert summary["samples"] == 3 and summary["errors"] == 0
     assert backends[STUDENT].pool.endpoints[0].ids is False  # llama.cpp takes text prompts only
@@ -321,7 +325,8 @@ def test_synth_through_a_real_server_gives_true_provenance(llama, tmp_path, monk
             kept = "".join(s["text"] for s in r["segments"] if s["source"] == role)
             assert splits_into_prefixes(kept, sessions[r["id"]][role].sampled), (r["id"], role)
         assert r["segments"] and {s["source"] for s in r["segments"] if s["part"] == "answer"} <= {STUDENT}
-    assert sum(len(s.sampled) for per in sessions.values() for s in per.values()) >= 6  # the server really wrote the spans
+    # the server really wrote the spans
+    assert sum(len(s.sampled) for per in sessions.values() for s in per.values()) >= 6
 
 
 @pytest.mark.slow
@@ -350,8 +355,8 @@ def test_server_killed_mid_run_then_retry_errors_completes_each_id_once(llama, t
                       "student: {model: smollm2-135m-instruct, timeout_s: 30, max_retries: 2}\n"
                       "teacher: {model: smollm2-135m-instruct, seed: 1, timeout_s: 30, max_retries: 2}\n")
     out = tmp_path / "out.jsonl"
-    cmd = [sys.executable, "-m", "tessy.cli", "synth", "--config", str(config), "--prompts", str(prompts), "--out", str(out),
-           "--student-url", llama.url, "--teacher-url", llama.url]
+    cmd = [sys.executable, "-m", "tessy.cli", "synth", "--config", str(config), "--prompts", str(prompts),
+           "--out", str(out), "--student-url", llama.url, "--teacher-url", llama.url]
     run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 1) and run.poll() is None:

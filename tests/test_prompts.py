@@ -44,7 +44,8 @@ def test_prompt_and_messages_forms(tmp_path):
     path = write(tmp_path, [
         json.dumps({"id": "p", "prompt": "Sum two numbers."}),
         "",
-        json.dumps({"id": 7, "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]}),
+        json.dumps({"id": 7, "messages": [{"role": "system", "content": "Be brief."},
+                                          {"role": "user", "content": "Hi"}]}),
     ])
     a, b = read_prompts(path)
     assert a.id == "p" and a.messages == ({"role": "user", "content": "Sum two numbers."},)

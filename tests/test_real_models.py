@@ -103,7 +103,8 @@ def test_cached_rollback_equals_fresh_prefill(backends, role):
                 logits = inner.model(torch.tensor([s.ids])).logits[0]
             for j, tok in enumerate(span.ids):
                 row = logits[len(prefix) - 1 + j]
-                assert row.max() - row[tok] < tolerance, f"step {j}: cached path chose a token {row.max() - row[tok]:.4f} below the best"
+                assert row.max() - row[tok] < tolerance, (f"step {j}: cached path chose a token "
+                                                          f"{row.max() - row[tok]:.4f} below the best")
                 if row.argmax().item() != tok:
                     break  # after a legitimate tie-flip the two continuations diverge
         assert s.n_cached == len(s.ids) - 1
@@ -127,7 +128,8 @@ def test_killed_run_resumes_with_each_id_once(prompts_file, tmp_path):
     out = tmp_path / "out.jsonl"
     config = tmp_path / "config.yaml"
     config.write_text("max_think_tokens: 48\nmax_answer_tokens: 12\nbatch_size: 2\nin_flight: 2\n")
-    cmd = [sys.executable, "-m", "tessy.cli", "synth", "--config", str(config), "--prompts", str(prompts_file), "--out", str(out)]
+    cmd = [sys.executable, "-m", "tessy.cli", "synth", "--config", str(config), "--prompts", str(prompts_file),
+           "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 600
     while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 1):

@@ -128,7 +128,8 @@ def test_batched_cuts_equal_one_by_one(release_checkpoints):
     predictor = load_predictor(release_spec(release_checkpoints["mixed"]))
     texts, contexts = [g for _, g in CASES], [c for c, _ in CASES]
     for role in (STUDENT, TEACHER):
-        assert predictor.cuts(texts, contexts, role) == [predictor.cuts([t], [c], role)[0] for t, c in zip(texts, contexts)]
+        assert predictor.cuts(texts, contexts, role) == [predictor.cuts([t], [c], role)[0]
+                                                         for t, c in zip(texts, contexts)]
 
 
 def test_a_plain_checkpoint_needs_its_semantics(release_checkpoints):
@@ -182,7 +183,8 @@ def test_a_same_token_checkpoint_reads_its_left_context(release_checkpoints):
     assert len(enc["input_ids"]) == 64  # the span, and the context filling the rest
     with torch.no_grad():
         labels = predictor.model(input_ids=torch.tensor([enc["input_ids"]])).logits.argmax(-1)[0].tolist()
-    expected = _join(text, _trimmed(text, [o for o, label in zip(enc["offsets"], labels) if o is not None and label == 1]))
+    expected = _join(text, _trimmed(text, [o for o, label in zip(enc["offsets"], labels)
+                                           if o is not None and label == 1]))
     assert predictor.style_spans([text], [context]) == [expected]
     assert predictor.style_spans([text]) != [expected]  # without the context it reads otherwise
 
@@ -202,7 +204,8 @@ def test_predictor_train_writes_next_token_checkpoints(release_checkpoints, tmp_
 
     out = tmp_path / "b_t"
     data = ROOT / "tests" / "data" / "predictor_segments.jsonl"
-    assert main(["predictor", "train", "--data", str(data), "--out", str(out), "--base", str(release_checkpoints["mixed"]),
+    assert main(["predictor", "train", "--data", str(data), "--out", str(out),
+                 "--base", str(release_checkpoints["mixed"]),
                  "--source", "teacher", "--epochs", "1", "--max-length", "48", "--labels", "next-token",
                  "--device", "cpu"]) == 0
     meta = json.loads((out / "tessy_predictor.json").read_text())
@@ -213,7 +216,8 @@ def test_predictor_train_writes_next_token_checkpoints(release_checkpoints, tmp_
     saved, CONTEXT_TOKENS = CONTEXT_TOKENS, 48  # the checkpoint's own window
     try:
         for cur_text, gen in CASES[:6]:
-            assert tessy_cut(predictor, tokenizer, cur_text, gen, TEACHER) == release_cut(model, tokenizer, cur_text, gen, TEACHER)
+            assert (tessy_cut(predictor, tokenizer, cur_text, gen, TEACHER)
+                    == release_cut(model, tokenizer, cur_text, gen, TEACHER))
     finally:
         CONTEXT_TOKENS = saved
 

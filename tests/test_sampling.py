@@ -31,7 +31,8 @@ def student():
 def sample(student, n=24, key="p1/student", **knobs):
     from tessy.backends.hf import HFBackend
 
-    backend = HFBackend(student.model, student.tokenizer, Sampling(**{"temperature": 1.0, "top_p": 1.0, "seed": 0, **knobs}))
+    backend = HFBackend(student.model, student.tokenizer,
+                        Sampling(**{"temperature": 1.0, "top_p": 1.0, "seed": 0, **knobs}))
     [span] = backend.generate([backend.start(PROMPT, key=key)], [n], [()])
     return span.ids
 
@@ -106,7 +107,8 @@ def test_openai_sends_the_knobs_to_vllm_and_only_when_set(servers):
     knobs.sampling = Sampling(0.7, 0.8, 0, top_k=20, min_p=0.05, repetition_penalty=1.1)
     knobs.generate([knobs.start("Q")], [3], [()])
     body = srv.completions()[-1]
-    assert (body["temperature"], body["top_p"], body["top_k"], body["min_p"], body["repetition_penalty"]) == (0.7, 0.8, 20, 0.05, 1.1)
+    assert ((body["temperature"], body["top_p"], body["top_k"], body["min_p"], body["repetition_penalty"])
+            == (0.7, 0.8, 20, 0.05, 1.1))
 
 
 def test_openai_sends_llama_cpp_its_own_names(servers):

@@ -74,7 +74,10 @@ int main() {
     addr.sin_family = AF_INET;
     addr.sin_port = htons(%d);
     inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
-    if (connect(s, (sockaddr *)&addr, sizeof addr) != 0) { fprintf(stderr, "connect: %%s\\n", strerror(errno)); return 1; }
+    if (connect(s, (sockaddr *)&addr, sizeof addr) != 0) {
+        fprintf(stderr, "connect: %%s\\n", strerror(errno));
+        return 1;
+    }
     puts("connected");
 }
 """
@@ -91,7 +94,8 @@ def test_failing_program_reports_last_stderr_line():
     assert not r.passed and "AssertionError: wrong answer" in r.reason
 
 
-@pytest.mark.parametrize("lang, code", [("python", "while True: pass"), ("python", "import time\nwhile True: time.sleep(1)"),
+@pytest.mark.parametrize("lang, code", [("python", "while True: pass"),
+                                        ("python", "import time\nwhile True: time.sleep(1)"),
                                         ("cpp", "int main() { volatile long x = 0; while (true) x++; }"),
                                         ("cpp", "#include <unistd.h>\nint main() { while (true) sleep(1); }")],
                          ids=["busy", "sleeping", "busy-cpp", "sleeping-cpp"])  # fmt: skip
@@ -141,11 +145,14 @@ def _cmdline(pid: str) -> str:
         return ""
 
 
-@pytest.mark.parametrize("lang, code", [("python", "x = bytearray(4 * 1024**3)"), ("python", "x = []\nwhile True: x.append(' ' * 10**7)"),
-                                        ("cpp", "#include <vector>\nint main() { std::vector<char> v(4LL << 30); return v[7]; }"),
-                                        ("cpp", "#include <string>\n#include <vector>\nint main() { std::vector<std::string> v; "
-                                                "while (true) v.emplace_back(10000000, ' '); }")],
-                         ids=["one-block", "growing", "one-block-cpp", "growing-cpp"])  # fmt: skip
+@pytest.mark.parametrize(
+    "lang, code",
+    [("python", "x = bytearray(4 * 1024**3)"), ("python", "x = []\nwhile True: x.append(' ' * 10**7)"),
+     ("cpp", "#include <vector>\nint main() { std::vector<char> v(4LL << 30); return v[7]; }"),
+     ("cpp", "#include <string>\n#include <vector>\nint main() { std::vector<std::string> v; "
+             "while (true) v.emplace_back(10000000, ' '); }")],
+    ids=["one-block", "growing", "one-block-cpp", "growing-cpp"],
+)  # fmt: skip
 def test_memory_bomb_is_contained(lang, code):
     r = run(code, lang, limits=Limits(timeout_s=10, cpu_s=5, memory_mb=256))
     assert not r.passed and r.reason.startswith("memory limit"), r.reason
@@ -200,7 +207,8 @@ def test_socket_to_localhost_is_refused(lang):
     server.listen(1)
     port = server.getsockname()[1]
     try:
-        code = CPP_CONNECT % port if lang == "cpp" else f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)"
+        code = (CPP_CONNECT % port if lang == "cpp"
+                else f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)")
         r = run(code, lang)
         assert not r.passed and ("refused" in r.reason or "unreachable" in r.reason.lower()), r.reason
         server.settimeout(0.2)

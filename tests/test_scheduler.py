@@ -64,7 +64,8 @@ def solo_run(method, student_script, teacher_script, driver, **settings):
     done = []
 
     def start():
-        parties = {STUDENT: Party(student, PLAIN, student.start("q")), TEACHER: Party(teacher, PLAIN, teacher.start("q"))}
+        parties = {STUDENT: Party(student, PLAIN, student.start("q")),
+                   TEACHER: Party(teacher, PLAIN, teacher.start("q"))}
         x = Transcript("s0", [{"role": "user", "content": "q"}], parties)
         return x, method(x, s)
 
@@ -79,7 +80,8 @@ def test_teacher_only_is_one_request_per_thinking_span_plus_one_for_the_answer()
     x, student, teacher = solo_run(teacher_only, [], [thinking, "The answer is 7.", EOS], "events",
                                    max_think_tokens=1000, max_answer_tokens=300)
     assert teacher.requests == [1000, 300] and student.requests == []
-    assert x.stop_reason == "teacher_closed" and x.text("think").startswith("x = 1 + 2") and x.text("answer") == "The answer is 7."
+    assert (x.stop_reason == "teacher_closed" and x.text("think").startswith("x = 1 + 2")
+            and x.text("answer") == "The answer is 7.")
 
 
 def test_repetition_in_one_long_span_is_trimmed_at_the_first_k_token_point():
@@ -88,7 +90,8 @@ def test_repetition_in_one_long_span_is_trimmed_at_the_first_k_token_point():
     assert teacher.requests[0] == 5000 and len(teacher.requests) == 2
     assert x.stop_reason == "repetition"
     kept = x.text("think")
-    assert kept.startswith("The sum is 3. abc") and len(kept) % 20 == 0 and len(kept) < 120  # trimmed on a k-token point
+    # trimmed on a k-token point
+    assert kept.startswith("The sum is 3. abc") and len(kept) % 20 == 0 and len(kept) < 120
     assert x.tokens("think") == len(kept)  # one character per token: what was not kept was rolled back
 
 
@@ -111,7 +114,8 @@ def test_ticks_find_a_stop_string_split_between_chunks():
 # --- over HTTP: both roles in flight together ---------------------------------------------------------------
 def served(srv, vocab, seed=0):
     pool = EndpointPool([srv.url], None, timeout_s=10.0, max_retries=1, concurrency=16, backoff_s=0.01)
-    return OpenAIBackend(CharTokenizer(vocab), pool, Sampling(temperature=0.6, top_p=1.0, seed=seed), model="char", eos_ids={0})
+    return OpenAIBackend(CharTokenizer(vocab), pool, Sampling(temperature=0.6, top_p=1.0, seed=seed), model="char",
+                         eos_ids={0})
 
 
 def write_prompts(path, prompts):

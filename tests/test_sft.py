@@ -25,16 +25,19 @@ SYSTEM = "You are tessy-tuned."
 
 def tessy_records(n: int, stop_reason: str = "student_closed", thinking_words: int = 0) -> list[dict]:
     """Records in the shape `tessy synth` writes (DESIGN.md: one output record per prompt)."""
-    qa = [("Add 2 and 3.", "5"), ("Double x in Python.", "def f(x):\n    return 2 * x"), ("7 - 4?", "3"), ("Reverse 'ab'.", "'ba'")]
+    qa = [("Add 2 and 3.", "5"), ("Double x in Python.", "def f(x):\n    return 2 * x"), ("7 - 4?", "3"),
+          ("Reverse 'ab'.", "'ba'")]
     out = []
     for i in range(n):
         q, a = qa[i % len(qa)]
         thinking = f"Let me see. {q}" + "".join(f" step{j}" for j in range(thinking_words))
-        segments = [{"source": "student", "text": "Let me see.", "n_tokens": 4}, {"source": "teacher", "text": f" {q}", "n_tokens": 5}]
+        segments = [{"source": "student", "text": "Let me see.", "n_tokens": 4},
+                    {"source": "teacher", "text": f" {q}", "n_tokens": 5}]
         out.append({"id": str(i), "prompt": q, "messages": [{"role": "user", "content": q},
                     {"role": "assistant", "content": f"<think>\n{thinking}\n</think>\n\n{a}"}],
                     "segments": segments, "answer": a, "method": "tessy",
-                    "stats": {"teacher_token_share": 0.5, "switches": 1, "rounds": 2, "stop_reason": stop_reason, "wall_s": 0.1},
+                    "stats": {"teacher_token_share": 0.5, "switches": 1, "rounds": 2, "stop_reason": stop_reason,
+                              "wall_s": 0.1},
                     "config_hash": "test"})  # fmt: skip
     return out
 

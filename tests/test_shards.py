@@ -74,7 +74,8 @@ def test_merge_command_fails_on_missing_ids(tmp_path):
     shard = write_jsonl(tmp_path / "s0.jsonl", [{"id": "a"}])
     assert main(["merge", str(tmp_path / "m.jsonl"), str(shard), "--prompts", str(pfile)]) == 1
     write_jsonl(tmp_path / "s1.jsonl", [{"id": "b"}])
-    assert main(["merge", str(tmp_path / "m.jsonl"), str(shard), str(tmp_path / "s1.jsonl"), "--prompts", str(pfile)]) == 0
+    assert main(["merge", str(tmp_path / "m.jsonl"), str(shard), str(tmp_path / "s1.jsonl"),
+                 "--prompts", str(pfile)]) == 0
 
 
 def test_sharded_runs_merge_into_the_whole_run(tmp_path):

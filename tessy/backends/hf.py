@@ -145,7 +145,8 @@ class HFBackend:
                     done[i], finish[i] = True, "eos"
                     continue
                 generated[i].append(tok)
-                if stop[i] and any(s in self.tokenizer.decode(generated[i], skip_special_tokens=False) for s in stop[i]):
+                if stop[i] and any(s in self.tokenizer.decode(generated[i], skip_special_tokens=False)
+                                   for s in stop[i]):
                     done[i], finish[i] = True, "stop"
                 elif len(generated[i]) >= max_new_tokens[i]:
                     done[i] = True

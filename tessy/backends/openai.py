@@ -71,7 +71,8 @@ class EndpointPool:
     def __init__(self, urls: list[str], api_key: str | None = None, timeout_s: float = 120.0, max_retries: int = 3,
                  concurrency: int = 64, backoff_s: float = BACKOFF_S):
         if not urls:
-            raise ValueError("the openai backend needs at least one URL (`urls:` in the config, or --student-url/--teacher-url)")
+            raise ValueError("the openai backend needs at least one URL "
+                             "(`urls:` in the config, or --student-url/--teacher-url)")
         self.max_retries, self.backoff_s, self.timeout_s = max_retries, backoff_s, timeout_s
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = None
@@ -85,7 +86,8 @@ class EndpointPool:
 
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(self.timeout_s),
-            limits=httpx.Limits(max_connections=concurrency * len(urls), max_keepalive_connections=concurrency * len(urls)),
+            limits=httpx.Limits(max_connections=concurrency * len(urls),
+                                max_keepalive_connections=concurrency * len(urls)),
             headers=self.headers,
         )
         return [Endpoint(u, asyncio.Semaphore(concurrency)) for u in urls]
@@ -125,7 +127,8 @@ class EndpointPool:
             raise RequestFailed(f"{type(e).__name__}: {e}") from e
         if response.status_code != 200:
             retry = response.status_code in (408, 429) or response.status_code >= 500
-            raise RequestFailed(f"HTTP {response.status_code}: {response.text[:300]}", retry=retry, status=response.status_code)
+            raise RequestFailed(f"HTTP {response.status_code}: {response.text[:300]}", retry=retry,
+                                status=response.status_code)
         try:
             return response.json()
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -306,7 +309,8 @@ class OpenAIBackend:
         return "".join(p.text for p in session.state.pieces)
 
     # --- generation -------------------------------------------------------------------------------
-    def generate(self, sessions: list[Session], max_new_tokens: list[int], stop: list[tuple[str, ...]]) -> list[Span | SampleError]:
+    def generate(self, sessions: list[Session], max_new_tokens: list[int],
+                 stop: list[tuple[str, ...]]) -> list[Span | SampleError]:
         """Up to `max_new_tokens[i]` tokens for each session, all requests in flight at once.
 
         Returns one `Span` per session (its ids appended to the session), or a `SampleError` for a

@@ -91,7 +91,8 @@ class Backend(Protocol):
 
     def extend(self, session: Session, text: str) -> int: ...
 
-    def generate(self, sessions: list[Session], max_new_tokens: list[int], stop: list[tuple[str, ...]]) -> list[Span | SampleError]: ...
+    def generate(self, sessions: list[Session], max_new_tokens: list[int],
+                 stop: list[tuple[str, ...]]) -> list[Span | SampleError]: ...
 
     def submit(self, session: Session, max_new_tokens: int, stop: tuple[str, ...]) -> Future:
         """One request; the future's result is a `Span` or a `SampleError`."""

@@ -51,15 +51,30 @@ def is_checkpoint(path) -> bool:
 class TrainConfig:
     data: str = field(metadata={"help": "annotated segments (JSONL from `tessy annotate`)"})
     out: str = field(metadata={"help": "checkpoint directory to write"})
-    base: str = field(default="smollm2-135m-instruct", metadata={"help": "base model: embedded name, .gguf or HF directory (paper: Qwen3-0.6B-Base)"})
-    source: str | None = field(default=None, metadata={"choices": ("student", "teacher"), "help": "train on student segments (B_S) or teacher segments (B_T); None: all"})
+    base: str = field(
+        default="smollm2-135m-instruct",
+        metadata={"help": "base model: embedded name, .gguf or HF directory (paper: Qwen3-0.6B-Base)"},
+    )
+    source: str | None = field(
+        default=None,
+        metadata={"choices": ("student", "teacher"),
+                  "help": "train on student segments (B_S) or teacher segments (B_T); None: all"},
+    )
     epochs: int = field(default=2, metadata={"help": "passes over the training split"})
     lr: float = field(default=5e-5, metadata={"help": "AdamW learning rate (linear decay)"})
     batch_size: int = field(default=16, metadata={"help": "segments per optimizer step"})
     max_length: int = field(default=128, metadata={"help": "most tokens of a segment (plus context) the model reads"})
     left_context: int = field(default=0, metadata={"help": "tokens of preceding text seen but not scored"})
-    labels: str = field(default="same-token", metadata={"choices": ("same-token", "next-token"), "help": "same-token: the logits at token t classify token t; next-token: they classify token t+1 (the authors' release), and the release's cut rule applies"})
-    class_weights: bool = field(default=True, metadata={"help": "weigh the loss by inverse class frequency (style is rare)"})
+    labels: str = field(
+        default="same-token",
+        metadata={"choices": ("same-token", "next-token"),
+                  "help": "same-token: the logits at token t classify token t; next-token: they classify token t+1 "
+                          "(the authors' release), and the release's cut rule applies"},
+    )
+    class_weights: bool = field(
+        default=True,
+        metadata={"help": "weigh the loss by inverse class frequency (style is rare)"},
+    )
     eval_fraction: float = field(default=0.2, metadata={"help": "share of docs held out for the per-epoch evaluation"})
     seed: int = field(default=0, metadata={"help": "split and shuffle seed"})
     device: str = field(default="auto", metadata={"help": "cpu | cuda | auto (cuda where there is one)"})
@@ -95,7 +110,8 @@ def encode(tokenizer, text: str, context: str = "", spans: list | None = None, m
     room = max(max_length - len(prefix), 1)  # the text first; the context fills what it leaves
     ids, offsets = enc["input_ids"][:room], [tuple(o) for o in enc["offset_mapping"][:room]]
     left_context = min(left_context, max_length - len(prefix) - len(ids))
-    ctx = tokenizer(context, add_special_tokens=False)["input_ids"][-left_context:] if left_context > 0 and context else []
+    ctx = (tokenizer(context, add_special_tokens=False)["input_ids"][-left_context:] if left_context > 0 and context
+           else [])
     out = {"input_ids": prefix + ctx + ids, "offsets": [None] * (len(prefix) + len(ctx)) + offsets,
            "truncated": len(enc["input_ids"]) > room}
     if spans is not None:
@@ -161,7 +177,8 @@ class LearnedPredictor:
             raise ValueError(f"{path}: cannot load the predictor ({str(e).splitlines()[0]}); download the checkpoint "
                              f"and give its directory as `path`") from None
         if model.config.num_labels != 2:
-            raise ValueError(f"{path}: a boundary predictor has 2 labels, this checkpoint has {model.config.num_labels}")
+            raise ValueError(f"{path}: a boundary predictor has 2 labels, "
+                             f"this checkpoint has {model.config.num_labels}")
         model = model.to(pick_device(device)).eval()
         return cls(model, tokenizer, meta, name=f"learned:{path.name}", batch_size=batch_size)
 
@@ -286,7 +303,8 @@ def split_by_doc(rows: list[dict], fraction: float, seed: int) -> tuple[list[dic
     random.Random(seed).shuffle(docs)
     n_eval = max(1, math.ceil(fraction * len(docs))) if fraction > 0 and len(docs) > 1 else 0
     held = set(docs[:n_eval])
-    return [r for r in rows if str(r.get("doc") or r.get("id")) not in held], [r for r in rows if str(r.get("doc") or r.get("id")) in held]
+    return ([r for r in rows if str(r.get("doc") or r.get("id")) not in held],
+            [r for r in rows if str(r.get("doc") or r.get("id")) in held])
 
 
 def base_checkpoint(base: str):
@@ -311,7 +329,8 @@ def train_predictor(config: TrainConfig, log: Callable[[str], None] = print) -> 
 
     rows = read_segments(config.data, config.source)
     if not rows:
-        raise ValueError(f"{config.data}: no annotated segments" + (f" from the {config.source}" if config.source else ""))
+        raise ValueError(f"{config.data}: no annotated segments"
+                         + (f" from the {config.source}" if config.source else ""))
     train_rows, eval_rows = split_by_doc(rows, config.eval_fraction, config.seed)
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
@@ -326,7 +345,8 @@ def train_predictor(config: TrainConfig, log: Callable[[str], None] = print) -> 
 
     if config.labels not in ("same-token", "next-token"):
         raise ValueError(f"labels: {config.labels!r} is not same-token or next-token")
-    encoded = [encode(tokenizer, r["text"], r.get("context", ""), r["style_spans"], config.max_length, config.left_context)
+    encoded = [encode(tokenizer, r["text"], r.get("context", ""), r["style_spans"], config.max_length,
+                      config.left_context)
                for r in train_rows]
     if config.labels == "next-token":
         for e in encoded:
@@ -337,11 +357,14 @@ def train_predictor(config: TrainConfig, log: Callable[[str], None] = print) -> 
     loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(weights, device=device), ignore_index=IGNORE)
     steps_per_epoch = math.ceil(len(encoded) / config.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
-    schedule = get_linear_schedule_with_warmup(optimizer, max(1, steps_per_epoch // 10), steps_per_epoch * config.epochs)
-    log(f"train {len(train_rows)} segments, held out {len(eval_rows)}; tokens capability {counts[0]}, style {counts[1]}; "
+    schedule = get_linear_schedule_with_warmup(optimizer, max(1, steps_per_epoch // 10),
+                                               steps_per_epoch * config.epochs)
+    log(f"train {len(train_rows)} segments, held out {len(eval_rows)}; "
+        f"tokens capability {counts[0]}, style {counts[1]}; "
         f"class weights {[round(w, 2) for w in weights]}; device {device}")
 
-    predictor = LearnedPredictor(model, tokenizer, {"max_length": config.max_length, "left_context": config.left_context,
+    predictor = LearnedPredictor(model, tokenizer, {"max_length": config.max_length,
+                                                    "left_context": config.left_context,
                                                     "semantics": config.labels})
     history, losses = [], []
     rng = random.Random(config.seed)
@@ -352,7 +375,8 @@ def train_predictor(config: TrainConfig, log: Callable[[str], None] = print) -> 
         rng.shuffle(order)
         epoch_losses = []
         for step in range(steps_per_epoch):
-            batch = collate([encoded[i] for i in order[step * config.batch_size:(step + 1) * config.batch_size]], tokenizer.pad_token_id, device)
+            batch = collate([encoded[i] for i in order[step * config.batch_size:(step + 1) * config.batch_size]],
+                            tokenizer.pad_token_id, device)
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             loss = loss_fn(logits.view(-1, 2).float(), batch["labels"].view(-1))
             loss.backward()
@@ -362,7 +386,8 @@ def train_predictor(config: TrainConfig, log: Callable[[str], None] = print) -> 
             optimizer.zero_grad()
             epoch_losses.append(loss.item())
             if (step + 1) % 10 == 0 or step + 1 == steps_per_epoch:
-                log(f"epoch {epoch} step {step + 1}/{steps_per_epoch} loss {sum(epoch_losses[-10:]) / len(epoch_losses[-10:]):.4f}")
+                log(f"epoch {epoch} step {step + 1}/{steps_per_epoch} "
+                    f"loss {sum(epoch_losses[-10:]) / len(epoch_losses[-10:]):.4f}")
         losses.extend(epoch_losses)
         model.eval()
         metrics = {"epoch": epoch, "train_loss": round(sum(epoch_losses) / len(epoch_losses), 4)}

@@ -52,7 +52,8 @@ def score(rows: list[dict], predicted: list[list]) -> dict:
             fp += p and not g
             fn += g and not p
         role = TEACHER if row.get("source") == TEACHER else STUDENT
-        cut_gold, cut_pred = boundary(text, [tuple(s) for s in gold], role), boundary(text, [tuple(s) for s in pred], role)
+        cut_gold = boundary(text, [tuple(s) for s in gold], role)
+        cut_pred = boundary(text, [tuple(s) for s in pred], role)
         exact += cut_gold == cut_pred
         near += abs(unit_index(text, cut_gold) - unit_index(text, cut_pred)) <= 1
     n = len(rows)

@@ -8,7 +8,6 @@ from collections import Counter
 from pathlib import Path
 
 from tessy import methods
-from tessy.analysis import compression_ratio, thinking_text
 from tessy.config import SynthConfig, load_config
 from tessy.loop import LoopSettings, tessy_sample
 from tessy.predictors import STUDENT, TEACHER, load_predictor
@@ -18,6 +17,7 @@ from tessy.records import RecordWriter, compact_errors, done_ids, errors_path_fo
 from tessy.scheduler import Scheduler, check_driver
 from tessy.shards import select_shard
 from tessy.transcript import Party, Transcript
+from tessy.variety import compression_ratio, thinking_text
 
 
 class ConfigMismatchError(ValueError):

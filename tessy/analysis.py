@@ -132,10 +132,12 @@ def pca_points(X, n_datasets: int) -> dict:
     xy = pca.fit_transform(dense)
     if k == 1:
         xy = [[float(v[0]), 0.0] for v in xy]
-    return {"explained_variance_ratio": [float(v) for v in pca.explained_variance_ratio_], "xy": [[float(a), float(b)] for a, b in xy]}
+    return {"explained_variance_ratio": [float(v) for v in pca.explained_variance_ratio_],
+            "xy": [[float(a), float(b)] for a, b in xy]}
 
 
-def top_words(datasets: list[Dataset], tokenize: Callable[[str], list[str]], display: Callable[[str], str], per_dataset: int = 10) -> dict:
+def top_words(datasets: list[Dataset], tokenize: Callable[[str], list[str]], display: Callable[[str], str],
+              per_dataset: int = 10) -> dict:
     """Each dataset's most frequent words (per 1000 word tokens), the union of every dataset's top
     `per_dataset`, ordered by their largest frequency. Words are alphabetic tokens of 2+ letters."""
     freqs = {}
@@ -158,7 +160,8 @@ def top_words(datasets: list[Dataset], tokenize: Callable[[str], list[str]], dis
 
 
 # --- the student's own loss (Eq. 2) -------------------------------------------------------------
-def token_labels(body: str, offsets: list[tuple[int, int]], style: list[tuple[int, int]], markers: list[tuple[int, int]]) -> list[str]:
+def token_labels(body: str, offsets: list[tuple[int, int]], style: list[tuple[int, int]],
+                 markers: list[tuple[int, int]]) -> list[str]:
     """Label each token of `body` (character offsets) as marker, style, capability or other.
 
     A token that touches a style span is style; one that holds a letter or digit otherwise is
@@ -283,7 +286,8 @@ def print_table(result: dict, console) -> None:
     table = Table(title=f"tessy analyze: {result['shared_prompts']} shared prompts")
     names = result["similarity"]["names"]
     reference = names[0]
-    for col in ("dataset", "mean tok", "median tok", "teacher share", "switches", f"sim. to {reference}", "NLL style", "NLL capab.", "closed by"):
+    for col in ("dataset", "mean tok", "median tok", "teacher share", "switches", f"sim. to {reference}", "NLL style",
+                "NLL capab.", "closed by"):
         table.add_column(col)
     for i, name in enumerate(names):
         d = result["per_dataset"][name]

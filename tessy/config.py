@@ -34,47 +34,156 @@ SCHEDULING_FIELDS = ("driver", "batch_size", "in_flight")
 @dataclass
 class ModelConfig:
     model: str = field(metadata={"help": "embedded default name, a .gguf file, or a Hugging Face model directory"})
-    profile: str = field(default="plain", metadata={"help": "qwen3 | deepseek-r1 | gpt-oss | plain | a name under profiles:"})
-    backend: str = field(default="hf", metadata={"choices": BACKENDS, "help": "hf (transformers in this process) | openai (OpenAI-compatible servers at `urls`) | vllm (vllm.LLM in this process)"})
-    temperature: float = field(default=0.6, metadata={"min": 0, "help": "sampling temperature; 0 is greedy (paper: 0.6)"})
+    profile: str = field(
+        default="plain",
+        metadata={"help": "qwen3 | deepseek-r1 | gpt-oss | plain | a name under profiles:"},
+    )
+    backend: str = field(
+        default="hf",
+        metadata={"choices": BACKENDS, "help": "hf (transformers in this process) | openai (OpenAI-compatible "
+                                               "servers at `urls`) | vllm (vllm.LLM in this process)"},
+    )
+    temperature: float = field(
+        default=0.6,
+        metadata={"min": 0, "help": "sampling temperature; 0 is greedy (paper: 0.6)"},
+    )
     top_p: float = field(default=1.0, metadata={"gt": 0, "max": 1, "help": "nucleus sampling"})
-    top_k: int = field(default=0, metadata={"min": 0, "help": "sample among the k likeliest tokens; 0 is off (the authors' release: 20)"})
-    min_p: float = field(default=0.0, metadata={"min": 0, "max": 1, "help": "drop tokens less likely than min_p times the likeliest; 0 is off"})
-    repetition_penalty: float = field(default=1.0, metadata={"gt": 0, "help": "divides the logits of tokens already in the context (as transformers and vLLM do); 1 is off"})
-    k: int | None = field(default=None, metadata={"min": 1, "help": "tokens per turn of this role; null is the top-level k (the authors' release: student 5, teacher 10)"})
+    top_k: int = field(
+        default=0,
+        metadata={"min": 0, "help": "sample among the k likeliest tokens; 0 is off (the authors' release: 20)"},
+    )
+    min_p: float = field(
+        default=0.0,
+        metadata={"min": 0, "max": 1, "help": "drop tokens less likely than min_p times the likeliest; 0 is off"},
+    )
+    repetition_penalty: float = field(
+        default=1.0,
+        metadata={"gt": 0, "help": "divides the logits of tokens already in the context (as transformers and vLLM "
+                                   "do); 1 is off"},
+    )
+    k: int | None = field(
+        default=None,
+        metadata={"min": 1, "help": "tokens per turn of this role; null is the top-level k (the authors' release: "
+                                    "student 5, teacher 10)"},
+    )
     seed: int | None = field(default=0, metadata={"help": "seed of this role's sampler"})
     dtype: str = field(default="float32", metadata={"help": "torch dtype of the weights"})
     device: str = field(default="cpu", metadata={"help": "torch device"})
-    urls: list[str] = field(default_factory=list, metadata={"kind": "url", "help": "openai backend: base URLs ending in /v1 (vLLM, SGLang, llama.cpp); several spread the samples"})
-    api_key_env: str | None = field(default=None, metadata={"help": "openai backend: name of the environment variable holding the API key (never the key itself)"})
-    timeout_s: float = field(default=120.0, metadata={"gt": 0, "help": "openai backend: seconds one request may take before it counts as failed"})
-    max_retries: int = field(default=3, metadata={"min": 0, "help": "openai backend: retries of a failed request (with backoff) before the sample is written as an error"})
-    concurrency: int = field(default=64, metadata={"min": 1, "help": "openai backend: most requests in flight per endpoint"})
+    urls: list[str] = field(
+        default_factory=list,
+        metadata={"kind": "url", "help": "openai backend: base URLs ending in /v1 (vLLM, SGLang, llama.cpp); several"
+                                         " spread the samples"},
+    )
+    api_key_env: str | None = field(
+        default=None,
+        metadata={"help": "openai backend: name of the environment variable holding the API key (never the key "
+                          "itself)"},
+    )
+    timeout_s: float = field(
+        default=120.0,
+        metadata={"gt": 0, "help": "openai backend: seconds one request may take before it counts as failed"},
+    )
+    max_retries: int = field(
+        default=3,
+        metadata={"min": 0, "help": "openai backend: retries of a failed request (with backoff) before the sample is"
+                                    " written as an error"},
+    )
+    concurrency: int = field(
+        default=64,
+        metadata={"min": 1, "help": "openai backend: most requests in flight per endpoint"},
+    )
 
 
 @dataclass
 class SynthConfig:
-    student: ModelConfig = field(default_factory=lambda: ModelConfig(STUDENT_DEFAULT), metadata={"help": "writes the style spans and the final answer"})
-    teacher: ModelConfig = field(default_factory=lambda: ModelConfig(TEACHER_DEFAULT, seed=1), metadata={"help": "writes the capability spans"})
-    method: str = field(default="tessy", metadata={"choices": METHODS, "help": "tessy | student-only | teacher-only | teacher-mix | teacher-answer | teacher-think | teacher-reference | teacher-score (paper, section 3.4)"})
-    final_answer: str = field(default="student", metadata={"choices": ROLES, "help": "tessy: who writes the final answer; teacher is the paper's appendix A.1 variant"})
-    score_candidates: int = field(default=5, metadata={"min": 1, "help": "teacher-score: student candidates per prompt (paper: 5)"})
-    mix_seed: int = field(default=0, metadata={"help": "teacher-mix: seed of the 1:1 split of prompts between teacher and student"})
-    student_predictor: str | dict = field(default="lexicon", metadata={"help": "B_S, cuts student spans at the first capability token: lexicon, a checkpoint of `tessy predictor train`, or {path, labels: next-token | same-token, style_label, context_tokens} for a plain token-classification checkpoint such as the authors' release"})
-    teacher_predictor: str | dict = field(default="lexicon", metadata={"help": "B_T, cuts teacher spans at the first style token (same forms as student_predictor)"})
-    style_phrases: list[str] | None = field(default=None, metadata={"help": "phrase list of the lexicon predictor; null is the built-in list"})
-    k: int = field(default=20, metadata={"min": 1, "help": "tokens per turn (paper: 20); student.k and teacher.k override it per role"})
-    handover: str = field(default="drop-partial-word", metadata={"choices": HANDOVERS, "help": "how a cut span ends: drop-partial-word drops a trailing partial word when the vocabularies differ (paper, section 3.1); complete-word runs on to the next whitespace of the same span (the authors' release)"})
-    max_think_tokens: int = field(default=256, metadata={"min": 1, "help": "thinking budget; tessy closes the thinking when it is spent"})
+    student: ModelConfig = field(
+        default_factory=lambda: ModelConfig(STUDENT_DEFAULT),
+        metadata={"help": "writes the style spans and the final answer"},
+    )
+    teacher: ModelConfig = field(
+        default_factory=lambda: ModelConfig(TEACHER_DEFAULT, seed=1),
+        metadata={"help": "writes the capability spans"},
+    )
+    method: str = field(
+        default="tessy",
+        metadata={"choices": METHODS, "help": "tessy | student-only | teacher-only | teacher-mix | teacher-answer | "
+                                              "teacher-think | teacher-reference | teacher-score (paper, section "
+                                              "3.4)"},
+    )
+    final_answer: str = field(
+        default="student",
+        metadata={"choices": ROLES, "help": "tessy: who writes the final answer; teacher is the paper's appendix A.1"
+                                            " variant"},
+    )
+    score_candidates: int = field(
+        default=5,
+        metadata={"min": 1, "help": "teacher-score: student candidates per prompt (paper: 5)"},
+    )
+    mix_seed: int = field(
+        default=0,
+        metadata={"help": "teacher-mix: seed of the 1:1 split of prompts between teacher and student"},
+    )
+    student_predictor: str | dict = field(
+        default="lexicon",
+        metadata={"help": "B_S, cuts student spans at the first capability token: lexicon, a checkpoint of `tessy "
+                          "predictor train`, or {path, labels: next-token | same-token, style_label, context_tokens}"
+                          " for a plain token-classification checkpoint such as the authors' release"},
+    )
+    teacher_predictor: str | dict = field(
+        default="lexicon",
+        metadata={"help": "B_T, cuts teacher spans at the first style token (same forms as student_predictor)"},
+    )
+    style_phrases: list[str] | None = field(
+        default=None,
+        metadata={"help": "phrase list of the lexicon predictor; null is the built-in list"},
+    )
+    k: int = field(
+        default=20,
+        metadata={"min": 1, "help": "tokens per turn (paper: 20); student.k and teacher.k override it per role"},
+    )
+    handover: str = field(
+        default="drop-partial-word",
+        metadata={"choices": HANDOVERS, "help": "how a cut span ends: drop-partial-word drops a trailing partial "
+                                                "word when the vocabularies differ (paper, section 3.1); "
+                                                "complete-word runs on to the next whitespace of the same span (the "
+                                                "authors' release)"},
+    )
+    max_think_tokens: int = field(
+        default=256,
+        metadata={"min": 1, "help": "thinking budget; tessy closes the thinking when it is spent"},
+    )
     max_answer_tokens: int = field(default=128, metadata={"min": 1, "help": "budget of the final answer"})
     max_rounds: int = field(default=200, metadata={"min": 1, "help": "guard: most turns per sample"})
-    repetition_min_words: int = field(default=3, metadata={"min": 1, "help": "repetition guard: the shortest unit, in words, whose repeats end the thinking (a shorter unit only when it fills the window)"})
-    repetition_min_repeats: int = field(default=8, metadata={"min": 2, "help": "repetition guard: back-to-back repeats of the unit"})
-    repetition_window_chars: int = field(default=1000, metadata={"min": 1, "help": "repetition guard: how far back it looks, in characters"})
+    repetition_min_words: int = field(
+        default=3,
+        metadata={"min": 1, "help": "repetition guard: the shortest unit, in words, whose repeats end the thinking "
+                                    "(a shorter unit only when it fills the window)"},
+    )
+    repetition_min_repeats: int = field(
+        default=8,
+        metadata={"min": 2, "help": "repetition guard: back-to-back repeats of the unit"},
+    )
+    repetition_window_chars: int = field(
+        default=1000,
+        metadata={"min": 1, "help": "repetition guard: how far back it looks, in characters"},
+    )
     batch_size: int = field(default=8, metadata={"min": 1, "help": "rows a model call aims at"})
-    in_flight: int = field(default=0, metadata={"min": 0, "help": "samples open at once; 0 is 2 x batch_size: each waits on one model at a time, so each model's call gets about batch_size rows. With servers, size it to keep every replica busy (README: Run at scale)"})
-    driver: str = field(default="auto", metadata={"choices": DRIVERS, "help": "auto | events | ticks: events moves each sample on its own clock (server backends), ticks batches all samples in lock-step (in-process backends); auto picks by backend"})
-    profiles: dict[str, dict] = field(default_factory=dict, metadata={"help": "user-defined profiles: name -> {think_open, think_close, answer_open, fallback_template}"})
+    in_flight: int = field(
+        default=0,
+        metadata={"min": 0, "help": "samples open at once; 0 is 2 x batch_size: each waits on one model at a time, "
+                                    "so each model's call gets about batch_size rows. With servers, size it to keep "
+                                    "every replica busy (README: Run at scale)"},
+    )
+    driver: str = field(
+        default="auto",
+        metadata={"choices": DRIVERS, "help": "auto | events | ticks: events moves each sample on its own clock "
+                                              "(server backends), ticks batches all samples in lock-step (in-process"
+                                              " backends); auto picks by backend"},
+    )
+    profiles: dict[str, dict] = field(
+        default_factory=dict,
+        metadata={"help": "user-defined profiles: name -> {think_open, think_close, answer_open, fallback_template}"},
+    )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

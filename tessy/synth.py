@@ -42,7 +42,8 @@ def settings_for(config: SynthConfig, backends: dict) -> LoopSettings:
     return LoopSettings.of(config, same_vocabulary(backends[STUDENT].tokenizer, backends[TEACHER].tokenizer))
 
 
-def start_sample(prompt: Prompt, config: SynthConfig, backends: dict, settings: LoopSettings, predictors: dict | None = None,
+def start_sample(prompt: Prompt, config: SynthConfig, backends: dict, settings: LoopSettings,
+                 predictors: dict | None = None,
                  mix: dict[str, str] | None = None):
     """A new transcript for `prompt`, each model's prompt rendered by its own profile, and the
     generator of `config.method` over it (`mix`: teacher-mix's prompt id -> source)."""
@@ -51,7 +52,8 @@ def start_sample(prompt: Prompt, config: SynthConfig, backends: dict, settings: 
         backend = backends[role]
         profile = get_profile(getattr(config, role).profile, config.profiles)
         text, used_template = render_prompt(profile, backend.tokenizer, list(prompt.messages))
-        parties[role] = Party(backend, profile, backend.start(text, add_special_tokens=not used_template, key=f"{prompt.id}/{role}"))
+        session = backend.start(text, add_special_tokens=not used_template, key=f"{prompt.id}/{role}")
+        parties[role] = Party(backend, profile, session)
     x = Transcript(prompt.id, list(prompt.messages), parties)
     m = config.method
     if m == "tessy":
@@ -75,7 +77,8 @@ def start_sample(prompt: Prompt, config: SynthConfig, backends: dict, settings: 
 
 
 def synthesize(config: SynthConfig, prompts_path, out_path, limit: int | None = None, backends: dict | None = None,
-               console=None, progress: bool = True, shard: tuple[int, int] | None = None, retry_errors: bool = False) -> dict:
+               console=None, progress: bool = True, shard: tuple[int, int] | None = None,
+               retry_errors: bool = False) -> dict:
     """Run the whole job; return the summary (also printed when `console` is given).
 
     `shard` (i, n) runs only shard i of n (see `tessy.shards`). A sample whose backend failed for
@@ -139,7 +142,8 @@ def synthesize(config: SynthConfig, prompts_path, out_path, limit: int | None = 
         nonlocal error_writer
         error_writer = error_writer or RecordWriter(errors_path)
         before = failed.get(x.id, {}).get("attempts", 0)
-        error_writer.write({"id": x.id, "error": str(error), "attempts": before + error.attempts, "endpoint": error.endpoint,
+        error_writer.write({"id": x.id, "error": str(error), "attempts": before + error.attempts,
+                            "endpoint": error.endpoint,
                             "rounds": x.rounds, "method": config.method, "config_hash": config_hash})
         summary["errors"] += 1
         bar.update(task, advance=1, info=f"error: {x.id}")
@@ -148,7 +152,8 @@ def synthesize(config: SynthConfig, prompts_path, out_path, limit: int | None = 
         with bar:
             task = bar.add_task("synth", total=len(todo), info="")
             # Teacher-Mix splits the whole prompt set 1:1, so a resumed run keeps the same split.
-            extra = {"mix": methods.mix_sources([p.id for p in prompts], config.mix_seed)} if config.method == "teacher-mix" else {}
+            mix = config.method == "teacher-mix"
+            extra = {"mix": methods.mix_sources([p.id for p in prompts], config.mix_seed)} if mix else {}
             starts = (lambda p=p: start_sample(p, config, backends, settings, predictors, **extra) for p in todo)
             scheduler.run(starts, on_done, on_error)
     finally:
@@ -183,7 +188,8 @@ def summarize(records: list[dict], wall_s: float) -> dict:
         "mean_tokens": round(kept / n, 1) if n else 0.0,
         "records_with_both_sources": both,
         # Median zlib ratio of the thinking (tessy/analysis.py): low when samples loop, guard or not.
-        "thinking_variety": round(statistics.median(compression_ratio(thinking_text(r)) for r in records), 3) if n else 0.0,
+        "thinking_variety": round(statistics.median(compression_ratio(thinking_text(r)) for r in records), 3)
+        if n else 0.0,
         "kept_tokens_per_s": round(kept / wall_s, 2) if wall_s else 0.0,
         "generated_tokens_per_s": round(generated / wall_s, 2) if wall_s else 0.0,
         "stop_reasons": dict(Counter(s["stop_reason"] for s in stats)),
@@ -198,7 +204,8 @@ def _finish(summary: dict, records: list[dict], wall: float, console) -> dict:
 
         table = Table(title="tessy synth", show_header=False)
         for key in ("samples", "skipped", "errors", "teacher_token_share", "switches_per_sample", "mean_tokens",
-                    "records_with_both_sources", "thinking_variety", "kept_tokens_per_s", "generated_tokens_per_s", "wall_s"):
+                    "records_with_both_sources", "thinking_variety", "kept_tokens_per_s", "generated_tokens_per_s",
+                    "wall_s"):
             table.add_row(key.replace("_", " "), str(summary.get(key, "")))
         table.add_row("stop reasons", ", ".join(f"{k}: {v}" for k, v in summary["stop_reasons"].items()) or "-")
         if "driver" in summary:
@@ -210,6 +217,7 @@ def _finish(summary: dict, records: list[dict], wall: float, console) -> dict:
         table.add_row("records", summary["out"])
         table.add_row("config", summary["config"])
         if summary.get("errors_left"):
-            table.add_row("failed ids", f"[red]{summary['errors_left']} in {summary['errors_file']}; rerun with --retry-errors")
+            table.add_row("failed ids", f"[red]{summary['errors_left']} in {summary['errors_file']}; "
+                                        "rerun with --retry-errors")
         console.print(table)
     return summary

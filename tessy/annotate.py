@@ -296,22 +296,25 @@ def generate_answers(backend, chats: list[list[dict]], max_new_tokens: int) -> l
 # --- the command ------------------------------------------------------------------------------------------
 @dataclass
 class AnnotateJob:
-    out: str
-    records: list[str] = field(default_factory=list)  # JSONL files to cut segments from
-    sample: list[str] = field(default_factory=list)  # roles to sample fresh thinking from
-    prompts: str | None = None  # prompts for fresh sampling
-    source: str | None = None  # who wrote records that do not say
-    config: str | None = None  # synth config: the models that sample and annotate
-    annotator: str = "teacher"  # lexicon | teacher | student
-    n: int = 1000  # segments per source
-    min_words: int = 8
-    max_words: int = 48
-    context_chars: int = 200
-    sample_tokens: int = 256
-    retries: int = 2
-    max_new_tokens: int = 256
-    batch_size: int = 8
-    seed: int = 0
+    out: str = field(metadata={"help": "annotated segments JSONL (failures go to OUT.failed.jsonl)"})
+    records: list[str] = field(default_factory=list, metadata={"help": "JSONL files to cut segments from"})
+    sample: list[str] = field(default_factory=list, metadata={"help": "roles to sample fresh thinking from"})
+    prompts: str | None = field(default=None, metadata={"help": "prompts JSONL for --sample"})
+    source: str | None = field(default=None, metadata={"choices": ("student", "teacher"),
+                                                       "help": "who wrote --records lines without a `source`"})
+    config: str | None = field(default=None, metadata={
+        "help": "synth config naming the student and teacher (default: the embedded models)"})
+    annotator: str = field(default="teacher", metadata={
+        "help": "teacher | student (an LLM with the Table 2 prompt) | lexicon"})
+    n: int = field(default=1000, metadata={"min": 1, "help": "segments per source (paper: 100k)"})
+    min_words: int = field(default=8, metadata={"min": 1, "help": "shortest segment, in words"})
+    max_words: int = field(default=48, metadata={"min": 1, "help": "longest segment, in words"})
+    context_chars: int = field(default=200, metadata={"min": 0, "help": "text before each window kept as its context"})
+    sample_tokens: int = field(default=256, metadata={"min": 1, "help": "thinking tokens per prompt for --sample"})
+    retries: int = field(default=2, metadata={"min": 0, "help": "re-ask an annotator whose answer is not a JSON array"})
+    max_new_tokens: int = field(default=256, metadata={"min": 1, "help": "budget of each annotator answer"})
+    batch_size: int = field(default=8, metadata={"min": 1, "help": "prompts per backend call"})
+    seed: int = field(default=0, metadata={"help": "window sampling seed"})
 
 
 def run_annotate(job: AnnotateJob, console=None) -> dict:

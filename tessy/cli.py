@@ -153,13 +153,8 @@ def cmd_show(args) -> int:
 def cmd_annotate(args) -> int:
     from tessy.annotate import AnnotateJob, run_annotate
 
-    job = AnnotateJob(out=args.out, records=args.records or [],
-                      sample=(["student", "teacher"] if args.sample == "both"
-                              else [args.sample] if args.sample else []),
-                      prompts=args.prompts, source=args.source, config=args.config, annotator=args.annotator, n=args.n,
-                      min_words=args.min_words, max_words=args.max_words, sample_tokens=args.sample_tokens,
-                      retries=args.retries, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                      seed=args.seed)
+    sample = ["student", "teacher"] if args.sample == "both" else [args.sample] if args.sample else []
+    job = AnnotateJob(records=args.records or [], sample=sample, **given(args, AnnotateJob))
     summary = run_annotate(job, _console())
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(summary, indent=2))
@@ -268,6 +263,7 @@ def cmd_analyze(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     # The configs' modules are light (no torch): their fields become the flags.
+    from tessy.annotate import AnnotateJob
     from tessy.config import ModelConfig, SynthConfig
     from tessy.evaluate import EvalConfig
     from tessy.export import FORMATS as EXPORT_FORMATS  # light: json and pathlib only
@@ -335,23 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("annotate", help="cut thinking segments and annotate their style spans (Table 2)")
-    p.add_argument("--out", required=True, help="annotated segments JSONL (failures go to OUT.failed.jsonl)")
+    add_fields(p, AnnotateJob, skip=("records", "sample"), required=("out",))
     p.add_argument("--records", action="append", help="JSONL of synth records or generations (repeatable)")
     p.add_argument("--sample", choices=["student", "teacher", "both"],
                    help="also sample fresh thinking from these models")
-    p.add_argument("--prompts", help="prompts JSONL for --sample")
-    p.add_argument("--source", choices=["student", "teacher"], help="who wrote --records lines without a `source`")
-    p.add_argument("--config", help="synth config naming the student and teacher (default: the embedded models)")
-    p.add_argument("--annotator", default="teacher",
-                   help="teacher | student (an LLM with the Table 2 prompt) | lexicon")
-    p.add_argument("--n", type=int, default=1000, help="segments per source (paper: 100k)")
-    p.add_argument("--min-words", type=int, default=8, help="shortest segment, in words")
-    p.add_argument("--max-words", type=int, default=48, help="longest segment, in words")
-    p.add_argument("--sample-tokens", type=int, default=256, help="thinking tokens per prompt for --sample")
-    p.add_argument("--retries", type=int, default=2, help="re-ask an annotator whose answer is not a JSON array")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="budget of each annotator answer")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts per backend call")
-    p.add_argument("--seed", type=int, default=0, help="window sampling seed")
     p.add_argument("--summary-json", help="also write the summary as JSON here")
     p.set_defaults(func=cmd_annotate)
 

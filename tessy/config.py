@@ -100,8 +100,11 @@ class SynthConfig:
         default_factory=lambda: ModelConfig(STUDENT_DEFAULT),
         metadata={"help": "writes the style spans and the final answer"},
     )
+    # The embedded teacher is a 270M base model: at the paper's sampling alone it echoes its prompt
+    # or one tag for most of the budget (zlib ratio of the demo's thinking 0.13). A repetition
+    # penalty and the authors' top-k keep it writing varied text (benchmarks/demo_variety.py).
     teacher: ModelConfig = field(
-        default_factory=lambda: ModelConfig(TEACHER_DEFAULT, seed=1),
+        default_factory=lambda: ModelConfig(TEACHER_DEFAULT, seed=1, top_k=20, repetition_penalty=1.15),
         metadata={"help": "writes the capability spans"},
     )
     method: str = field(
@@ -209,7 +212,12 @@ def load_config(path: str | Path | None = None, **overrides) -> SynthConfig:
     defaults = SynthConfig().to_dict()
     for role in ROLES:
         if isinstance(data.get(role), dict):
-            data[role] = {**defaults[role], **data[role]}
+            # A role keeps the embedded default's settings only while it names that model: the
+            # embedded teacher's sampling fixes (above) are for that model, not for another.
+            base = defaults[role]
+            if data[role].get("model", base["model"]) != base["model"]:
+                base = dataclasses.asdict(ModelConfig(base["model"], seed=base["seed"]))
+            data[role] = {**base, **data[role]}
     config = build(SynthConfig, data, where, nested={role: ModelConfig for role in ROLES})
     fields = {f.name: f for f in dataclasses.fields(SynthConfig)}
     hints = typing.get_type_hints(SynthConfig)

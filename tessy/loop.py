@@ -201,6 +201,8 @@ def is_repeating(text: str, min_words: int = 3, min_repeats: int = 8, window_cha
     words = tail.split()
     if len(tail) == window_chars and len(text) > window_chars and not text[-window_chars - 1].isspace():
         words = words[1:]  # the window starts inside a word
+    if words and not tail[-1:].isspace():
+        words = words[:-1]  # the text may end inside a word (a turn ends anywhere): judge what is whole
     for period in range(1, len(words) // 2 + 1):
         copies = _copies(words, period)
         if copies < 2:

@@ -2,12 +2,21 @@
 
 A profile knows the text tessy prefills to open the thinking, the marker that closes it, and the
 text that opens the final answer. The prompt itself goes through the tokenizer's chat template;
-a model without one (a base model) gets a plain `Question:` rendering.
+a model without one (a base model) gets `FALLBACK_TEMPLATE`.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+
+# A base model continues documents, so its rendering reads as the opening of one in which reasoning
+# comes next. Under the former `Question: {prompt}\n\nAnswer: ` the embedded 270M teacher mostly
+# echoed "Question: ... Answer:" or one tag; this says nothing about any task, only that a worked
+# solution follows (benchmarks/demo_variety.py; README, "Demo: before and after").
+FALLBACK_TEMPLATE = (
+    "The following is a problem and a worked solution that reasons through it step by step before giving "
+    "the answer.\n\nProblem:\n{prompt}\n\nSolution:\n"
+)
 
 
 @dataclass(frozen=True)
@@ -17,7 +26,7 @@ class Profile:
     think_close: str = field(metadata={"help": "marker that ends the thinking, written by the model or by tessy"})
     answer_open: str = field(default="\n\n", metadata={"help": "text between the think-close marker and the answer"})
     fallback_template: str = field(
-        default="Question: {prompt}\n\nAnswer: ",
+        default=FALLBACK_TEMPLATE,
         metadata={"help": "rendering used when the tokenizer has no chat template; {prompt} is the user text"},
     )
 

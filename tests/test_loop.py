@@ -179,6 +179,7 @@ LOOPS = {
     "a numbered loop": REASONING + "So the answer is 4. Let me verify. " * 12,
     "a tag over the whole window": "Answer: <input>\n" + "<input>\n" * 200,
     "a word over the whole window": REASONING + "the " * 400,
+    "a loop that stops inside a word": "Answer: 3\n" + "<input>\n<output>\n" * 70 + "<out",
 }
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from tessy.profiles import BUILTIN, get_profile, render_prompt
+from tessy.profiles import BUILTIN, FALLBACK_TEMPLATE, get_profile, render_prompt
 
 
 class NoTemplate:
@@ -22,7 +22,8 @@ def test_builtin_profiles():
 
 def test_fallback_rendering_for_a_model_without_template():
     text, used = render_prompt(get_profile("plain"), NoTemplate(), [{"role": "user", "content": "Add 2 and 3."}])
-    assert text == "Question: Add 2 and 3.\n\nAnswer: <think>\n" and not used
+    assert text == FALLBACK_TEMPLATE.format(prompt="Add 2 and 3.") + "<think>\n" and not used
+    assert text.endswith("Problem:\nAdd 2 and 3.\n\nSolution:\n<think>\n")
 
 
 def test_template_that_opens_thinking_is_not_opened_twice():

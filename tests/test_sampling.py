@@ -7,6 +7,7 @@ processors do. The openai backend is checked on what it sends a server; the vllm
 
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import yaml
@@ -77,7 +78,8 @@ def test_a_config_sets_the_knobs_per_role(tmp_path):
                                     "teacher": {"repetition_penalty": 1.1}}))
     config = load_config(path)
     assert Sampling.of(config.student) == Sampling(0.6, 1.0, 0, 20, 0.05, 1.0)
-    assert Sampling.of(config.teacher) == Sampling(0.6, 1.0, 1, 0, 0.0, 1.1)
+    # the embedded teacher keeps its own top_k 20 (tessy/config.py) under the file's penalty
+    assert Sampling.of(config.teacher) == Sampling(0.6, 1.0, 1, 20, 0.0, 1.1)
     assert (config.student.k, config.teacher.k) == (5, None)  # None: the top-level k
 
     from tessy.synth import settings_for
@@ -88,6 +90,15 @@ def test_a_config_sets_the_knobs_per_role(tmp_path):
 
     backends = {STUDENT: types.SimpleNamespace(tokenizer=Tok()), TEACHER: types.SimpleNamespace(tokenizer=Tok())}
     assert settings_for(config, backends).k == {STUDENT: 5, TEACHER: 20}
+
+
+def test_another_model_does_not_inherit_the_embedded_teachers_sampling(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"teacher": {"model": "openai/gpt-oss-120b", "profile": "gpt-oss"}}))
+    teacher = load_config(path).teacher
+    assert (teacher.top_k, teacher.repetition_penalty, teacher.seed) == (0, 1.0, 1)
+    release = load_config(Path(__file__).resolve().parents[1] / "configs" / "authors-release.yaml")
+    assert Sampling.of(release.teacher) == Sampling(0.7, 0.8, 1, 20, 0.0, 1.0)  # the release's, no penalty
 
 
 def test_each_role_writes_its_own_k_tokens_per_turn():

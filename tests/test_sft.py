@@ -84,11 +84,12 @@ def test_bad_records_are_reported(tmp_path, row, message):
 def test_model_without_chat_template_gets_plain_text_pairs(tmp_path):
     from types import SimpleNamespace
 
+    from tessy.profiles import FALLBACK_TEMPLATE
     from tessy.sft import _as_text
 
     examples = load_examples(write_jsonl(tmp_path / "r.jsonl", tessy_records(1)), system_prompt=SYSTEM)
     pair = _as_text(examples, SimpleNamespace(eos_token="<eos>"))[0]
-    assert pair["prompt"] == f"Question: {SYSTEM}\n\nAdd 2 and 3.\n\nAnswer: "
+    assert pair["prompt"] == FALLBACK_TEMPLATE.format(prompt=f"{SYSTEM}\n\nAdd 2 and 3.")  # as synth renders it
     assert pair["completion"].startswith("<think>\n") and pair["completion"].endswith("5<eos>")
 
 

@@ -209,7 +209,8 @@ def cmd_eval(args) -> int:
     from tessy.evaluate import EvalConfig, evaluate
 
     model = {k: v for k, v in given(args, ModelConfig).items() if k not in EVAL_MODEL_SKIP}
-    config = EvalConfig(model=ModelConfig(**{"model": "", **model}), **given(args, EvalConfig))
+    own = {k: v for k, v in given(args, EvalConfig).items() if k != "model"}  # --model names the ModelConfig's model
+    config = EvalConfig(model=ModelConfig(**{"model": "", **model}), **own)
     evaluate(config, out=args.out, console=_console())
     return 0
 

@@ -46,3 +46,19 @@ def test_bad_prompts_file_exits_with_its_line(tmp_path, capsys):
     prompts.write_text('{"id": 1, "prompt": "a"}\n{oops\n')
     assert main(["synth", "--prompts", str(prompts), "--out", str(tmp_path / "o.jsonl")]) == 2
     assert "line 2: malformed JSON" in capsys.readouterr().err
+
+
+def test_eval_flags_fill_the_model_config_and_evals_own(monkeypatch):
+    """--model and the sampling flags go into EvalConfig.model (a ModelConfig); --timeout-s is the
+    sandbox's (eval's own), not the server timeout of the ModelConfig."""
+    import tessy.evaluate
+
+    seen = []
+    monkeypatch.setattr(tessy.evaluate, "evaluate", lambda config, out=None, console=None: seen.append(config))
+    assert main(["eval", "--model", "smollm2-135m-instruct", "--profile", "qwen3", "--temperature", "0.7",
+                 "--top-k", "20", "--timeout-s", "3", "--n", "2", "--url", "http://a/v1"]) == 0
+    [config] = seen
+    assert (config.model.model, config.model.profile, config.model.temperature, config.model.top_k) == (
+        "smollm2-135m-instruct", "qwen3", 0.7, 20)
+    assert config.model.urls == ["http://a/v1"] and config.model.timeout_s == 120.0
+    assert (config.timeout_s, config.n) == (3.0, 2)

@@ -165,7 +165,7 @@ def token_labels(body: str, offsets: list[tuple[int, int]], style: list[tuple[in
     """Label each token of `body` (character offsets) as marker, style, capability or other.
 
     A token that touches a style span is style; one that holds a letter or digit otherwise is
-    capability; whitespace and punctuation are neither, as in the loop (tessy/predictors.py)."""
+    capability; whitespace and punctuation are neither, as in the loop (tessy/predictors/eq5.py)."""
 
     def touches(a: int, b: int, spans) -> bool:
         return any(a < e and s < b for s, e in spans)

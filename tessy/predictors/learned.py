@@ -9,7 +9,7 @@ the loop hands the thinking before each span as that context.
 
 Two label semantics (`PredictorSpec.labels`):
 - `same-token` (tessy's default): the logits at token t classify token t; the loop cuts with Eq. 5
-  over the style spans (tessy/predictors.py `boundary`).
+  over the style spans (tessy/predictors/eq5.py `boundary`).
 - `next-token` (the authors' release): training shifts the labels left by one, so the logits at
   token t classify token t+1. The release's rule then cuts: read the thinking so far plus the new
   span, left-truncated to `context_tokens` predictor tokens; skip every token that starts at or

@@ -10,10 +10,11 @@ from pathlib import Path
 from tessy import methods
 from tessy.config import SynthConfig, load_config
 from tessy.loop import LoopSettings, tessy_sample
-from tessy.predictors import STUDENT, TEACHER, load_predictor
+from tessy.predictors import load_predictor
 from tessy.profiles import get_profile, render_prompt
 from tessy.prompts import Prompt, read_prompts
 from tessy.records import RecordWriter, compact_errors, done_ids, errors_path_for
+from tessy.roles import STUDENT, TEACHER
 from tessy.scheduler import Scheduler, check_driver
 from tessy.shards import select_shard
 from tessy.transcript import Party, Transcript

@@ -121,6 +121,9 @@ class HFBackend:
         finish = ["length"] * rows
         done = [m <= 0 for m in max_new_tokens]
         steps = 0
+        # What the repetition penalty reads: built once, then each step's sampled column appended
+        # (a row that is done gains tokens it never keeps, but its row is not read any more).
+        seen = self._contexts(sessions, self.device) if self.penalty is not None else None
         while True:
             out = self.model(
                 input_ids=input_ids.to(self.device),
@@ -134,9 +137,11 @@ class HFBackend:
             # Each row's token at position len(ids) + len(generated) draws from its own seed stream.
             at = [len(s.ids) + len(g) for s, g in zip(sessions, generated)]
             logits = out.logits[:, -1, :].float()
-            if self.penalty is not None:
-                logits = self.penalty(self._contexts(sessions, generated, logits.device), logits)
+            if seen is not None:
+                logits = self.penalty(seen, logits)
             next_ids = self._sample(logits, [s.seed for s in sessions], at)
+            if seen is not None:
+                seen = torch.cat([seen, next_ids.view(rows, 1).to(seen.device)], dim=1)
             steps += 1
             for i, tok in enumerate(next_ids.tolist()):
                 if done[i]:
@@ -191,12 +196,12 @@ class HFBackend:
         return stacked
 
     @staticmethod
-    def _contexts(sessions: list[Session], generated: list[list[int]], device) -> torch.Tensor:
-        """Each row's ids so far (prompt, transcript and this call's tokens), as the repetition
-        penalty reads them. A short row is padded with its own first id, which is already in it."""
-        rows = [s.ids + g for s, g in zip(sessions, generated)]
+    def _contexts(sessions: list[Session], device) -> torch.Tensor:
+        """Each row's ids so far (prompt and transcript), as the repetition penalty reads them. A short
+        row is padded on the left with its own first id, which is already in it."""
+        rows = [s.ids for s in sessions]
         width = max(len(r) for r in rows)
-        return torch.tensor([r + [r[0]] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
+        return torch.tensor([[r[0]] * (width - len(r)) + r for r in rows], dtype=torch.long, device=device)
 
     def _sample(self, logits: torch.Tensor, seeds: list[int | None], positions: list[int]) -> torch.Tensor:
         if self.sampling.temperature <= 0:

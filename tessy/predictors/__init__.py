@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from tessy.predictors.eq5 import boundary, eq5_cuts  # noqa: F401  (re-exported: Eq. 5 is part of the protocol)
-from tessy.roles import STUDENT, TEACHER  # noqa: F401  (re-exported for callers that name roles with predictors)
 
 
 class BoundaryPredictor(Protocol):

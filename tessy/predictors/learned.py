@@ -260,8 +260,9 @@ class LearnedPredictor:
             a = 0
             while True:
                 b = min(a + size, len(ids))
-                jobs.append((i, len(context), a, a + 1 if a == 0 else a + size - step,
-                             {"input_ids": ids[a:b], "offsets": offsets[a:b]}))
+                if b and offsets[b - 1][1] > len(context):  # a window wholly in the context labels nothing
+                    jobs.append((i, len(context), a, a + 1 if a == 0 else a + size - step,
+                                 {"input_ids": ids[a:b], "offsets": offsets[a:b]}))
                 if b >= len(ids):
                     break
                 a += step

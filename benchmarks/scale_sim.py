@@ -36,12 +36,15 @@ output is a fixed corpus, not a model's text, so teacher shares and stop reasons
 data quality. The servers' counts include tessy's one probe request per endpoint (max_tokens 1,
 excluded from the per-sample request counts).
 
-Budgets: k = 20, max_think_tokens 192, max_answer_tokens 48 (flags), and 1 sample per slot from 256
-in flight up (`--samples-per-slot-max 256:1`; 3 below), chosen so that a full default run with both
-drivers stays near 10 minutes on the 2-core machine: a sample makes about 0.15 requests per kept
-token (about 35 requests), and a lock-step tick costs two ~20-step phases, so 384/96 at 3 samples
-per slot took several times longer. At 256 in flight the client itself (one Python process, HTTP
-and JSON for ~130 requests per phase) spreads each phase's arrivals over many engine steps.
+Budgets and prompts: k = 20, max_think_tokens 192, max_answer_tokens 48 (flags), 3 samples per slot,
+chosen so that a full default run with both drivers stays near 11 minutes on the 2-core machine (a
+sample makes about 0.15 requests per kept token, about 35 requests, and a lock-step tick costs two
+~20-step phases). The prompts are contest-style statements of about 350 tokens (the paper's prompts
+are programming-contest tasks), each opening with its own problem number, and every 8th repeats an
+earlier statement under its own id. The thinking is far shorter than the paper's (tens of thousands
+of tokens), which understates the prefix-cache hit rate: a request's uncached part is about a turn of
+the other model's text plus the last partial block, a smaller share of a longer session.
+`--samples-per-slot-max LEVEL:S` caps the samples per slot from an in-flight level up.
 """
 
 from __future__ import annotations
@@ -90,13 +93,48 @@ CAPABILITY = [
     "The angle sum of a triangle is 180 degrees.", "The function is increasing on (0, inf).",
     "The recursion depth is log2(n).", "Each of the 5 boxes holds 8 apples, 40 in all.",
 ]
-PROMPTS = [
-    "Problem {i}: what is the sum of the first {m} odd numbers? Explain your steps.",
-    "Problem {i}: write a Python function that returns the {m}-th Fibonacci number, and give its complexity.",
-    "Problem {i}: a train travels {m} km in 2 hours. What is its average speed?",
-    "Problem {i}: how many primes are there below {m}? Show how you count them.",
-    "Problem {i}: solve {m}x + 3 = 2x + {m}0 for x.",
+# Contest-style statements (the paper's prompts are programming-contest tasks): a story, input and
+# output formats, constraints and an example, about 300-400 tokens each. The problem number comes
+# first, so no two statements share a prefix-cache block past the chat template.
+STORIES = [
+    "Alice has a row of {m} boxes, numbered from 1 to {m}. Box i holds a_i coins. She may pick any "
+    "contiguous segment of boxes and take every coin in it, but the segment must not contain two boxes "
+    "with the same number of coins. Bob wants to know the largest number of coins Alice can collect in "
+    "one move, because he has to guard the boxes afterwards and wants to plan his night.",
+    "A kingdom has {m} cities joined by roads; every road connects two cities and takes some whole "
+    "number of hours to travel. The king lives in city 1 and wants to send a messenger to every other "
+    "city. A messenger rides without rest, and a city is informed when the first messenger reaches it. "
+    "For every city, find the earliest hour at which it is informed, or report that it never is.",
+    "You are given a string s of length {m} made of lowercase Latin letters. In one operation you may "
+    "choose two adjacent equal letters and delete both of them; the remaining parts of the string are "
+    "then glued together. You may perform any number of operations, in any order you like. Find the "
+    "shortest string that can be obtained, and print it, or print the word EMPTY if nothing remains.",
+    "A robot stands on cell (0, 0) of an infinite grid and receives a program of {m} commands, each of "
+    "them one of U, D, L and R, moving it one cell up, down, left or right. Some commands may be broken "
+    "and are then skipped. Count how many distinct cells the robot can end on, over every possible set "
+    "of broken commands, and print the count modulo 998244353.",
+    "There are {m} students in a line, and the i-th student has height h_i. The teacher wants to split "
+    "the line into groups of consecutive students so that in each group the tallest and the shortest "
+    "student differ by at most d centimetres. Groups may have any size, including one. Find the smallest "
+    "number of groups, and one way to split the line that achieves it.",
 ]
+FORMAT = (
+    "\n\nInput\nThe first line contains a single integer t (1 <= t <= 10^4), the number of test cases. "
+    "The first line of each test case contains the integers n and d (1 <= n <= 2 * 10^5, 0 <= d <= 10^9). "
+    "The second line contains n integers, the values described in the statement (1 <= a_i <= 10^9). It is "
+    "guaranteed that the sum of n over all test cases does not exceed 2 * 10^5.\n\n"
+    "Output\nFor each test case print the answer on its own line. If there are several answers, print any "
+    "of them.\n\nExample\nInput\n3\n{m} 2\n{row}\n1 0\n7\n4 5\n1 9 2 8\n\nOutput\n{ans}\n1\n2\n\n"
+    "Note\nIn the first test case one optimal choice uses the segments shown above; no better one exists. "
+    "Solve it in Python, reading from standard input and writing to standard output, and explain the "
+    "algorithm and its complexity before the code."
+)
+
+
+def statement(i: int) -> str:
+    m = 3 + (i * 7) % 40
+    row = " ".join(str(1 + (i * 13 + j * 5) % 17) for j in range(min(m, 12)))
+    return f"Problem {i}. " + STORIES[i % len(STORIES)].format(m=m) + FORMAT.format(m=m, row=row, ans=i % 9 + 1)
 
 
 def free_port() -> int:
@@ -135,7 +173,7 @@ def write_prompts(path: Path, n: int) -> None:
         if i % 8 == 7:
             texts.append(texts[i - 5])
         else:
-            texts.append(PROMPTS[i % len(PROMPTS)].format(i=i, m=3 + (i * 7) % 40))
+            texts.append(statement(i))
     with open(path, "w", encoding="utf-8") as f:
         for i, t in enumerate(texts):
             f.write(json.dumps({"id": f"q{i}", "prompt": t}) + "\n")
@@ -209,7 +247,8 @@ def run_one(servers: SimServers, workdir: Path, args, method: str, in_flight: in
     if out.parent.exists():
         shutil.rmtree(out.parent)
     config = load_config(k=args.k, max_think_tokens=args.max_think_tokens, max_answer_tokens=args.max_answer_tokens,
-                         in_flight=in_flight, batch_size=max(in_flight // 2, 1), method=method)
+                         in_flight=in_flight, batch_size=max(in_flight // 2, 1), method=method,
+                         **({"max_rounds": args.max_rounds} if args.max_rounds else {}))
     for role in ("student", "teacher"):
         rc = getattr(config, role)
         rc.backend, rc.model, rc.urls = "openai", MODEL, [servers.urls[role] + "/v1"]
@@ -295,7 +334,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--in-flight", default="16,64,256", help="comma-separated in-flight levels")
     ap.add_argument("--samples-per-slot", type=int, default=3, help="samples per in-flight slot (N = this x in-flight)")
-    ap.add_argument("--samples-per-slot-max", default="256:1",
+    ap.add_argument("--samples-per-slot-max", default="",
                     help="LEVEL:S caps samples-per-slot at S from that in-flight level up (2 cores; '' for none)")
     ap.add_argument("--drivers", default="ticks,events", help="drivers to run when tessy has a `driver` config field")
     ap.add_argument("--method", default="tessy", help="the method of the main runs")
@@ -306,6 +345,9 @@ def main(argv=None) -> int:
     ap.add_argument("--step-ms", type=float, default=20.0)
     ap.add_argument("--per-seq-ms", type=float, default=0.08)
     ap.add_argument("--prefill-ms-per-token", type=float, default=0.05)
+    ap.add_argument("--p-close", type=float, default=0.04,
+                    help="the simulated model's chance to close its thinking after a sentence (lower: longer samples)")
+    ap.add_argument("--max-rounds", type=int, help="tessy's max_rounds guard (default: the config's)")
     ap.add_argument("--json", help="write every figure here")
     ap.add_argument("--keep", help="keep the records and server logs in this directory")
     args = ap.parse_args(argv)
@@ -322,10 +364,10 @@ def main(argv=None) -> int:
     print("scheduler drivers: "
           f"{', '.join(drivers) if with_driver else 'ticks (lock-step, before the change): no `driver` config field'}")
     server_args = ["--step-ms", str(args.step_ms), "--per-seq-ms", str(args.per_seq_ms),
-                   "--prefill-ms-per-token", str(args.prefill_ms_per_token)]
+                   "--prefill-ms-per-token", str(args.prefill_ms_per_token), "--p-close", str(args.p_close)]
     print(f"simulated engine: step {args.step_ms} ms + {args.per_seq_ms} ms/active seq + "
-          f"{args.prefill_ms_per_token} ms/uncached prompt token, 16-token prefix-cache blocks; k={args.k}, "
-          f"think {args.max_think_tokens}, answer {args.max_answer_tokens} "
+          f"{args.prefill_ms_per_token} ms/uncached prompt token, 16-token prefix-cache blocks, "
+          f"p_close {args.p_close}; k={args.k}, think {args.max_think_tokens}, answer {args.max_answer_tokens} "
           f"tokens; {os.cpu_count()} CPU cores shared by the client and both servers", flush=True)
 
     workdir = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="tessy-scale-sim-"))

@@ -29,6 +29,7 @@ class FakeServer:
         self.always: str | None = None  # a fault for every request
         self.poison: str | None = None  # fail (500) every request whose prompt contains this text
         self.requests: list[dict] = []
+        self.raw: list[bytes] = []  # the request bodies as sent
         self.headers: list[dict] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -121,9 +122,11 @@ class FakeServer:
                     self._send(404, b"{}")
 
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                body = json.loads(raw or b"{}")
                 with server._lock:
                     server.requests.append(body)
+                    server.raw.append(raw)
                     server.headers.append(dict(self.headers))
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)

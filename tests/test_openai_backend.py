@@ -69,6 +69,20 @@ def test_ids_mode_sends_token_ids_keeps_specials_and_drops_eos(servers):
     assert s.ids == prompt_ids + [97, 98, 99]
 
 
+def test_many_sessions_share_a_pool_of_places_and_send_compact_json(servers):
+    # 24 sessions at once through 8 places: every one answered, never more than 8 at the server at a
+    # time, and each body compact (a session's ids are most of every request).
+    srv = servers()
+    srv.slow_if, srv.slow_if_s = "Q", 0.05
+    b = backend_on(srv, concurrency=8)
+    sessions = [b.start(f"Q{i}", key=f"p{i}/student") for i in range(24)]
+    spans = b.generate(sessions, [3] * 24, [()] * 24)
+    assert all(not isinstance(s, SampleError) and len(s.ids) == 3 for s in spans)
+    assert 1 < srv.max_in_flight <= 8
+    body = next(r for r in srv.raw if b'"prompt":[' in r)
+    assert b", " not in body and b'": ' not in body
+
+
 def test_seed_comes_from_the_session_and_its_position(servers):
     srv = servers()
     b = backend_on(srv)

@@ -27,6 +27,7 @@ writes as an error record while the run goes on.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import random
@@ -39,6 +40,7 @@ from tessy.backends.protocol import SampleError, Sampling, Session, Span, span_f
 from tessy.seeds import request_seed, stream_seed
 
 BACKOFF_S = 0.5  # first wait before a retry; doubled each try, with jitter
+compact_json = functools.partial(json.dumps, separators=(",", ":"))
 
 
 class RequestFailed(Exception):
@@ -82,13 +84,16 @@ class EndpointPool:
         self.endpoints = self.run(self._make_endpoints([u.rstrip("/") for u in urls], concurrency))
 
     async def _make_endpoints(self, urls, concurrency):
-        import httpx
+        # aiohttp rather than httpx: httpcore's pool probes every pooled connection's socket on each
+        # request (encode/httpcore#924), which made the client, not the servers, the limit at 256
+        # requests in flight (benchmarks/scale_sim.py).
+        import aiohttp
 
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(self.timeout_s),
-            limits=httpx.Limits(max_connections=concurrency * len(urls),
-                                max_keepalive_connections=concurrency * len(urls)),
+        self._client = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+            connector=aiohttp.TCPConnector(limit=concurrency * len(urls), limit_per_host=concurrency),
             headers=self.headers,
+            json_serialize=compact_json,  # a session's ids are most of each body: no spaces between them
         )
         return [Endpoint(u, asyncio.Semaphore(concurrency)) for u in urls]
 
@@ -102,7 +107,7 @@ class EndpointPool:
     def close(self) -> None:
         if self._loop.is_running():
             if self._client is not None:
-                self.run(self._client.aclose())
+                self.run(self._client.close())
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5)
 
@@ -117,22 +122,26 @@ class EndpointPool:
 
     async def post(self, ep: Endpoint, path: str, body: dict) -> dict:
         """POST `body` to one endpoint; the parsed JSON answer, or `RequestFailed`."""
-        import httpx
+        status, raw = await self._send("POST", ep.url + path, body)
+        if status != 200:
+            retry = status in (408, 429) or status >= 500
+            raise RequestFailed(f"HTTP {status}: {raw[:300].decode(errors='replace')}", retry=retry, status=status)
+        try:
+            return json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise RequestFailed(f"malformed answer (not JSON): {raw[:120]!r}") from e
+
+    async def _send(self, method: str, url: str, body: dict | None = None) -> tuple[int, bytes]:
+        """One HTTP exchange: (status, body bytes), or `RequestFailed` when no answer came."""
+        import aiohttp
 
         try:
-            response = await self._client.post(ep.url + path, json=body)
-        except httpx.TimeoutException as e:
+            async with self._client.request(method, url, json=body) as response:
+                return response.status, await response.read()
+        except TimeoutError as e:  # aiohttp's own timeouts are TimeoutErrors too
             raise RequestFailed(f"timed out after {self.timeout_s:g} s ({type(e).__name__})") from e
-        except httpx.HTTPError as e:
+        except aiohttp.ClientError as e:
             raise RequestFailed(f"{type(e).__name__}: {e}") from e
-        if response.status_code != 200:
-            retry = response.status_code in (408, 429) or response.status_code >= 500
-            raise RequestFailed(f"HTTP {response.status_code}: {response.text[:300]}", retry=retry,
-                                status=response.status_code)
-        try:
-            return response.json()
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise RequestFailed(f"malformed answer (not JSON): {response.text[:120]!r}") from e
 
     async def call(self, start: int, attempt_once: Callable[[Endpoint], Any]) -> tuple[Any, int, int]:
         """Run `attempt_once(endpoint)` with retries and backoff, moving to the next endpoint after
@@ -159,14 +168,13 @@ class EndpointPool:
     async def served_model(self, ep: Endpoint, fallback: str) -> str:
         """The name the server serves its model under (vLLM checks it); `fallback` if it won't say."""
         if ep.model is None:
-            import httpx
-
             try:
-                response = await self._client.get(ep.url + "/models")
-                data = response.json()["data"] if response.status_code == 200 else []
+                status, raw = await self._send("GET", ep.url + "/models")
+            except RequestFailed as e:
+                raise RequestFailed(f"GET /models: {e}") from e
+            try:
+                data = json.loads(raw)["data"] if status == 200 else []
                 ep.model = data[0]["id"] if data else fallback
-            except httpx.HTTPError as e:
-                raise RequestFailed(f"GET /models: {type(e).__name__}: {e}") from e
             except (ValueError, KeyError, IndexError, TypeError):
                 ep.model = fallback
         return ep.model

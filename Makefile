@@ -28,7 +28,7 @@ demo: $(STAMP)
 	$(VENV)/bin/tessy synth --prompts tessy/data/demo_prompts.jsonl --out $(DEMO)/records.jsonl
 	$(VENV)/bin/tessy show $(DEMO)/records.jsonl --html $(DEMO)/record.html
 
-# The sandbox for model-written code isolates with bubblewrap where it can (tessy/sandbox.py);
+# The sandbox for model-written code isolates with bubblewrap where it can (tessy/eval/sandbox.py);
 # without it, it falls back to resource limits alone and says so.
 sandbox:
 	@command -v bwrap >/dev/null || apt-get install -y -q bubblewrap \

@@ -5,7 +5,7 @@ Reads a records file of `tessy synth` (or runs the demo first with `--run`) and 
   bytes: text that loops compresses well (a low ratio); ordinary English of a few hundred words
   sits near 0.55. It does not depend on the repetition guard, so it also sees loops the guard
   let through;
-- the median of those ratios (issue 10 item 8: target >= 0.45);
+- the median of those ratios (the demo's target: at least 0.45);
 - how many samples ended on the repetition guard (`stats.stop_reason == "repetition"`);
 - how many records hold non-blank thinking from both models (think segments of each source).
 

@@ -21,6 +21,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from tessy.backends import failed
 from tessy.roles import STUDENT, TEACHER
 from tessy.segments import Segment, read_segments  # noqa: F401  (read_segments: the reader of what annotate writes)
 
@@ -250,7 +251,7 @@ def annotate_llm(segments: list[Segment], ask: Callable[[list[list[dict]]], list
             answers = ask([annotation_messages(s.text) for s in chunk])
             for seg, answer in zip(chunk, answers):
                 try:
-                    if isinstance(answer, Exception):
+                    if failed(answer):
                         raise AnnotationParseError(f"request failed: {answer}")
                     phrases = parse_spans(answer)
                 except AnnotationParseError as e:
@@ -290,7 +291,7 @@ def generate_answers(backend, chats: list[list[dict]], max_new_tokens: int) -> l
     spans = backend.generate(sessions, [max_new_tokens] * len(chats), [()] * len(chats))
     for s in sessions:
         backend.release(s)
-    return [span.text if hasattr(span, "text") else span for span in spans]
+    return [span if failed(span) else span.text for span in spans]
 
 
 # --- the command ------------------------------------------------------------------------------------------
@@ -305,6 +306,7 @@ class AnnotateJob:
     config: str | None = field(default=None, metadata={
         "help": "synth config naming the student and teacher (default: the embedded models)"})
     annotator: str = field(default="teacher", metadata={
+        "choices": ("teacher", "student", "lexicon"),
         "help": "teacher | student (an LLM with the Table 2 prompt) | lexicon"})
     n: int = field(default=1000, metadata={"min": 1, "help": "segments per source (paper: 100k)"})
     min_words: int = field(default=8, metadata={"min": 1, "help": "shortest segment, in words"})
@@ -322,14 +324,11 @@ def run_annotate(job: AnnotateJob, console=None) -> dict:
     the summary (also printed when `console` is given)."""
     from pathlib import Path
 
-    from rich.progress import Progress
-
     from tessy.config import load_config
-    from tessy.predictors.lexicon import LexiconPredictor
-    from tessy.records import read_records
 
     say = console.print if console is not None else (lambda *a, **k: None)
     config = load_config(job.config)
+    opened: list = []  # the backends and clients this run made; closed when it ends, however it ends
     backends: dict = {}
 
     def backend(role):
@@ -338,7 +337,54 @@ def run_annotate(job: AnnotateJob, console=None) -> dict:
 
             say(f"loading the {role}: {getattr(config, role).model}")
             backends[role] = make_backend(getattr(config, role), role)
+            opened.append(backends[role])
         return backends[role]
+
+    try:
+        segments, annotated, report = _segments_and_labels(job, config, backend, say, console, opened)
+    finally:
+        for thing in opened:
+            thing.close()
+
+    out = Path(job.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(s.to_dict(), ensure_ascii=False) + "\n" for s in annotated), encoding="utf-8")
+    failed_path = out.with_name(out.stem + ".failed.jsonl")
+    if report.failed:
+        failed_path.write_text("".join(json.dumps(f, ensure_ascii=False) + "\n" for f in report.failed),
+                               encoding="utf-8")
+    chars = sum(len(s.text) for s in annotated)
+    style = sum(e - b for s in annotated for b, e in s.style_spans)
+    summary = {
+        "segments": len(segments),
+        "annotated": len(annotated),
+        "by_source": {r: sum(s.source == r for s in annotated) for r in (STUDENT, TEACHER)},
+        "annotator": job.annotator,
+        "parse_failures": report.parse_failures,
+        "failed_after_retries": len(report.failed),
+        "spans_aligned": report.spans if job.annotator != "lexicon" else sum(len(s.style_spans) for s in annotated),
+        "spans_unfound": report.unfound,
+        "style_char_share": round(style / chars, 3) if chars else 0.0,
+        "out": str(out),
+        "failed_out": str(failed_path) if report.failed else None,
+    }
+    if console is not None:
+        from rich.table import Table
+
+        table = Table(title="tessy annotate", show_header=False)
+        for key, value in summary.items():
+            table.add_row(key.replace("_", " "), str(value))
+        console.print(table)
+    return summary
+
+
+def _segments_and_labels(job: AnnotateJob, config, backend: Callable, say: Callable, console, opened: list):
+    """The windows of thinking text and their labels: `backend(role)` opens a model on first use;
+    whatever this opens besides goes into `opened`."""
+    from rich.progress import Progress
+
+    from tessy.predictors.lexicon import LexiconPredictor
+    from tessy.records import read_records
 
     docs: list[tuple[str, str, str]] = []
     for path in job.records:
@@ -381,6 +427,7 @@ def run_annotate(job: AnnotateJob, console=None) -> dict:
             client = ChatClient(model.urls, model=model.model, api_key_env=model.api_key_env, timeout_s=model.timeout_s,
                                 max_retries=model.max_retries, concurrency=model.concurrency,
                                 temperature=model.temperature, max_tokens=job.max_new_tokens, seed=model.seed)
+            opened.append(client)
             ask = client.complete
         else:
             ask = backend_asker(backend(job.annotator), job.max_new_tokens)
@@ -391,33 +438,4 @@ def run_annotate(job: AnnotateJob, console=None) -> dict:
     else:
         raise ValueError(f"unknown annotator {job.annotator!r}: use lexicon, teacher or student")
 
-    out = Path(job.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(json.dumps(s.to_dict(), ensure_ascii=False) + "\n" for s in annotated), encoding="utf-8")
-    failed_path = out.with_name(out.stem + ".failed.jsonl")
-    if report.failed:
-        failed_path.write_text("".join(json.dumps(f, ensure_ascii=False) + "\n" for f in report.failed),
-                               encoding="utf-8")
-    chars = sum(len(s.text) for s in annotated)
-    style = sum(e - b for s in annotated for b, e in s.style_spans)
-    summary = {
-        "segments": len(segments),
-        "annotated": len(annotated),
-        "by_source": {r: sum(s.source == r for s in annotated) for r in (STUDENT, TEACHER)},
-        "annotator": job.annotator,
-        "parse_failures": report.parse_failures,
-        "failed_after_retries": len(report.failed),
-        "spans_aligned": report.spans if job.annotator != "lexicon" else sum(len(s.style_spans) for s in annotated),
-        "spans_unfound": report.unfound,
-        "style_char_share": round(style / chars, 3) if chars else 0.0,
-        "out": str(out),
-        "failed_out": str(failed_path) if report.failed else None,
-    }
-    if console is not None:
-        from rich.table import Table
-
-        table = Table(title="tessy annotate", show_header=False)
-        for key, value in summary.items():
-            table.add_row(key.replace("_", " "), str(value))
-        console.print(table)
-    return summary
+    return segments, annotated, report

@@ -1,4 +1,9 @@
-"""The `tessy` command. Heavy imports happen inside each command, so `--help` is instant."""
+"""The `tessy` command. Heavy imports happen inside each command, so `--help` is instant.
+
+Every command builds its configs through `tessy.typed.load`, so a value is checked the same way
+whether it comes from a flag or from a config file, before any model loads. The exit codes a script
+can rely on are `EXIT_CODES`.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,15 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
+
+OK = 0
+INCOMPLETE = 1  # merge: ids that no shard wrote, or wrote twice; show: no such record
+USAGE = 2  # a bad flag, config value or input file: refused before any work
+FAILED = 3  # synth and merge: ids that ended in an errors file; eval: samples that could not be graded
+INTERRUPTED = 130  # Ctrl-C; a rerun of the same command resumes
+
+EXIT_CODES = {OK: "success", INCOMPLETE: "incomplete output", USAGE: "bad input, nothing run",
+              FAILED: "samples failed (see the errors file)", INTERRUPTED: "interrupted"}
 
 
 def _console():
@@ -62,10 +76,10 @@ def cmd_synth(args) -> int:
     from tessy.config import SynthConfig, load_config
     from tessy.synth import synthesize
 
-    config = load_config(args.config, **given(args, SynthConfig))
-    for role, urls in (("student", args.student_url), ("teacher", args.teacher_url)):
-        if urls:  # only the generation moves to the server; tokenizer, profile and sampling stay
-            getattr(config, role).backend, getattr(config, role).urls = "openai", list(urls)
+    # A role's URLs move only its generation to the servers; its tokenizer, profile and sampling stay.
+    roles = {role: {"backend": "openai", "urls": list(urls)}
+             for role, urls in (("student", args.student_url), ("teacher", args.teacher_url)) if urls}
+    config = load_config(args.config, **given(args, SynthConfig), **roles)
     shard = None
     if args.shard:
         from tessy.shards import parse_shard
@@ -75,7 +89,16 @@ def cmd_synth(args) -> int:
                          retry_errors=args.retry_errors)
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(summary, indent=2))
-    return 0
+    return _failed_ids(summary["errors_left"], summary["errors_file"], args.allow_errors)
+
+
+def _failed_ids(n: int, where: str, allowed: bool) -> int:
+    """FAILED when `n` ids failed for good, unless --allow-errors; the count goes to stderr."""
+    if not n:
+        return OK
+    print(f"tessy: {n} id{'s' if n != 1 else ''} failed for good (in {where})"
+          + ("" if allowed else f"; exit status {FAILED} (--allow-errors makes it 0)"), file=sys.stderr)
+    return OK if allowed else FAILED
 
 
 def cmd_merge(args) -> int:
@@ -96,7 +119,10 @@ def cmd_merge(args) -> int:
                       "[red]" + ", ".join(summary["config_hashes"]) + " (shards made with different configs)")
     table.add_row("out", summary["out"])
     _console().print(table)
-    return 1 if summary["duplicates"] or summary["missing"] else 0
+    failed = set(summary["errors"])
+    if summary["duplicates"] or set(summary["missing"]) - failed:
+        return INCOMPLETE
+    return _failed_ids(len(failed), "the shards' errors files", args.allow_errors)
 
 
 def cmd_export(args) -> int:
@@ -109,7 +135,7 @@ def cmd_export(args) -> int:
         line += (f"; skipped {len(skipped)} with an error: {', '.join(skipped[:10])}"
                  + (" ..." if len(skipped) > 10 else ""))
     print(line)
-    return 0
+    return OK
 
 
 def cmd_config(args) -> int:
@@ -126,7 +152,7 @@ def cmd_config(args) -> int:
                 print(f"  {g.name}: {json.dumps(getattr(value, g.name))}  # {g.metadata['help']}")
         else:
             print(f"{f.name}: {json.dumps(value)}")
-    return 0
+    return OK
 
 
 def cmd_show(args) -> int:
@@ -138,39 +164,41 @@ def cmd_show(args) -> int:
         records = [r for r in records if str(r["id"]) == args.id]
         if not records:
             print(f"no record with id {args.id!r} in {args.file}", file=sys.stderr)
-            return 1
+            return INCOMPLETE
     if not records:
         print(f"{args.file} holds no records", file=sys.stderr)
-        return 1
+        return INCOMPLETE
     print_record(records[0], _console())
     if args.html:
         Path(args.html).parent.mkdir(parents=True, exist_ok=True)
         Path(args.html).write_text(record_html(records if args.id is None else records[:1]))
         print(f"wrote {args.html}")
-    return 0
+    return OK
 
 
 def cmd_annotate(args) -> int:
     from tessy.annotate import AnnotateJob, run_annotate
+    from tessy.typed import load
 
-    sample = ["student", "teacher"] if args.sample == "both" else [args.sample] if args.sample else []
-    job = AnnotateJob(records=args.records or [], sample=sample, **given(args, AnnotateJob))
+    sample = ["student", "teacher"] if args.sample == "both" else [args.sample] if args.sample else None
+    job = load(AnnotateJob, {}, "tessy annotate", {**given(args, AnnotateJob), "sample": sample})
     summary = run_annotate(job, _console())
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(summary, indent=2))
-    return 0
+    return OK
 
 
 def cmd_predictor_train(args) -> int:
     from tessy.predictors.learned import TrainConfig, train_predictor
+    from tessy.typed import load
 
-    config = TrainConfig(**given(args, TrainConfig))
+    config = load(TrainConfig, {}, "tessy predictor train", given(args, TrainConfig))
     meta = train_predictor(config, log=_console().print)
     last = meta["epochs"][-1]
     print(f"saved {args.out} (role {meta['role']}, {meta['n_train']} train / {meta['n_eval']} held out, "
           f"{meta['train_s']} s); held-out style F1 {last.get('style_f1', '-')}, "
           f"boundary exact {last.get('boundary_exact', '-')}")
-    return 0
+    return OK
 
 
 def cmd_predictor_eval(args) -> int:
@@ -190,14 +218,14 @@ def cmd_predictor_eval(args) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
         print(f"wrote {args.json}")
-    return 0
+    return OK
 
 
 def cmd_sft(args) -> int:
     from tessy.sft import SFTRunConfig, load_sft_config, train
 
     train(load_sft_config(args.config, **given(args, SFTRunConfig)), console=_console())
-    return 0
+    return OK
 
 
 # A run's transport settings are the synth config's business; eval's own timeout_s is the sandbox's.
@@ -206,20 +234,30 @@ EVAL_MODEL_SKIP = ("k", "api_key_env", "timeout_s", "max_retries", "concurrency"
 
 def cmd_eval(args) -> int:
     from tessy.config import ModelConfig
-    from tessy.evaluate import EvalConfig, evaluate
+    from tessy.eval.evaluate import EvalConfig, evaluate
+    from tessy.typed import load
 
     model = {k: v for k, v in given(args, ModelConfig).items() if k not in EVAL_MODEL_SKIP}
     own = {k: v for k, v in given(args, EvalConfig).items() if k != "model"}  # --model names the ModelConfig's model
-    config = EvalConfig(model=ModelConfig(**{"model": "", **model}), **own)
-    evaluate(config, out=args.out, console=_console())
-    return 0
+    config = load(EvalConfig, {"model": {"model": ""}}, "tessy eval", {**own, "model": model},
+                  nested={"model": ModelConfig})
+    summary = evaluate(config, out=args.out, console=_console())
+    return _ungraded(summary.get("ungraded", 0), args.allow_errors)
+
+
+def _ungraded(n: int, allowed: bool) -> int:
+    if not n:
+        return OK
+    print(f"tessy: {n} sample{'s' if n != 1 else ''} could not be graded (see the failures in the summary)"
+          + ("" if allowed else f"; exit status {FAILED} (--allow-errors makes it 0)"), file=sys.stderr)
+    return OK if allowed else FAILED
 
 
 def cmd_plot_loss(args) -> int:
     from tessy.sft import plot_loss
 
     print(f"wrote {plot_loss(args.logs, args.out, args.labels)}")
-    return 0
+    return OK
 
 
 def cmd_analyze(args) -> int:
@@ -259,14 +297,20 @@ def cmd_analyze(args) -> int:
     files = write_report(result, args.out)
     print_table(result, console)
     console.print(f"wrote {files['json']}, {files['html']} and {len(files) - 2} PNGs")
-    return 0
+    return OK
+
+
+def _allow_errors(parser, what: str) -> None:
+    parser.add_argument("--allow-errors", action="store_true",
+                        help=f"exit 0 even when {what}; without it the exit status is {FAILED}")
 
 
 def build_parser() -> argparse.ArgumentParser:
     # The configs' modules are light (no torch): their fields become the flags.
+    from tessy import __version__
     from tessy.annotate import AnnotateJob
     from tessy.config import ModelConfig, SynthConfig
-    from tessy.evaluate import EvalConfig
+    from tessy.eval.evaluate import EvalConfig
     from tessy.export import FORMATS as EXPORT_FORMATS  # light: json and pathlib only
     from tessy.predictors.learned import TrainConfig
     from tessy.sft import SFTRunConfig
@@ -275,7 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tessy",
         description="Teacher-student cooperation data synthesis (TESSY): the student writes the style tokens, "
         "the teacher writes the capability tokens.",
+        epilog="exit codes: " + "; ".join(f"{code} {what}" for code, what in EXIT_CODES.items()),
     )
+    parser.add_argument("--version", action="version", version=f"tessy {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth", help="synthesize an SFT dataset with the cooperative loop (Algorithm 1)")
@@ -293,12 +339,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", metavar="i/N", help="run only shard i of N (0-based; split by a hash of the id)")
     p.add_argument("--retry-errors", action="store_true",
                    help="run only the ids in OUT's errors file that are not done yet")
+    _allow_errors(p, "ids failed for good (written to OUT's errors file)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("merge", help="join shard outputs by id; report missing and duplicated ids")
     p.add_argument("out", help="merged JSONL")
     p.add_argument("shards", nargs="+", help="shard output files")
     p.add_argument("--prompts", help="the prompts file: ids it has and no shard has are reported missing")
+    _allow_errors(p, "the only missing ids are ones that failed in a shard (its errors file)")
     p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("export",
@@ -362,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_fields(p.add_argument_group("the model that samples (as a role of the synth config)"), ModelConfig,
                skip=("urls", *EVAL_MODEL_SKIP))
     p.add_argument("--url", dest="urls", action="append", help="openai backend: a base URL ending in /v1 (repeatable)")
+    _allow_errors(p, "samples could not be graded (a generation that failed, a sandbox that refused)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("plot-loss", help="overlay the loss curves of several SFT runs (paper, Figure 15)")
@@ -380,7 +429,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (PromptFileError, FileNotFoundError, ValueError) as e:  # ConfigError, ConfigMismatchError included
         print(f"tessy: error: {e}", file=sys.stderr)
-        return 2
+        return USAGE
+    except KeyboardInterrupt:
+        print("tessy: interrupted (tessy synth, run again, resumes where it stopped)", file=sys.stderr)
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -6,21 +6,25 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from tessy.loop import HANDOVERS
-from tessy.methods import METHODS
 from tessy.models import STUDENT_DEFAULT, TEACHER_DEFAULT
-from tessy.profiles import BUILTIN
+from tessy.profiles import BUILTIN, ProfileSpec
 from tessy.roles import ROLES
-from tessy.scheduler import DRIVERS
-from tessy.typed import ConfigError, build, check_value, read_yaml
+from tessy.typed import ConfigError, load, read_yaml
 
+# The values a config accepts; the modules that act on them take them from here.
 BACKENDS = ("hf", "openai", "vllm")
+# The paper's section 3.4: TESSY and its baselines (tessy/methods.py).
+METHODS = ("tessy", "student-only", "teacher-only", "teacher-mix", "teacher-answer", "teacher-think",
+           "teacher-reference", "teacher-score")
+# How a cut span ends a word (tessy/loop.py, `kept_tokens`).
+HANDOVERS = ("drop-partial-word", "complete-word")
+# Who waits for whom (tessy/scheduler.py).
+DRIVERS = ("auto", "events", "ticks")
 
 
 # Where a role's generation runs is not what the data is: shards served by other endpoints, or a run
@@ -183,7 +187,7 @@ class SynthConfig:
                                               "(server backends), ticks batches all samples in lock-step (in-process"
                                               " backends); auto picks by backend"},
     )
-    profiles: dict[str, dict] = field(
+    profiles: dict[str, ProfileSpec] = field(
         default_factory=dict,
         metadata={"help": "user-defined profiles: name -> {think_open, think_close, answer_open, fallback_template}"},
     )
@@ -205,25 +209,22 @@ class SynthConfig:
 
 
 def load_config(path: str | Path | None = None, **overrides) -> SynthConfig:
-    """The default config, updated from a YAML file, then from `overrides` (None values ignored).
-    Every value is checked here, before any model loads (`tessy.typed`)."""
+    """The default config, updated from a YAML file, then from `overrides` (the command line; None
+    values ignored; a role's overrides are a mapping of its fields). Every value is checked here,
+    before any model loads (`tessy.typed`)."""
     where = str(path or "config")
     data = read_yaml(path) if path is not None else {}
     defaults = SynthConfig().to_dict()
     for role in ROLES:
-        if isinstance(data.get(role), dict):
+        if isinstance(data.get(role, {}), dict):
+            given = {**data.get(role, {}), **(overrides.get(role) or {})}
             # A role keeps the embedded default's settings only while it names that model: the
             # embedded teacher's sampling fixes (above) are for that model, not for another.
             base = defaults[role]
-            if data[role].get("model", base["model"]) != base["model"]:
+            if given.get("model", base["model"]) != base["model"]:
                 base = dataclasses.asdict(ModelConfig(base["model"], seed=base["seed"]))
-            data[role] = {**base, **data[role]}
-    config = build(SynthConfig, data, where, nested={role: ModelConfig for role in ROLES})
-    fields = {f.name: f for f in dataclasses.fields(SynthConfig)}
-    hints = typing.get_type_hints(SynthConfig)
-    for key, value in overrides.items():
-        if value is not None:
-            setattr(config, key, check_value(value, hints[key], fields[key].metadata, f"{where}: {key}"))
+            data[role] = {**base, **(data.get(role) or {})}
+    config = load(SynthConfig, data, where, overrides, nested={role: ModelConfig for role in ROLES})
     check(config, where)
     return config
 

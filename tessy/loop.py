@@ -31,9 +31,6 @@ class Boundary:
     context: str = ""  # the thinking before `text`, which a predictor may read but never cuts
 
 
-HANDOVERS = ("drop-partial-word", "complete-word")
-
-
 CONTEXT_CHARS = 4000  # thinking handed to a predictor as left context: it reads what it needs of it
 
 

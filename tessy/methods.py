@@ -14,21 +14,18 @@ from __future__ import annotations
 import hashlib
 import re
 
-from tessy.loop import Generate, LoopSettings, first_repetition, stop_guard, thinking_end, write_answer
+from tessy.loop import (
+    Generate,
+    LoopSettings,
+    first_repetition,
+    stop_guard,
+    tessy_sample,
+    thinking_end,
+    write_answer,
+)
 from tessy.profiles import render_prompt
 from tessy.roles import STUDENT, TEACHER
 from tessy.transcript import Party, Transcript
-
-METHODS = (
-    "tessy",
-    "student-only",
-    "teacher-only",
-    "teacher-mix",
-    "teacher-answer",
-    "teacher-think",
-    "teacher-reference",
-    "teacher-score",
-)
 
 # Teacher-Reference (self-distillation, [SDFT]): the student sees the teacher's answer in its prompt.
 REFERENCE_TEMPLATE = (
@@ -42,13 +39,6 @@ SCORE_TEMPLATE = (
 )
 SCORE_PREFIX = "Score: "
 SCORE_TOKENS = 8
-
-
-def check_method(method: str, final_answer: str = STUDENT) -> None:
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
-    if final_answer not in (STUDENT, TEACHER):
-        raise ValueError(f"final_answer must be 'student' or 'teacher', not {final_answer!r}")
 
 
 # --- one model alone ----------------------------------------------------------------------------
@@ -76,26 +66,6 @@ def solo_sample(x: Transcript, s: LoopSettings, thinker: str, writer: str):
         elif guard := stop_guard(x, s):
             x.close_thinking(guard, writer)
     yield from write_answer(x, s, writer)
-
-
-def student_only(x: Transcript, s: LoopSettings):
-    yield from solo_sample(x, s, STUDENT, STUDENT)
-
-
-def teacher_only(x: Transcript, s: LoopSettings):
-    """Sequence-level distillation: the teacher writes all of it (the record still uses the
-    student's think markers, as SFT data for the student would)."""
-    yield from solo_sample(x, s, TEACHER, TEACHER)
-
-
-def teacher_answer(x: Transcript, s: LoopSettings):
-    """The student thinks; the teacher, having seen that thinking, writes the answer."""
-    yield from solo_sample(x, s, STUDENT, TEACHER)
-
-
-def teacher_think(x: Transcript, s: LoopSettings):
-    """The teacher thinks; the student writes the answer after that thinking, in its own markers."""
-    yield from solo_sample(x, s, TEACHER, STUDENT)
 
 
 def mix_sources(ids: list[str], seed: int) -> dict[str, str]:
@@ -212,3 +182,21 @@ def adopt(x: Transcript, y: Transcript) -> None:
 def last_user(messages: list[dict]) -> str:
     users = [m["content"] for m in messages if m["role"] == "user"]
     return users[-1] if users else ""
+
+
+# Every method of tessy.config.METHODS, as its generator over one sample: from the transcript, the
+# loop settings, Teacher-Score's number of candidates and Teacher-Mix's source for this prompt.
+STEPS = {
+    "tessy": lambda x, s, candidates, source: tessy_sample(x, s),
+    "student-only": lambda x, s, candidates, source: solo_sample(x, s, STUDENT, STUDENT),
+    # Sequence-level distillation: the teacher writes all of it (the record still uses the student's
+    # think markers, as SFT data for the student would).
+    "teacher-only": lambda x, s, candidates, source: solo_sample(x, s, TEACHER, TEACHER),
+    "teacher-mix": lambda x, s, candidates, source: teacher_mix(x, s, source),
+    # The student thinks; the teacher, having seen that thinking, writes the answer.
+    "teacher-answer": lambda x, s, candidates, source: solo_sample(x, s, STUDENT, TEACHER),
+    # The teacher thinks; the student writes the answer after that thinking, in its own markers.
+    "teacher-think": lambda x, s, candidates, source: solo_sample(x, s, TEACHER, STUDENT),
+    "teacher-reference": lambda x, s, candidates, source: teacher_reference(x, s),
+    "teacher-score": lambda x, s, candidates, source: teacher_score(x, s, candidates),
+}

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 # A base model continues documents, so its rendering reads as the opening of one in which reasoning
-# comes next. Under the former `Question: {prompt}\n\nAnswer: ` the embedded 270M teacher mostly
-# echoed "Question: ... Answer:" or one tag; this says nothing about any task, only that a worked
-# solution follows (benchmarks/demo_variety.py; README, "Demo: before and after").
+# comes next. It says nothing about any task, only that a worked solution follows: a bare
+# `Question: ... Answer: ` lets the embedded 270M teacher echo the question or one tag
+# (benchmarks/demo_variety.py; README, "Demo: before and after").
 FALLBACK_TEMPLATE = (
     "The following is a problem and a worked solution that reasons through it step by step before giving "
     "the answer.\n\nProblem:\n{prompt}\n\nSolution:\n"
@@ -20,8 +20,9 @@ FALLBACK_TEMPLATE = (
 
 
 @dataclass(frozen=True)
-class Profile:
-    name: str
+class ProfileSpec:
+    """A profile as a config file's `profiles:` entry defines it (`tessy.typed` checks its keys)."""
+
     think_open: str = field(metadata={"help": "text tessy writes after the generation prompt to open the thinking"})
     think_close: str = field(metadata={"help": "marker that ends the thinking, written by the model or by tessy"})
     answer_open: str = field(default="\n\n", metadata={"help": "text between the think-close marker and the answer"})
@@ -29,6 +30,17 @@ class Profile:
         default=FALLBACK_TEMPLATE,
         metadata={"help": "rendering used when the tokenizer has no chat template; {prompt} is the user text"},
     )
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A named profile: a built-in one, or a `ProfileSpec` under the name the config gave it."""
+
+    name: str
+    think_open: str
+    think_close: str
+    answer_open: str = "\n\n"
+    fallback_template: str = FALLBACK_TEMPLATE
 
     def response(self, thinking: str, answer: str) -> str:
         """The assistant message in this profile's own markers, as it goes into SFT data."""
@@ -54,10 +66,11 @@ PLAIN = Profile("plain", think_open="<think>\n", think_close="</think>")
 BUILTIN = {p.name: p for p in (QWEN3, DEEPSEEK_R1, GPT_OSS, PLAIN)}
 
 
-def get_profile(name: str, custom: dict[str, dict] | None = None) -> Profile:
+def get_profile(name: str, custom: dict[str, ProfileSpec] | None = None) -> Profile:
     """A built-in profile, or one defined under `profiles:` in the config file."""
     if custom and name in custom:
-        return Profile(name=name, **{k: v for k, v in custom[name].items() if k != "name"})
+        spec = custom[name]
+        return Profile(name, **asdict(spec if isinstance(spec, ProfileSpec) else ProfileSpec(**spec)))
     if name not in BUILTIN:
         known = ", ".join(sorted(BUILTIN) + sorted(custom or {}))
         raise ValueError(f"unknown profile {name!r}; known profiles: {known}")

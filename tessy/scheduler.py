@@ -26,19 +26,11 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from tessy.backends import SampleError, Span, span_from_ids
+from tessy.backends import SampleError, Span, failed, span_from_ids
 from tessy.loop import Boundary, Generate
 from tessy.predictors import BoundaryPredictor
 from tessy.roles import STUDENT, TEACHER
 from tessy.transcript import Transcript
-
-DRIVERS = ("auto", "events", "ticks")
-
-
-def check_driver(driver: str) -> None:
-    """Refuse an unknown driver before any model loads."""
-    if driver not in DRIVERS:
-        raise ValueError(f"unknown driver {driver!r}; known: {', '.join(DRIVERS)}")
 
 
 @dataclass
@@ -82,12 +74,11 @@ class Scheduler:
     backends: dict  # role -> Backend
     predictors: dict[str, BoundaryPredictor]
     max_in_flight: int = 8
-    driver: str = "auto"
+    driver: str = "auto"  # one of tessy.config.DRIVERS
     chunk_tokens: int = 20  # ticks: the longest piece of one request served in one tick
     timing: Timing = field(default_factory=Timing)
 
     def driver_name(self) -> str:
-        check_driver(self.driver)
         if self.driver != "auto":
             return self.driver
         return "events" if all(b.concurrent for b in self.backends.values()) else "ticks"
@@ -215,7 +206,7 @@ class Scheduler:
                         self._count_in_flight(role, -1)
                         span = future.result()
                         self._record(role, span)
-                        if isinstance(span, SampleError):
+                        if failed(span):
                             flying.remove(item)
                             self._fail(item, span)
                         else:
@@ -263,7 +254,7 @@ class Scheduler:
         self.timing.batch_rows += len(group)
         for f, span, want, ask in zip(group, spans, wants, asks):
             self._record(role, span)
-            if isinstance(span, SampleError):
+            if failed(span):
                 self._fail(f, span)
                 continue
             f.chunks.append(span)

@@ -1,4 +1,4 @@
-"""One seed stream per sample (DESIGN: "Seeds").
+"""One seed stream per sample.
 
 Every request's seed comes from the role's configured seed, the sample's key (its id, its role, and
 a candidate or repeat index where a sample writes more than once) and the position in the session:

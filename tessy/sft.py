@@ -34,7 +34,7 @@ from pathlib import Path
 
 from tessy.profiles import BUILTIN
 from tessy.records import json_lines
-from tessy.typed import ConfigError, build, read_yaml
+from tessy.typed import load, read_yaml
 
 # How a record's thinking ended (`stats.stop_reason`): closed by a party (tessy.loop, tessy.methods)
 # or by a guard (tessy.loop.stop_guard).
@@ -104,17 +104,10 @@ def load_sft_config(path: str | Path | None = None, **overrides) -> SFTRunConfig
     """The SFT options from a YAML file whose keys are `SFTRunConfig`'s fields, then from `overrides`
     (the command line; None values ignored), each checked by `tessy.typed` as it comes in; missing
     `data`, `model` or `out` is an error."""
-    where = str(path or "tessy sft")
     data = read_yaml(path) if path is not None else {}
     if isinstance(data.get("keep_stop_reasons"), list):  # YAML's own list form of the comma list
         data["keep_stop_reasons"] = ",".join(map(str, data["keep_stop_reasons"]))
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    fields = {f.name: f for f in dataclasses.fields(SFTRunConfig)}
-    missing = [name for name, f in fields.items() if f.default is dataclasses.MISSING and data.get(name) is None]
-    if missing and not set(data) - set(fields):
-        raise ConfigError(f"tessy sft needs {', '.join('--' + m for m in missing)} "
-                          "(on the command line or in --config)")
-    return build(SFTRunConfig, data, where)
+    return load(SFTRunConfig, data, str(path or "tessy sft"), overrides)
 
 
 def parse_stop_reasons(spec: str) -> frozenset[str] | None:

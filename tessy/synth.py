@@ -9,13 +9,13 @@ from pathlib import Path
 
 from tessy import methods
 from tessy.config import SynthConfig, load_config
-from tessy.loop import LoopSettings, tessy_sample
+from tessy.loop import LoopSettings
 from tessy.predictors import load_predictor
 from tessy.profiles import get_profile, render_prompt
 from tessy.prompts import Prompt, read_prompts
 from tessy.records import RecordWriter, compact_errors, done_ids, errors_path_for
 from tessy.roles import STUDENT, TEACHER
-from tessy.scheduler import Scheduler, check_driver
+from tessy.scheduler import Scheduler
 from tessy.shards import select_shard
 from tessy.transcript import Party, Transcript
 from tessy.variety import compression_ratio, thinking_text
@@ -56,25 +56,10 @@ def start_sample(prompt: Prompt, config: SynthConfig, backends: dict, settings: 
         session = backend.start(text, add_special_tokens=not used_template, key=f"{prompt.id}/{role}")
         parties[role] = Party(backend, profile, session)
     x = Transcript(prompt.id, list(prompt.messages), parties)
-    m = config.method
-    if m == "tessy":
+    if config.method == "tessy":
         x.predictors = {role: p.name for role, p in (predictors or {}).items()}
-        return x, tessy_sample(x, settings)
-    if m == "student-only":
-        return x, methods.student_only(x, settings)
-    if m == "teacher-only":
-        return x, methods.teacher_only(x, settings)
-    if m == "teacher-mix":
-        return x, methods.teacher_mix(x, settings, (mix or {}).get(prompt.id, STUDENT))
-    if m == "teacher-answer":
-        return x, methods.teacher_answer(x, settings)
-    if m == "teacher-think":
-        return x, methods.teacher_think(x, settings)
-    if m == "teacher-reference":
-        return x, methods.teacher_reference(x, settings)
-    if m == "teacher-score":
-        return x, methods.teacher_score(x, settings, config.score_candidates)
-    raise ValueError(f"unknown method {m!r}; known: {', '.join(methods.METHODS)}")
+    source = (mix or {}).get(prompt.id, STUDENT)
+    return x, methods.STEPS[config.method](x, settings, config.score_candidates, source)
 
 
 def synthesize(config: SynthConfig, prompts_path, out_path, limit: int | None = None, backends: dict | None = None,
@@ -94,8 +79,6 @@ def synthesize(config: SynthConfig, prompts_path, out_path, limit: int | None = 
         TimeRemainingColumn,
     )
 
-    methods.check_method(config.method, config.final_answer)
-    check_driver(config.driver)
     prompts = read_prompts(prompts_path)[:limit] if limit else read_prompts(prompts_path)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -5,8 +5,12 @@ already carry their help text (the CLI reads it too), and the checks they need f
 - `min`, `max`: inclusive bounds; `gt`: a strict lower bound;
 - `choices`: the allowed values;
 - `kind: "url"`: a string (or each string of a list) that starts with http:// or https://.
-Every error names the file, the key and the bad value (`ConfigError`, a ValueError: the CLI prints it
-and exits with status 2, without a traceback).
+Every error names the file (or the flag), the key and the bad value (`ConfigError`, a ValueError: the
+CLI prints it and exits with status 2, without a traceback).
+
+Every command builds its configs through `load`, whether the values come from a file, from flags or
+from both, so the same checks apply on every way in. A field typed `dict[str, SomeDataclass]` (a
+config's `profiles:`) has each of its entries built and checked the same way.
 """
 
 from __future__ import annotations
@@ -40,19 +44,65 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
+def load(cls, data: dict, where: str, flags: dict | None = None, nested: dict | None = None):
+    """An instance of dataclass `cls` from `data` (a config file's mapping, named `where` in errors),
+    updated by `flags` (the command line; None values are not given). A flag's bad value is named by
+    its flag (`--n is 0: ...`); `nested` maps field names to the dataclass their mapping builds, and
+    a nested field's flags come as a mapping too. A required field that neither gives is an error."""
+    data = dict(data)
+    for key, value in (flags or {}).items():
+        if value is None:
+            continue
+        if nested and key in nested:
+            inner = {k: v for k, v in value.items() if v is not None}
+            _check_flags(nested[key], inner)
+            if inner and isinstance(data.get(key, {}), dict):  # else the file's own value is refused below
+                data[key] = {**data.get(key, {}), **inner}
+        else:
+            _check_flags(cls, {key: value})
+            data[key] = value
+    _no_unknown_keys(cls, data, where)
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in data and _required(f)]
+    if missing:
+        raise ConfigError(f"{where}: needs {', '.join('--' + m.replace('_', '-') for m in missing)} "
+                          "(on the command line or in the config file)")
+    return build(cls, data, where, nested)
+
+
+def _check_flags(cls, flags: dict) -> None:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key, value in flags.items():
+        if key not in fields:
+            raise ConfigError(f"unknown option --{key.replace('_', '-')}")
+        check_value(value, hints[key], fields[key].metadata, "--" + key.replace("_", "-"))
+
+
+def _no_unknown_keys(cls, data: dict, where: str, prefix: str = "") -> None:
+    fields = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f"; did you mean {prefix}{close[0]!r}?" if close else f"; known: {', '.join(fields)}"
+            raise ConfigError(f"{where}: unknown key {prefix}{key!r}{hint}")
+
+
+def _required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
 def build(cls, data, where: str, nested: dict | None = None, prefix: str = ""):
     """An instance of dataclass `cls` from `data`; `nested` maps field names to the dataclass their
     mapping builds (`{"student": ModelConfig}`). Errors read `{where}: {prefix}{key} ...`."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: {prefix.rstrip('.') or 'the config'} must be a mapping of keys to values, "
                           f"not {_show(data)}")
+    _no_unknown_keys(cls, data, where, prefix)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
-    for key in data:
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), fields, n=1)
-            hint = f"; did you mean {prefix}{close[0]!r}?" if close else f"; known: {', '.join(fields)}"
-            raise ConfigError(f"{where}: unknown key {prefix}{key!r}{hint}")
+    missing = [name for name, f in fields.items() if name not in data and _required(f)]
+    if missing:
+        raise ConfigError(f"{where}: needs {', '.join(prefix + m for m in missing)}")
     kwargs = {}
     for key, value in data.items():
         if nested and key in nested:
@@ -120,6 +170,12 @@ def _typed(value, hint, where: str):
             return [_typed(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)] if args else value
     elif origin is dict or hint is dict:
         if isinstance(value, dict):
+            if len(args) == 2 and dataclasses.is_dataclass(args[1]):  # each entry a checked dataclass
+                return {k: v if isinstance(v, args[1]) else build(args[1], v, f"{where}.{k}")
+                        for k, v in value.items()}
+            return value
+    elif dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
             return value
     else:
         return value

@@ -14,7 +14,7 @@ def thinking_text(record: dict) -> str:
 def compression_ratio(text: str) -> float:
     """len(zlib(text)) / len(text), in UTF-8 bytes; 0.0 for empty text.
 
-    A measure of variety that needs no model and no guard (issue 10, item 8): text that loops
+    A measure of variety that needs no model and no guard: text that loops
     compresses well. Ordinary English of a few hundred words is near 0.55; a looping sample near
     0.1-0.3. Very short text exceeds 1 (zlib's fixed overhead), so compare texts of similar length.
     """

@@ -167,7 +167,9 @@ def test_llm_annotator_retries_and_records_failures():
 
 
 def test_failed_requests_count_as_failures():
-    answers = iter([[RuntimeError("HTTP 500"), '["so"]'], ['["x"]']])
+    from tessy.backends import SampleError
+
+    answers = iter([[SampleError("HTTP 500"), '["so"]'], ['["x"]']])
     segs = [Segment("a", "student", "x y"), Segment("b", "student", "so z")]
     done, report = annotate_llm(segs, lambda chats: next(answers), "t", retries=1, batch_size=8)
     assert [s.id for s in done] == ["b", "a"][::-1] and report.parse_failures == 1

@@ -16,11 +16,12 @@ PIPELINE = [
     "tessy.models", "tessy.profiles",
     "tessy.backends.protocol", "tessy.backends.openai", "tessy.backends.hf", "tessy.backends.vllm", "tessy.backends",
     "tessy.predictors.eq5", "tessy.predictors.lexicon", "tessy.predictors.scoring", "tessy.predictors.learned",
-    "tessy.predictors",
-    "tessy.transcript", "tessy.loop", "tessy.methods", "tessy.scheduler", "tessy.config", "tessy.shards",
+    "tessy.predictors", "tessy.config",
+    "tessy.transcript", "tessy.loop", "tessy.methods", "tessy.scheduler", "tessy.shards",
     "tessy.variety", "tessy.synth", "tessy.export", "tessy.show", "tessy.annotate", "tessy.plots", "tessy.analysis",
-    "tessy.sandbox", "tessy.checkers", "tessy.livecodebench", "tessy.mathcheck", "tessy.evaluate", "tessy.sft",
-    "tessy.cli",
+    "tessy.eval.verdicts", "tessy.eval.sandbox", "tessy.eval.checkers", "tessy.eval.livecodebench",
+    "tessy.eval.mathcheck", "tessy.eval.evaluate", "tessy.eval",
+    "tessy.sft", "tessy.cli",
 ]
 
 

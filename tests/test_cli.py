@@ -1,6 +1,7 @@
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from tessy.cli import main
@@ -51,10 +52,11 @@ def test_bad_prompts_file_exits_with_its_line(tmp_path, capsys):
 def test_eval_flags_fill_the_model_config_and_evals_own(monkeypatch):
     """--model and the sampling flags go into EvalConfig.model (a ModelConfig); --timeout-s is the
     sandbox's (eval's own), not the server timeout of the ModelConfig."""
-    import tessy.evaluate
+    import tessy.eval.evaluate
 
     seen = []
-    monkeypatch.setattr(tessy.evaluate, "evaluate", lambda config, out=None, console=None: seen.append(config))
+    monkeypatch.setattr(tessy.eval.evaluate, "evaluate",
+                        lambda config, out=None, console=None: seen.append(config) or {"ungraded": 0})
     assert main(["eval", "--model", "smollm2-135m-instruct", "--profile", "qwen3", "--temperature", "0.7",
                  "--top-k", "20", "--timeout-s", "3", "--n", "2", "--url", "http://a/v1"]) == 0
     [config] = seen
@@ -62,3 +64,71 @@ def test_eval_flags_fill_the_model_config_and_evals_own(monkeypatch):
         "smollm2-135m-instruct", "qwen3", 0.7, 20)
     assert config.model.urls == ["http://a/v1"] and config.model.timeout_s == 120.0
     assert (config.timeout_s, config.n) == (3.0, 2)
+
+
+# --- one validation gate: flags are checked as config values are, before any work ------------------
+def refuses_before_work(monkeypatch, capsys, argv, message, module, function):
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module(module), function, lambda *a, **k: pytest.fail("it ran"))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--temperature", "-1"], "--temperature is -1.0: it must be at least 0"),
+    (["--n", "0"], "--n is 0: it must be at least 1"),
+    (["--top-p", "1.5"], "--top-p is 1.5: it must be at most 1"),
+    (["--url", "gpu:8000/v1"], "--urls: 'gpu:8000/v1' is not a URL"),
+])
+def test_eval_refuses_bad_flags_before_any_model_loads(monkeypatch, capsys, argv, message):
+    refuses_before_work(monkeypatch, capsys, ["eval", "--model", "smollm2-135m-instruct", *argv], message,
+                        "tessy.eval.evaluate", "evaluate")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--epochs", "-1"], "--epochs is -1: it must be at least 1"),
+    (["--lr", "0"], "--lr is 0.0: it must be greater than 0"),
+    (["--eval-fraction", "1"], "--eval-fraction is 1.0: it must be at most"),
+])
+def test_predictor_train_refuses_bad_flags_before_training(monkeypatch, capsys, tmp_path, argv, message):
+    refuses_before_work(monkeypatch, capsys, ["predictor", "train", "--data", "d.jsonl", "--out", str(tmp_path / "p"),
+                                              *argv], message, "tessy.predictors.learned", "train_predictor")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--n", "0"], "--n is 0: it must be at least 1"),
+    (["--context-chars", "-1"], "--context-chars is -1: it must be at least 0"),
+])
+def test_annotate_refuses_bad_flags_before_any_work(monkeypatch, capsys, tmp_path, argv, message):
+    refuses_before_work(monkeypatch, capsys, ["annotate", "--records", "r.jsonl", "--out", str(tmp_path / "s.jsonl"),
+                                              *argv], message, "tessy.annotate", "run_annotate")
+
+
+def test_a_profile_typo_in_the_config_is_refused_with_its_key(monkeypatch, capsys, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"profiles": {"mine": {"think_opn": "<t>", "think_close": "</t>"}},
+                                      "student": {"profile": "mine"}}))
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"id": 1, "prompt": "x"}\n')
+    refuses_before_work(monkeypatch, capsys, ["synth", "--config", str(config), "--prompts", str(prompts),
+                                              "--out", str(tmp_path / "o.jsonl")],
+                        f"{config}: profiles.mine: unknown key 'think_opn'; did you mean 'think_open'?",
+                        "tessy.synth", "load_backends")
+
+
+def test_a_server_url_flag_is_checked_like_the_configs_urls(monkeypatch, capsys, tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"id": 1, "prompt": "x"}\n')
+    refuses_before_work(monkeypatch, capsys, ["synth", "--prompts", str(prompts), "--out", str(tmp_path / "o.jsonl"),
+                                              "--student-url", "localhost:8000"], "'localhost:8000' is not a URL",
+                        "tessy.synth", "load_backends")
+
+
+def test_version(capsys):
+    from tessy import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"tessy {__version__}"

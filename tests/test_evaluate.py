@@ -1,5 +1,6 @@
-"""Evaluation: the execution path (Python and C++), answer extraction, the protocol (thinking
-budget, seeds, pass@1 with its standard error), scoring synth records, and the output files."""
+"""Evaluation: the execution path (Python and C++), the answer's language, answer extraction, the
+verdicts, the protocol (thinking budget, seeds, pass@1 with its standard error), scoring synth
+records, and the output files."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from types import SimpleNamespace
 import pytest
 from scripted import EOS, ScriptedBackend
 
-from tessy.cli import main
+from tessy.cli import FAILED, main
 from tessy.config import ModelConfig
-from tessy.evaluate import (
+from tessy.eval.evaluate import (
     EvalConfig,
     Problem,
+    answer_language,
     evaluate,
     extract_code,
     generate,
@@ -23,7 +25,7 @@ from tessy.evaluate import (
     score,
     strip_thinking,
 )
-from tessy.sandbox import Limits
+from tessy.eval.sandbox import Limits
 
 DATA = Path(__file__).parent / "data"
 
@@ -48,15 +50,18 @@ def test_humaneval_canonical_solutions_pass_through_the_cli(tmp_path, humaneval)
     results = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     assert summary["problems"] == len(humaneval) == 164 and len(results) == 164
     assert summary["pass@1"] >= 0.99, [r for r in results if not r["passed"]]
-    assert all(isinstance(r["passed"], bool) and set(r) >= {"task_id", "passed", "reason"} for r in results)
+    assert all(isinstance(r["passed"], bool) and set(r) >= {"task_id", "passed", "verdict", "detail", "language"}
+               for r in results)  # fmt: skip
+    assert all(r["language"] == "python" and r["passed"] == (r["verdict"] == "accepted") for r in results)
+    assert summary["ungraded"] == 0 and set(summary["failures"]) <= {"wrong answer", "runtime error"}
 
 
-WRONG = {
-    "returns None": "    return None\n",
-    "raises": "    raise NotImplementedError('not done')\n",
-    "syntax error": "    return (\n",
-    "loops forever": "    while True:\n        pass\n",
-    "off by one": None,  # the canonical body with its first `return X` turned into `return X` plus junk
+WRONG = {  # the body, and the verdict it gets
+    "returns None": ("    return None\n", "wrong answer"),
+    "raises": ("    raise NotImplementedError('not done')\n", "runtime error"),
+    "syntax error": ("    return (\n", "runtime error"),
+    "loops forever": ("    while True:\n        pass\n", "time limit"),
+    "returns a string": (None, "wrong answer"),  # a string returned before the canonical body
 }
 
 
@@ -66,7 +71,7 @@ def test_wrong_humaneval_solutions_fail(tmp_path, humaneval, kind):
     ids = list(humaneval)[:n]
     rows = []
     for t in ids:
-        body = WRONG[kind]
+        body = WRONG[kind][0]
         if body is None:
             body = "    return 'certainly not the answer'\n" + humaneval[t]["canonical_solution"]
         rows.append({"task_id": t, "completion": body})
@@ -75,9 +80,9 @@ def test_wrong_humaneval_solutions_fail(tmp_path, humaneval, kind):
     summary = evaluate(config, out=tmp_path / "out")
     results = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     assert summary["pass@1"] == 0.0 and summary["samples"] == n
-    assert all(r["reason"] for r in results)
-    if kind == "loops forever":
-        assert all(r["reason"].startswith(("timeout", "cpu limit")) for r in results)
+    assert [r["verdict"] for r in results] == [WRONG[kind][1]] * n, results
+    assert summary["failures"] == {WRONG[kind][1]: n} and summary["ungraded"] == 0
+    assert all(r["detail"] for r in results)
 
 
 def test_pass_at_1_is_averaged_over_samples(tmp_path, humaneval):
@@ -106,7 +111,7 @@ def test_model_reply_with_thinking_and_markdown(humaneval):
     assert score(p, reply, Limits(timeout_s=5))["passed"]
     unfinished = "<think>\nI keep thinking ```python\n" + full + "```"
     graded = score(p, unfinished, Limits(timeout_s=5))
-    assert not graded["passed"] and "never closed" in graded["reason"]
+    assert not graded["passed"] and graded["verdict"] == "no answer" and "never closed" in graded["detail"]
 
 
 @pytest.mark.parametrize(
@@ -125,6 +130,20 @@ def test_extract_code_takes_the_last_block_in_the_language():
     both = "```cpp\nint main() {}\n```\nor\n```python\nprint(1)\n```\n```c++\nint main() { return 0; }\n```"
     assert extract_code(both, "cpp") == "int main() { return 0; }\n"
     assert extract_code(both, "python") == "print(1)\n"
+    # An unlabelled block after the code (a sample output) does not replace it; alone, it is the code.
+    assert extract_code("```cpp\nint main() {}\n```\nOutput:\n```\n42\n```", "cpp") == "int main() {}\n"
+    assert extract_code("```\nprint(1)\n```\n", "python") == "print(1)\n"
+
+
+@pytest.mark.parametrize(
+    "answer, language",
+    [("```python\nprint(1)\n```", "python"), ("```py\nx\n```\n```C++\nint main() {}\n```", "cpp"),
+     ("```cpp\nint main() {}\n```\nor in Python:\n```python3\nprint(1)\n```", "python"),
+     ("```cxx\nint main() {}\n```\nOutput:\n```\n42\n```\n```text\n42\n```", "cpp"),
+     ("```\nprint(1)\n```", None), ("no code at all", None), ("```rust\nfn main() {}\n```", None)],
+)  # fmt: skip
+def test_the_answers_last_block_in_a_language_tessy_runs_names_its_language(answer, language):
+    assert answer_language(answer) == language
 
 
 def _stdio_and_functional(tmp_path):
@@ -160,9 +179,11 @@ def test_jsonl_benchmark_stdio_functional_and_math(tmp_path, completions, passed
     results = {json.loads(line)["task_id"]: json.loads(line)
                for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()}
     assert {t: r["passed"] for t, r in results.items()} == passed
+    assert {t: r["language"] for t, r in results.items()} == {"add": "python", "twice": "python", "aime-1": None}
     if not passed["add"]:
-        assert results["add"]["reason"] == "test 1: wrong answer: line 1 is '3', expected '6'"
-        assert results["aime-1"]["reason"] == "no \\boxed{} answer"
+        assert (results["add"]["verdict"], results["add"]["detail"]) == ("wrong answer",
+                                                                         "test 1: line 1 is '3', expected '6'")
+        assert (results["aime-1"]["verdict"], results["aime-1"]["detail"]) == ("no answer", "no \\boxed{} answer")
 
 
 @pytest.mark.parametrize(
@@ -216,7 +237,8 @@ def test_generate_closes_the_thinking_and_answers(script, force, think, answer):
     assert thinking.strip() == "<think>\n" + think
     if answer is None:
         assert not closed
-        assert score(MATH[0], row["completion"], Limits())["reason"] == "no answer: the thinking never closed"
+        graded = score(MATH[0], row["completion"], Limits())
+        assert (graded["verdict"], graded["detail"]) == ("no answer", "the thinking never closed")
     else:
         assert rest.strip() == answer
 
@@ -273,7 +295,7 @@ def test_a_failed_server_request_is_scored_as_failed(tmp_path, monkeypatch):
         def generate(self, sessions, max_new_tokens, stop):
             return [SampleError("server gave up after 3 tries", attempts=3) for _ in sessions]
 
-    import tessy.evaluate as ev
+    import tessy.eval.evaluate as ev
 
     monkeypatch.setattr(ev, "generate",
                         lambda config, problems, console=None: generate(config, problems, backend=Failing([])))
@@ -282,7 +304,9 @@ def test_a_failed_server_request_is_scored_as_failed(tmp_path, monkeypatch):
                                   max_answer_tokens=8),
                        out=tmp_path / "out")  # fmt: skip
     [result] = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
-    assert summary["pass@1"] == 0 and not result["passed"] and "server gave up" in result["reason"]
+    assert summary["pass@1"] == 0 and not result["passed"] and "server gave up" in result["detail"]
+    assert result["verdict"] == "generation error" and summary["ungraded"] == 1
+    assert summary["failures"] == {"generation error": 1}
 
 
 # --- C++ answers -----------------------------------------------------------------------------------
@@ -298,33 +322,34 @@ CPP = {
 
 @pytest.mark.parametrize("fence", ["cpp", "c++"])
 @pytest.mark.parametrize(
-    "kind, passed, reason",
-    [("right", True, ""), ("compile error", False, "compile error: main.cpp:3"),
-     ("wrong", False, "test 1: wrong answer: line 1 is '-1294967296'")],
+    "kind, verdict, detail",
+    [("right", "accepted", ""), ("compile error", "compile error", "main.cpp:3"),
+     ("wrong", "wrong answer", "test 1: line 1 is '-1294967296'")],
 )  # fmt: skip
-def test_cpp_answers_compile_and_run_in_the_sandbox(kind, passed, reason, fence):
+def test_cpp_answers_compile_and_run_in_the_sandbox(kind, verdict, detail, fence):
     [p] = load_benchmark(str(DATA / "cpp_problems.jsonl"))
     assert p.data["language"] == "cpp" and "```cpp" in p.prompt
     reply = ("<think>\nuse long long\n</think>\n\nIn Python it would be ```python\nprint(sum(...))\n``` but:\n"
              f"```{fence}\n{CPP[kind]}```\n")
     graded = score(p, reply, Limits(timeout_s=10))
-    assert graded["passed"] is passed and graded["reason"].startswith(reason), graded
+    assert graded["passed"] is (verdict == "accepted") and graded["verdict"] == verdict, graded
+    assert graded["detail"].startswith(detail) and graded["language"] == "cpp", graded
     if kind == "compile error":
-        assert "error: expected" in graded["reason"] and "before" in graded["reason"]  # the compiler's own words
+        assert "error: expected" in graded["detail"] and "before" in graded["detail"]  # the compiler's own words
 
 
 def test_parallel_cpp_samples_do_not_starve_each_others_process_limit(tmp_path, monkeypatch):
     """Every sandbox is the same user, and RLIMIT_NPROC counts them together: 16 g++ runs at once
-    (a 16-core machine) have more than the 32 processes one program may have. Measured on 2 cores
-    before the process limit grew with the workers: 2 of 16 right answers failed as compile errors."""
-    import tessy.evaluate as ev
+    (a 16-core machine) have more than the 32 processes one program may have, so the limit grows with
+    the workers (with 32 alone, on 2 cores, some of 16 right answers fail as compile errors)."""
+    import tessy.eval.evaluate as ev
 
     monkeypatch.setattr(ev.os, "cpu_count", lambda: 16)
     samples = write_jsonl(tmp_path / "s.jsonl",
                           [{"task_id": "cpp-total", "completion": f"```cpp\n{CPP['right']}```"}] * 16)
     summary = evaluate(EvalConfig(benchmark=str(DATA / "cpp_problems.jsonl"), samples=str(samples),
                                   compile_timeout_s=120, timeout_s=60))  # fmt: skip
-    assert summary["passed"] == 16, summary["failure_reasons"]
+    assert summary["passed"] == 16, summary["failures"]
 
 
 def test_functional_tests_in_cpp_are_refused(tmp_path):
@@ -353,15 +378,21 @@ def test_records_are_scored_against_the_problems_with_their_ids(tmp_path):
     ])  # fmt: skip
     bench = tmp_path / "bench.jsonl"
     bench.write_text((DATA / "cpp_problems.jsonl").read_text() + (DATA / "lcb_problems.jsonl").read_text())
-    assert main(["eval", "--records", str(records), "--benchmark", str(bench), "--out", str(tmp_path / "out")]) == 0
+    # The record with an error is not graded: the run says so in its exit status.
+    out = tmp_path / "out"
+    assert main(["eval", "--records", str(records), "--benchmark", str(bench), "--out", str(out)]) == FAILED
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     results = {json.loads(line)["task_id"]: json.loads(line)
                for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()}
     assert {t: r["passed"] for t, r in results.items()} == {"cpp-total": True, "lcb-best-stretch": False,
                                                             "lcb-triangle": False}
-    assert results["lcb-best-stretch"]["reason"].startswith("private test")
-    assert "teacher server gave up" in results["lcb-triangle"]["reason"]
+    assert results["lcb-best-stretch"]["verdict"] == "wrong answer"
+    assert results["lcb-best-stretch"]["detail"].startswith("private test")
+    assert results["lcb-triangle"]["verdict"] == "generation error"
+    assert "teacher server gave up" in results["lcb-triangle"]["detail"]
+    assert results["cpp-total"]["language"] == "cpp" and results["lcb-best-stretch"]["language"] == "python"
     assert summary["records_without_problem"] == 1 and summary["pass@1"] == pytest.approx(1 / 3)
+    assert summary["ungraded"] == 1 and summary["failures"] == {"wrong answer": 1, "generation error": 1}
     assert summary["thinking"] == "not generated here (scored --records)"
 
 
@@ -369,3 +400,183 @@ def test_records_sharing_no_id_with_the_benchmark_are_an_error(tmp_path, capsys)
     records = write_jsonl(tmp_path / "r.jsonl", [{"id": "x", "answer": "1", "messages": []}])
     assert main(["eval", "--records", str(records), "--benchmark", str(DATA / "cpp_problems.jsonl")]) == 2
     assert "no record id is a problem" in capsys.readouterr().err
+
+
+# --- the answer's language decides, unless the problem pins one or --language forces one --------------
+SUM_ROW = {"question_id": "sum", "question_content": "Read N and then N integers. Print their sum.",
+           "public_test_cases": json.dumps([{"input": "3\n1 2 3\n", "output": "6\n", "testtype": "stdin"}]),
+           "private_test_cases": json.dumps([{"input": "2\n2000000000 2000000000\n", "output": "4000000000\n",
+                                             "testtype": "stdin"}])}  # fmt: skip
+PY_SUM = "input()\nprint(sum(map(int, input().split())))\n"
+BOTH = f"Python:\n```python\n{PY_SUM}```\nand in C++ (it overflows):\n```cpp\n{CPP['wrong']}```\n"
+
+
+def _sum_benchmark(tmp_path, **row):
+    return write_jsonl(tmp_path / "sum.jsonl", [{**SUM_ROW, **row}])
+
+
+def test_a_cpp_answer_to_a_problem_without_a_language_runs_as_cpp(tmp_path):
+    """A LiveCodeBench stdin row names no language: the answer's last ```cpp block is compiled by g++."""
+    [p] = load_benchmark(str(_sum_benchmark(tmp_path)))
+    assert p.data["language"] is None and "```python" in p.prompt  # the prompt still asks for Python
+    graded = score(p, f"<think>\nlong long\n</think>\n\n```cpp\n{CPP['right']}```\n", Limits(timeout_s=10))
+    assert graded["passed"] and graded["verdict"] == "accepted" and graded["language"] == "cpp", graded
+    # the same answer's last runnable block decides: here the overflowing C++ one, not the Python above it
+    graded = score(p, BOTH, Limits(timeout_s=10))
+    assert (graded["verdict"], graded["language"]) == ("wrong answer", "cpp"), graded
+    assert graded["detail"].startswith("private test 0: line 1 is '-294967296'"), graded
+    # with no named block, Python (an unlabelled block, or the whole answer)
+    assert score(p, f"```\n{PY_SUM}```", Limits(timeout_s=10))["language"] == "python"
+
+
+def test_a_problem_that_pins_python_runs_python_whatever_the_answers_last_block(tmp_path):
+    [p] = load_benchmark(str(_sum_benchmark(tmp_path, language="python")))
+    assert p.data["language"] == "python"
+    graded = score(p, BOTH, Limits(timeout_s=10))
+    assert (graded["verdict"], graded["language"]) == ("accepted", "python"), graded
+    graded = score(p, f"```cpp\n{CPP['right']}```", Limits(timeout_s=10))  # C++ read as Python
+    assert (graded["verdict"], graded["language"]) == ("runtime error", "python"), graded
+    assert "SyntaxError" in graded["detail"], graded
+
+
+@pytest.mark.parametrize("pinned", [None, "python", "cpp"])
+@pytest.mark.parametrize("forced, verdict", [("python", "accepted"), ("cpp", "wrong answer")])
+def test_language_forces_one_through_the_config_and_the_flag(tmp_path, pinned, forced, verdict):
+    bench = _sum_benchmark(tmp_path, **({"language": pinned} if pinned else {}))
+    [p] = load_benchmark(str(bench), language=forced)
+    assert p.data["language"] == forced and ("```cpp" in p.prompt) is (forced == "cpp")
+    samples = write_jsonl(tmp_path / "s.jsonl", [{"task_id": "sum", "completion": BOTH}])
+    summary = evaluate(EvalConfig(benchmark=str(bench), samples=str(samples), language=forced), out=tmp_path / "a")
+    assert summary["languages"] == {forced: 1} and summary["passed"] == (verdict == "accepted")
+    assert main(["eval", "--benchmark", str(bench), "--samples", str(samples), "--language", forced,
+                 "--out", str(tmp_path / "b")]) == 0  # fmt: skip
+    [row] = [json.loads(line) for line in (tmp_path / "b" / "results.jsonl").read_text().splitlines()]
+    assert (row["verdict"], row["language"]) == (verdict, forced)
+
+
+def test_functional_tests_stay_python_under_a_forced_language(tmp_path):
+    [p] = [p for p in load_benchmark(str(_stdio_and_functional(tmp_path)), language="cpp") if p.kind == "functional"]
+    answer = "```python\nclass Solution:\n    def twice(self, x):\n        return 2 * x\n```\n```cpp\nint main(){}\n```"
+    graded = score(p, answer, Limits(timeout_s=10))
+    assert (graded["verdict"], graded["language"]) == ("accepted", "python"), graded
+
+
+def test_an_unknown_language_is_refused_by_the_flag(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--benchmark", "humaneval", "--samples", "x.jsonl", "--language", "rust"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+# --- verdicts: each kind from the case that makes it ------------------------------------------------------
+def _stdin_problem(language):
+    return Problem("p", "stdio", "Print the sum of two integers.",
+                   {"tests": [{"input": "1 2\n", "output": "3\n"}], "language": language, "checker": None})
+
+
+@pytest.mark.parametrize(
+    "language, code, verdict, detail",
+    [("python", "a, b = map(int, input().split())\nprint(a + b)\n", "accepted", ""),
+     ("python", "print(4)\n", "wrong answer", "test 0: line 1 is '4', expected '3'"),
+     ("python", "while True:\n    pass\n", "time limit", "test 0: "),
+     ("python", "raise ValueError('no')\n", "runtime error", "test 0: exit status 1: ValueError: no"),
+     ("python", "x = bytearray(4 * 1024**3)\n", "memory limit", "test 0: more than 256 MB"),
+     ("python", "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n", "output limit", "test 0: wrote more"),
+     ("cpp", "#include <cstdio>\nint main() { int a, b; scanf(\"%d %d\", &a, &b); printf(\"%d\\n\", a + b); }\n",
+      "accepted", ""),
+     ("cpp", "#include <cstdio>\nint main() { puts(\"4\"); }\n", "wrong answer", "test 0: line 1 is '4'"),
+     ("cpp", "int main() { volatile long x = 0; while (true) x++; }\n", "time limit", "test 0: "),
+     ("cpp", "int main() { return 3; }\n", "runtime error", "test 0: exit status 3"),
+     ("cpp", "int main() { return undefined_name; }\n", "compile error", "main.cpp:1")],
+    ids=["py-accepted", "py-wrong", "py-time", "py-runtime", "py-memory", "py-output", "cpp-accepted", "cpp-wrong",
+         "cpp-time", "cpp-runtime", "cpp-compile"],
+)  # fmt: skip
+def test_each_verdict_comes_from_its_case(language, code, verdict, detail):
+    limits = Limits(timeout_s=3, cpu_s=1, memory_mb=256, file_size_mb=1)
+    graded = score(_stdin_problem(language), f"```{language}\n{code}```", limits)
+    assert graded["verdict"] == verdict and graded["detail"].startswith(detail), graded
+    assert graded["passed"] is (verdict == "accepted") and graded["language"] == language
+
+
+@pytest.mark.parametrize("completion, detail", [("<think>\nstill thinking", "the thinking never closed"),
+                                                ("<think>\nok\n</think>\n\n  \n", "the answer is empty")])
+def test_no_answer_is_its_own_verdict(completion, detail):
+    graded = score(_stdin_problem(None), completion, Limits(timeout_s=3))
+    assert (graded["verdict"], graded["detail"], graded["language"]) == ("no answer", detail, None)
+
+
+def test_functional_and_humaneval_harnesses_tell_a_wrong_answer_from_a_runtime_error(tmp_path):
+    [f] = [p for p in load_benchmark(str(_stdio_and_functional(tmp_path))) if p.kind == "functional"]
+    for body, verdict, detail in [("return x * 3", "wrong answer", "public test 0: returned 9, expected 6"),
+                                  ("return x.upper()", "runtime error", "exit status 1: AttributeError")]:
+        graded = score(f, f"```python\nclass Solution:\n    def twice(self, x):\n        {body}\n```", Limits())
+        assert graded["verdict"] == verdict and graded["detail"].startswith(detail), graded
+    [h] = load_benchmark("humaneval", limit=1)
+    for body, verdict, detail in [("    return None\n", "wrong answer", "failed: assert candidate("),
+                                  ("    return numbers[99]\n", "runtime error", "exit status 1: IndexError")]:
+        graded = score(h, body, Limits(timeout_s=10))
+        assert graded["verdict"] == verdict and graded["detail"].startswith(detail), graded
+
+
+def test_every_verdict_kind_is_known_and_only_the_unjudged_are_ungraded():
+    from tessy.eval import verdicts
+
+    assert {v for v in verdicts.KINDS if not verdicts.Verdict(v).graded} == {
+        "generation error", "sandbox refusal", "checker error"}
+    with pytest.raises(ValueError, match="unknown verdict kind"):
+        verdicts.Verdict("wrong")
+    assert str(verdicts.Verdict("wrong answer", "x").within("test 2")) == "wrong answer: test 2: x"
+
+
+# --- generate closes only the backend it made ---------------------------------------------------------------
+class Closable(ScriptedBackend):
+    def __init__(self, script, fail: bool = False):
+        super().__init__(script)
+        self.closed = 0
+        self.fail = fail
+
+    def generate(self, sessions, max_new_tokens, stop):
+        if self.fail:
+            raise RuntimeError("the backend broke")
+        return super().generate(sessions, max_new_tokens, stop)
+
+    def close(self):
+        self.closed += 1
+
+
+def test_generate_leaves_a_backend_it_was_handed_open():
+    backend = Closable(["6x7</think>", "\\boxed{42}", EOS])
+    generate(EvalConfig(max_think_tokens=12, max_answer_tokens=8), MATH, backend=backend)
+    assert backend.closed == 0
+    broken = Closable([], fail=True)
+    with pytest.raises(RuntimeError, match="the backend broke"):
+        generate(EvalConfig(max_think_tokens=12, max_answer_tokens=8), MATH, backend=broken)
+    assert broken.closed == 0
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_generate_closes_the_backend_it_made_even_when_it_fails(monkeypatch, fail):
+    import tessy.backends
+
+    made = []
+    monkeypatch.setattr(tessy.backends, "make_backend",
+                        lambda config, role: made.append(Closable([EOS], fail=fail)) or made[-1])
+    config = EvalConfig(model=ModelConfig("scripted"), max_think_tokens=12, max_answer_tokens=8)
+    if fail:
+        with pytest.raises(RuntimeError, match="the backend broke"):
+            generate(config, MATH)
+    else:
+        generate(config, MATH)
+    assert [b.closed for b in made] == [1]
+
+
+# --- the config's bounds, as the typed loader checks them ---------------------------------------------------
+@pytest.mark.parametrize("key, value", [("n", 0), ("limit", 0), ("batch_size", 0), ("chunk_tokens", 0),
+                                        ("max_think_tokens", 0), ("max_answer_tokens", -1), ("timeout_s", 0),
+                                        ("compile_timeout_s", -1.0), ("language", "rust"), ("window", "v9")])
+def test_eval_config_bounds(key, value):
+    from tessy.typed import ConfigError, build
+
+    assert build(EvalConfig, {key: 1 if key not in ("language", "window") else "cpp" if key == "language" else "v5"},
+                 "eval", {"model": ModelConfig})  # fmt: skip
+    with pytest.raises(ConfigError, match=key):
+        build(EvalConfig, {key: value}, "eval", {"model": ModelConfig})

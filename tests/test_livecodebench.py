@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-import tessy.sandbox
-from tessy.evaluate import EvalConfig, evaluate, load_benchmark
-from tessy.livecodebench import WINDOWS, date_range, decode_private_tests
+import tessy.eval.sandbox
+from tessy.eval.evaluate import EvalConfig, evaluate, load_benchmark
+from tessy.eval.livecodebench import WINDOWS, date_range, decode_private_tests
 
 DATA = Path(__file__).parent / "data"
 LCB = DATA / "lcb_problems.jsonl"
@@ -92,12 +92,15 @@ def test_right_solutions_pass_and_wrong_ones_pass_public_but_fail_private(tmp_pa
                for line in (tmp_path / "w" / "results.jsonl").read_text().splitlines()}
     assert wrong["pass@1"] == 0.0
     # Every wrong solution got through the public tests and failed on a private one.
-    assert all(r["reason"].startswith("private test") and "wrong answer" in r["reason"]
+    assert all(r["verdict"] == "wrong answer" and r["detail"].startswith("private test")
                for r in results.values()), results
+    assert wrong["failures"] == {"wrong answer": 4} and wrong["ungraded"] == 0
     # all negative
-    assert results["lcb-best-stretch"]["reason"] == "private test 0: wrong answer: line 1 is '-10', expected '-1'"
+    assert results["lcb-best-stretch"]["detail"] == "private test 0: line 1 is '-10', expected '-1'"
     # exact in floats up to its first
-    assert results["lcb-triangle"]["reason"].startswith("private test 1: wrong answer")
+    assert results["lcb-triangle"]["detail"].startswith("private test 1: ")
+    pairs = results["lcb-count-pairs"]["detail"]  # functional: the harness says which test and what came back
+    assert pairs.startswith("private test") and "returned" in pairs, pairs
 
 
 @pytest.mark.parametrize(
@@ -156,7 +159,7 @@ def test_a_pickle_naming_a_class_is_refused_and_nothing_runs(tmp_path, monkeypat
     bench = tmp_path / "poisoned.jsonl"
     bench.write_text(json.dumps(row) + "\n")
     ran = []  # every sandboxed process goes through _run: none may start, the row is refused first
-    monkeypatch.setattr(tessy.sandbox, "_run", lambda *a, **k: ran.append(a))
+    monkeypatch.setattr(tessy.eval.sandbox, "_run", lambda *a, **k: ran.append(a))
     samples = tmp_path / "s.jsonl"
     samples.write_text(json.dumps({"task_id": row["question_id"],
                                    "completion": reply(SOLUTIONS[row["question_id"]][0])}) + "\n")
@@ -179,7 +182,7 @@ def test_private_tests_that_are_not_a_pickled_string_are_refused(field, message)
 
 
 def test_a_zlib_bomb_stops_at_the_cap(monkeypatch):
-    import tessy.livecodebench as lcb
+    import tessy.eval.livecodebench as lcb
 
     monkeypatch.setattr(lcb, "MAX_DECODED_BYTES", 1 << 20)
     bomb = base64.b64encode(zlib.compress(b"\0" * (8 << 20))).decode()  # 8 MiB of zeros in a few KiB

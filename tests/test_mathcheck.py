@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tessy.evaluate import EvalConfig, evaluate
-from tessy.mathcheck import clean_answer, extract_boxed, math_equal
+from tessy.eval.evaluate import EvalConfig, evaluate
+from tessy.eval.mathcheck import clean_answer, extract_boxed, math_equal
 
 PAIRS = [json.loads(line) for line in (Path(__file__).parent / "data" / "math_answers.jsonl").read_text().splitlines()]
 
@@ -62,4 +62,5 @@ def test_math_benchmark_through_evaluate(tmp_path):
     evaluate(EvalConfig(benchmark=str(bench), samples=str(samples)), out=tmp_path / "out")
     results = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     assert [r["passed"] for r in results] == [p["equal"] for p in PAIRS]
-    assert all(r["isolation"] == "none (no code is run)" for r in results)
+    assert [r["verdict"] for r in results] == ["accepted" if p["equal"] else "wrong answer" for p in PAIRS]
+    assert all(r["isolation"] == "none (no code is run)" and r["language"] is None for r in results)

@@ -9,8 +9,8 @@ import pytest
 from scripted import EOS, ScriptedBackend
 
 from tessy.backends import Session
-from tessy.config import load_config
-from tessy.methods import METHODS, REFERENCE_TEMPLATE, best_candidate, mix_sources, parse_score
+from tessy.config import METHODS, load_config
+from tessy.methods import REFERENCE_TEMPLATE, STEPS, best_candidate, mix_sources, parse_score
 from tessy.records import read_records
 from tessy.roles import STUDENT, TEACHER
 from tessy.synth import synthesize
@@ -190,6 +190,10 @@ def test_teacher_mix_records_follow_the_split(tmp_path):
     for r in records:
         assert r["stats"]["mix_source"] == split[r["id"]]
         assert sources(r, "think") == sources(r, "answer") == {split[r["id"]]}
+
+
+def test_every_method_the_config_accepts_has_one_entry_in_the_table():
+    assert list(STEPS) == list(METHODS)
 
 
 @pytest.mark.parametrize("overrides", [{"method": "teacher_only"}, {"method": ""}, {"final_answer": "both"}])

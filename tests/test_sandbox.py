@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tessy.sandbox import BWRAP, Limits, build, compile_cpp, isolation, run_python
+from tessy.eval import verdicts
+from tessy.eval.sandbox import BWRAP, Limits, build, compile_cpp, isolation, run_python
 
 needs_bwrap = pytest.mark.skipif(isolation() != BWRAP, reason=f"needs bubblewrap; sandbox is {isolation()}")
 FAST = Limits(timeout_s=5, cpu_s=3, memory_mb=512, max_procs=16)
@@ -21,7 +22,7 @@ def run(code: str, lang: str = "python", **kw):
     limits = kw.pop("limits", FAST)
     if lang == "cpp":
         program = build("cpp", textwrap.dedent(code))
-        assert not hasattr(program, "reason"), program  # the hostile part is in what it does, not in compiling
+        assert not hasattr(program, "verdict"), program  # the hostile part is in what it does, not in compiling
         result = program.run(limits=limits, **kw)
     else:
         result = run_python(textwrap.dedent(code), limits=limits, **kw)
@@ -85,13 +86,18 @@ int main() {
 
 def test_normal_program_passes_and_sees_stdin():
     r = run("import sys; print(sum(map(int, sys.stdin.read().split())))", stdin="1 2 3\n")
-    assert r.passed and r.reason == "" and r.stdout.strip() == "6"
+    assert r.passed and r.verdict == verdicts.OK and r.stdout.strip() == "6"
     assert r.isolation == isolation()
 
 
-def test_failing_program_reports_last_stderr_line():
-    r = run("raise AssertionError('wrong answer')")
-    assert not r.passed and "AssertionError: wrong answer" in r.reason
+@pytest.mark.parametrize("lang, code, status", [
+    ("python", "raise AssertionError('wrong answer')", "exit status 1: AssertionError: wrong answer"),
+    ("cpp", '#include <cstdio>\nint main() { fputs("gave up\\n", stderr); return 3; }', "exit status 3: gave up"),
+    ("cpp", "#include <cstdlib>\nint main() { std::abort(); }", "killed by signal SIGABRT"),
+])  # fmt: skip
+def test_failing_program_is_a_runtime_error_with_its_last_stderr_line(lang, code, status):
+    r = run(code, lang)
+    assert not r.passed and r.verdict.kind == verdicts.RUNTIME_ERROR and r.verdict.detail.startswith(status), r
 
 
 @pytest.mark.parametrize("lang, code", [("python", "while True: pass"),
@@ -103,7 +109,7 @@ def test_infinite_loop_is_stopped(lang, code):
     t = time.monotonic()
     r = run(code, lang, limits=Limits(timeout_s=2, cpu_s=1))
     assert not r.passed
-    assert r.reason.startswith(("timeout", "cpu limit")), r.reason
+    assert r.verdict.kind == verdicts.TIME_LIMIT and r.verdict.detail.startswith(("wall clock", "cpu")), r.verdict
     assert time.monotonic() - t < 15
 
 
@@ -122,9 +128,9 @@ def test_fork_bomb_is_contained(lang):
         raise SystemExit(f"fork refused after {n}: {e}")
     """
     r = run(code, lang, limits=Limits(timeout_s=5, cpu_s=3, max_procs=16))
-    assert not r.passed
-    assert "fork refused after" in r.reason, r.reason
-    assert int(r.reason.split("after ")[1].split(":")[0]) < 16
+    assert not r.passed and r.verdict.kind == verdicts.RUNTIME_ERROR
+    assert "fork refused after" in r.verdict.detail, r.verdict
+    assert int(r.verdict.detail.split("after ")[1].split(":")[0]) < 16
     # The sleeping children are gone with the sandbox: no process of the sandbox user is left.
     time.sleep(0.5)
     leftovers = [p for p in os.listdir("/proc") if p.isdigit() and _uid(p) == 65534 and "main" in _cmdline(p)]
@@ -155,7 +161,7 @@ def _cmdline(pid: str) -> str:
 )  # fmt: skip
 def test_memory_bomb_is_contained(lang, code):
     r = run(code, lang, limits=Limits(timeout_s=10, cpu_s=5, memory_mb=256))
-    assert not r.passed and r.reason.startswith("memory limit"), r.reason
+    assert not r.passed and r.verdict.kind == verdicts.MEMORY_LIMIT, r.verdict
 
 
 @pytest.mark.parametrize("lang", ["python", "cpp"])
@@ -172,7 +178,8 @@ def test_writing_outside_its_directory_fails(tmp_path, where, lang):
     finally:
         target.unlink(missing_ok=True)
     # Read-only root (bwrap), root-owned (nobody), or a private /tmp where the path does not exist.
-    assert not r.passed and any(s in r.reason for s in ("Read-only", "Permission denied", "No such file")), r.reason
+    assert not r.passed and r.verdict.kind == verdicts.RUNTIME_ERROR, r.verdict
+    assert any(s in r.verdict.detail for s in ("Read-only", "Permission denied", "No such file")), r.verdict
 
 
 @pytest.mark.parametrize("code", ["open('big', 'wb').write(b'x' * 50 * 1024 * 1024)",
@@ -180,7 +187,7 @@ def test_writing_outside_its_directory_fails(tmp_path, where, lang):
 def test_writing_a_huge_file_hits_the_size_limit(code):
     r = run(code, limits=Limits(file_size_mb=1))
     assert len(r.stdout) <= Limits().max_output_chars  # captured to a capped file, never to memory
-    assert not r.passed and ("file size limit" in r.reason or "File too large" in r.reason), r.reason
+    assert not r.passed and r.verdict.kind == verdicts.OUTPUT_LIMIT, r.verdict
 
 
 def test_parent_environment_secret_is_not_visible(monkeypatch):
@@ -210,7 +217,8 @@ def test_socket_to_localhost_is_refused(lang):
         code = (CPP_CONNECT % port if lang == "cpp"
                 else f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)")
         r = run(code, lang)
-        assert not r.passed and ("refused" in r.reason or "unreachable" in r.reason.lower()), r.reason
+        assert not r.passed and r.verdict.kind == verdicts.RUNTIME_ERROR, r.verdict
+        assert "refused" in r.verdict.detail or "unreachable" in r.verdict.detail.lower(), r.verdict
         server.settimeout(0.2)
         with pytest.raises(TimeoutError):
             server.accept()  # nothing ever reached the host's listener
@@ -249,7 +257,7 @@ def test_an_interpreter_under_tmp_is_bound_back_into_the_private_tmp(monkeypatch
     import shutil
     import tempfile
 
-    import tessy.sandbox as sandbox
+    import tessy.eval.sandbox as sandbox
 
     clone = Path(tempfile.mkdtemp(dir="/tmp", prefix="tessy-clone-"))
     try:
@@ -273,7 +281,27 @@ def test_an_interpreter_under_tmp_is_bound_back_into_the_private_tmp(monkeypatch
 def test_a_bad_cpp_source_is_a_compile_error_and_nothing_runs(source, why):
     t = time.monotonic()
     binary, r = compile_cpp(source, Limits(timeout_s=10, cpu_s=5, memory_mb=512))
-    assert binary is None and not r.passed and r.reason.startswith("compile error: ") and why in r.reason, r.reason
+    assert binary is None and not r.passed and r.verdict.kind == verdicts.COMPILE_ERROR, r.verdict
+    assert why in r.verdict.detail, r.verdict
     assert time.monotonic() - t < 30
     after = run_python("print(6 * 7)", limits=FAST)
     assert after.passed and after.stdout.strip() == "42", after
+
+
+@pytest.mark.parametrize("lang", ["python", "cpp"])
+def test_a_sandbox_that_cannot_start_is_a_refusal_not_a_verdict_on_the_code(monkeypatch, lang):
+    import subprocess
+
+    import tessy.eval.sandbox as sandbox
+
+    if lang == "cpp":
+        monkeypatch.setattr(sandbox.shutil, "which", lambda name, path=None: None)  # no g++ here
+        binary, r = compile_cpp("int main() {}")
+        assert binary is None
+    else:
+        def refuse(*args, **kwargs):
+            raise OSError("no such interpreter")
+
+        monkeypatch.setattr(subprocess, "Popen", refuse)
+        r = run_python("print(1)", limits=FAST)
+    assert not r.passed and r.verdict.kind == verdicts.SANDBOX_REFUSAL and not r.verdict.graded, r.verdict

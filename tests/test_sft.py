@@ -24,7 +24,7 @@ SYSTEM = "You are tessy-tuned."
 
 
 def tessy_records(n: int, stop_reason: str = "student_closed", thinking_words: int = 0) -> list[dict]:
-    """Records in the shape `tessy synth` writes (DESIGN.md: one output record per prompt)."""
+    """Records in the shape `tessy synth` writes (README, "Using it": one record per prompt)."""
     qa = [("Add 2 and 3.", "5"), ("Double x in Python.", "def f(x):\n    return 2 * x"), ("7 - 4?", "3"),
           ("Reverse 'ab'.", "'ba'")]
     out = []
@@ -342,7 +342,7 @@ def _weight_names(path) -> list[str]:
 
 @pytest.mark.slow
 def test_sft_then_eval_on_five_humaneval_problems(sft_runs, tmp_path):
-    from tessy.evaluate import recorded_system_prompt
+    from tessy.eval.evaluate import recorded_system_prompt
 
     model = sft_runs["lora"]
     assert recorded_system_prompt(str(model)) == SYSTEM  # evaluation uses the isolation prompt too
@@ -353,7 +353,7 @@ def test_sft_then_eval_on_five_humaneval_problems(sft_runs, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert [r["task_id"] for r in results] == [f"HumanEval/{i}" for i in range(5)]
     assert all(isinstance(r["passed"], bool) and r["completion"].startswith("<think>\n") for r in results)
-    assert all(r["passed"] or r["reason"] for r in results)
+    assert all(r["passed"] == (r["verdict"] == "accepted") for r in results)
     assert summary["problems"] == 5 and summary["samples"] == 5 and 0 <= summary["pass@1"] <= 1
     assert summary["model"] == str(model)
 

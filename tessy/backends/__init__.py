@@ -20,6 +20,7 @@ from tessy.backends.protocol import (  # noqa: F401  (the protocol, as callers n
     Session,
     Span,
     answered,
+    failed,
     span_from_ids,
 )
 

@@ -8,7 +8,7 @@ Each endpoint is probed once and then spoken to in one of two modes:
 - **ids** (vLLM): the prompt is the session's own token ids and the answer carries the sampled ids
   (`return_token_ids`). A model's own span is kept as the exact ids it sampled, and the server's
   prefix cache (vLLM: full 16-token blocks) reuses everything up to the last rollback, so a
-  sample's cost grows linearly with its length (DESIGN: "Rolling back means truncating").
+  sample's cost grows linearly with its length.
 - **text** (llama.cpp's server takes string prompts only): the session keeps its text as well; the
   sampled text is encoded with the role's tokenizer for ids and per-token offsets. The server
   re-tokenizes the whole prompt, so its view of a model's own span may differ from what it sampled:

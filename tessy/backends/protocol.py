@@ -80,6 +80,12 @@ class SampleError(Exception):
         self.endpoint = endpoint
 
 
+def failed(row) -> bool:
+    """Whether a row that a backend (or `ChatClient`) returned is its failure, a `SampleError`, in
+    the place of an answer: the one test every caller uses."""
+    return isinstance(row, SampleError)
+
+
 class Backend(Protocol):
     tokenizer: Any
     sampling: Sampling

@@ -5,7 +5,7 @@ Install with `pip install 'tessy[vllm]'`. vllm is imported only when this backen
 Each session is its token ids and nothing else: one `generate` call sends every session's ids as
 a token prompt, and vLLM's prefix cache (full 16-token blocks) finds the part it has computed
 before. Rolling back only shortens the ids; the cached blocks of the kept prefix stay valid, so no
-token is computed twice (DESIGN: "Rolling back means truncating cached state").
+token is computed twice.
 """
 
 from __future__ import annotations

@@ -60,11 +60,14 @@ class TrainConfig:
         metadata={"choices": ("student", "teacher"),
                   "help": "train on student segments (B_S) or teacher segments (B_T); None: all"},
     )
-    epochs: int = field(default=2, metadata={"help": "passes over the training split"})
-    lr: float = field(default=5e-5, metadata={"help": "AdamW learning rate (linear decay)"})
-    batch_size: int = field(default=16, metadata={"help": "segments per optimizer step"})
-    max_length: int = field(default=128, metadata={"help": "most tokens of a segment (plus context) the model reads"})
-    left_context: int = field(default=0, metadata={"help": "tokens of preceding text seen but not scored"})
+    epochs: int = field(default=2, metadata={"min": 1, "help": "passes over the training split"})
+    lr: float = field(default=5e-5, metadata={"gt": 0, "help": "AdamW learning rate (linear decay)"})
+    batch_size: int = field(default=16, metadata={"min": 1, "help": "segments per optimizer step"})
+    max_length: int = field(
+        default=128,
+        metadata={"min": 8, "help": "most tokens of a segment (plus context) the model reads"},
+    )
+    left_context: int = field(default=0, metadata={"min": 0, "help": "tokens of preceding text seen but not scored"})
     labels: str = field(
         default="same-token",
         metadata={"choices": ("same-token", "next-token"),
@@ -75,7 +78,10 @@ class TrainConfig:
         default=True,
         metadata={"help": "weigh the loss by inverse class frequency (style is rare)"},
     )
-    eval_fraction: float = field(default=0.2, metadata={"help": "share of docs held out for the per-epoch evaluation"})
+    eval_fraction: float = field(
+        default=0.2,
+        metadata={"min": 0, "max": 0.9, "help": "share of docs held out for the per-epoch evaluation"},
+    )
     seed: int = field(default=0, metadata={"help": "split and shuffle seed"})
     device: str = field(default="auto", metadata={"help": "cpu | cuda | auto (cuda where there is one)"})
 

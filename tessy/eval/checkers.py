@@ -8,8 +8,12 @@
     tolerance is enough, as in testlib's doubleCompare); other tokens must be equal;
   - {"type": "program", "language": "python" | "cpp", "source": "..."}: a special judge, called as
     testlib calls one, `checker INPUT OUTPUT ANSWER` (three files: the test's input, the
-    contestant's output, the jury's answer); exit status 0 accepts. It runs in the sandbox like
-    the solution (a C++ checker is compiled there once per process).
+    contestant's output, the jury's answer); exit status 0 accepts, 1 or 2 (testlib's wrong answer
+    and presentation error) rejects, anything else is the checker failing. It runs in the sandbox
+    like the solution (a C++ checker is compiled there once per process).
+
+`check` returns a `Verdict`: accepted, wrong answer, or checker error (the special judge did not
+build or failed: the output was never judged); a sandbox that refused to run the judge says so.
 """
 
 from __future__ import annotations
@@ -17,10 +21,10 @@ from __future__ import annotations
 import functools
 import math
 
-from tessy.sandbox import Limits, Program, Result, build, compile_limits
+from tessy.eval.sandbox import LANGUAGE_ALIASES, Limits, Program, Result, build, compile_limits
+from tessy.eval.verdicts import CHECKER_ERROR, OK, SANDBOX_REFUSAL, WRONG_ANSWER, Verdict
 
 TYPES = ("lines", "tokens", "float", "program")
-LANGUAGE_ALIASES = {"python": "python", "py": "python", "python3": "python", "cpp": "cpp", "c++": "cpp", "cc": "cpp"}
 
 
 def parse_checker(spec) -> dict | None:
@@ -45,16 +49,16 @@ def parse_checker(spec) -> dict | None:
 
 
 def check(checker: dict | None, test_input: str, output: str, answer: str, limits: Limits,
-          compile_timeout_s: float = 30.0) -> str:  # fmt: skip
-    """Judge one test. Returns "" when `output` is accepted, else why ("wrong answer: ..." or
-    "checker error: ..." when a special judge itself failed)."""
+          compile_timeout_s: float = 30.0) -> Verdict:  # fmt: skip
+    """Judge one test: accepted, wrong answer (the detail says where), or checker error when a
+    special judge itself failed."""
     kind = (checker or {}).get("type", "lines")
     if kind == "lines":
         got, want = _lines(output), _lines(answer)
-        return "" if got == want else "wrong answer" + _first_difference(got, want, "line")
+        return OK if got == want else Verdict(WRONG_ANSWER, _first_difference(got, want, "line"))
     if kind == "tokens":
         got, want = output.split(), answer.split()
-        return "" if got == want else "wrong answer" + _first_difference(got, want, "token")
+        return OK if got == want else Verdict(WRONG_ANSWER, _first_difference(got, want, "token"))
     if kind == "float":
         return _float_tokens(output.split(), answer.split(), checker["abs"], checker["rel"])
     return _special_judge(checker, test_input, output, answer, limits, compile_timeout_s)
@@ -66,14 +70,14 @@ def _lines(text: str) -> list[str]:
 
 def _first_difference(got: list[str], want: list[str], unit: str) -> str:
     if got[: len(want)] == want or want[: len(got)] == got:  # one is the other cut short
-        return f": {len(got)} {unit}s, expected {len(want)}"
+        return f"{len(got)} {unit}s, expected {len(want)}"
     i = next(i for i, (a, b) in enumerate(zip(got, want)) if a != b)
-    return f": {unit} {i + 1} is {got[i][:40]!r}, expected {want[i][:40]!r}"
+    return f"{unit} {i + 1} is {got[i][:40]!r}, expected {want[i][:40]!r}"
 
 
-def _float_tokens(got: list[str], want: list[str], abs_tol: float, rel_tol: float) -> str:
+def _float_tokens(got: list[str], want: list[str], abs_tol: float, rel_tol: float) -> Verdict:
     if len(got) != len(want):
-        return f"wrong answer: {len(got)} tokens, expected {len(want)}"
+        return Verdict(WRONG_ANSWER, f"{len(got)} tokens, expected {len(want)}")
     for i, (a, b) in enumerate(zip(got, want)):
         x, y = _number(a), _number(b)
         if x is None or y is None:
@@ -83,8 +87,9 @@ def _float_tokens(got: list[str], want: list[str], abs_tol: float, rel_tol: floa
         else:
             ok = abs(x - y) <= abs_tol or abs(x - y) <= rel_tol * abs(y)
         if not ok:
-            return f"wrong answer: token {i + 1} is {a[:40]!r}, expected {b[:40]!r} (abs {abs_tol:g}, rel {rel_tol:g})"
-    return ""
+            return Verdict(WRONG_ANSWER, f"token {i + 1} is {a[:40]!r}, expected {b[:40]!r} "
+                                         f"(abs {abs_tol:g}, rel {rel_tol:g})")
+    return OK
 
 
 def _number(token: str) -> float | None:
@@ -101,18 +106,22 @@ def _judge_program(language: str, source: str, compile_timeout_s: float) -> Prog
 
 
 def _special_judge(checker: dict, test_input: str, output: str, answer: str, limits: Limits,
-                   compile_timeout_s: float) -> str:  # fmt: skip
+                   compile_timeout_s: float) -> Verdict:  # fmt: skip
     judge = _judge_program(checker["language"], checker["source"], compile_timeout_s)
     if isinstance(judge, Result):
-        return f"checker error: the checker does not build ({judge.reason})"
+        if judge.verdict.kind == SANDBOX_REFUSAL:
+            return Verdict(SANDBOX_REFUSAL, f"the checker: {judge.verdict.detail}")
+        return Verdict(CHECKER_ERROR, f"the checker does not build ({judge.verdict})")
     files = {"input.txt": test_input, "output.txt": output, "answer.txt": answer}
     result = judge.run(limits=limits, args=("input.txt", "output.txt", "answer.txt"), files=files)
     if result.passed:
-        return ""
+        return OK
+    if result.verdict.kind == SANDBOX_REFUSAL:
+        return Verdict(SANDBOX_REFUSAL, f"the checker: {result.verdict.detail}")
     said = next((line.strip() for line in reversed((result.stderr + "\n" + result.stdout).splitlines())
                  if line.strip()), "")
     # testlib's exit codes: 1 wrong answer, 2 presentation error; anything else is the checker failing,
     # and so is a Python checker that dies of an exception (that too exits with 1).
     if result.returncode in (1, 2) and "Traceback (most recent call last)" not in result.stderr:
-        return "wrong answer" + (f": checker says {said[:200]!r}" if said else "")
-    return f"checker error: {result.reason}"
+        return Verdict(WRONG_ANSWER, f"checker says {said[:200]!r}" if said else "")
+    return Verdict(CHECKER_ERROR, str(result.verdict))

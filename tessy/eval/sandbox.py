@@ -46,7 +46,9 @@ What it does NOT protect against:
     neighbour's fork fail while it lasts.
 
 A contained problem is never an exception: `run_python`, `compile_cpp` and `run_binary` return a
-`Result` with `passed=False` and a `reason` (timeout, cpu limit, memory limit, compile error, ...).
+`Result` whose `verdict` (`tessy.eval.verdicts`) says what happened: accepted (exit status 0 within
+every limit), time limit, memory limit, output limit, runtime error, compile error, or sandbox
+refusal when the sandbox itself could not run it.
 """
 
 
@@ -63,10 +65,24 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tessy.eval.verdicts import (
+    ACCEPTED,
+    COMPILE_ERROR,
+    MEMORY_LIMIT,
+    OUTPUT_LIMIT,
+    RUNTIME_ERROR,
+    SANDBOX_REFUSAL,
+    TIME_LIMIT,
+    Verdict,
+)
+
 NOBODY = 65534
 BWRAP = "bwrap"
 RLIMITS_ONLY = "rlimits-only"
 LANGUAGES = ("python", "cpp")
+# What a benchmark row, a checker or a code fence may call them.
+LANGUAGE_ALIASES = {"python": "python", "py": "python", "python3": "python", "py3": "python",
+                    "cpp": "cpp", "c++": "cpp", "cc": "cpp", "cxx": "cpp"}  # fmt: skip
 # g++ as contest judges call it (Codeforces, AtCoder: -O2, a recent GNU standard); -pipe keeps the
 # intermediate files off the disk.
 CPP_FLAGS = ("-O2", "-std=gnu++20", "-pipe")
@@ -117,14 +133,16 @@ def compile_limits(timeout_s: float = 30.0) -> Limits:
 
 @dataclass
 class Result:
-    passed: bool  # exit status 0, within every limit
-    # "" when passed; else timeout, cpu limit, memory limit, compile error, exit status N: last stderr line, ...
-    reason: str
+    verdict: Verdict  # accepted: exit status 0, within every limit
     stdout: str
     stderr: str
     returncode: int | None  # None when killed on the wall-clock timeout
     isolation: str  # "bwrap" or "rlimits-only (...why...)"
     wall_s: float
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict.kind == ACCEPTED
 
 
 @dataclass(frozen=True)
@@ -145,7 +163,7 @@ class Program:
 def build(language: str, source: str, limits: Limits | None = None) -> Program | Result:
     """A `Program` from source: Python as it is, C++ compiled in the sandbox (`compile_cpp`).
 
-    Returns the Program, or the failed compile's `Result` (its reason starts with "compile error")."""
+    Returns the Program, or the failed compile's `Result` (a compile error, or a sandbox refusal)."""
     if language == "python":
         return Program("python", source.encode("utf-8"))
     if language == "cpp":
@@ -248,18 +266,26 @@ def run_python(code: str, stdin: str = "", limits: Limits | None = None, args: t
 
 def compile_cpp(source: str, limits: Limits | None = None) -> tuple[bytes | None, Result]:
     """Compile C++ `source` with g++ (`CPP_FLAGS`) inside the sandbox, under `limits` (default
-    `compile_limits()`). Returns (the executable, or None, and the compiler's `Result`); a failure's
-    reason is "compile error: " and the first error line (the whole log is in `stderr`)."""
+    `compile_limits()`). Returns (the executable, or None, and the compiler's `Result`). A source g++
+    refuses, or that runs g++ out of its limits, is a compile error whose detail is the first error
+    line (the whole log is in `stderr`) or the limit; a sandbox that cannot run g++ is a sandbox refusal."""
     limits = limits or compile_limits()
     if shutil.which("g++") is None:
-        return None, Result(False, "sandbox error: no g++ on PATH (apt-get install g++)", "", "", None, isolation(),
-                            0.0)
+        refusal = Verdict(SANDBOX_REFUSAL, "no g++ on PATH (apt-get install g++)")
+        return None, Result(refusal, "", "", None, isolation(), 0.0)
     result, binary = _run("compile", {"main.cpp": source}, (), "", limits, collect="main")
     if result.passed and binary:
         return binary, result
+    if result.verdict.kind == SANDBOX_REFUSAL:
+        return None, result
     first = next((line.strip() for line in result.stderr.splitlines() if "error" in line), "")
-    why = result.reason if result.returncode is None or result.returncode < 0 or not first else first
-    result.passed, result.reason = False, f"compile error: {why[:300] or 'no executable'}"
+    if result.passed:
+        why = "no executable"
+    elif result.returncode is None or result.returncode < 0 or not first:
+        why = str(result.verdict)  # a limit, or a compiler that died
+    else:
+        why = first
+    result.verdict = Verdict(COMPILE_ERROR, why[:300])
     return None, result
 
 
@@ -312,7 +338,8 @@ def _run(kind: str, files: dict[str, str | bytes], args: tuple[str, ...], stdin:
                 proc = subprocess.Popen(argv, stdin=fin, stdout=fout, stderr=ferr, cwd=work, env=env,
                                         start_new_session=True)  # fmt: skip
             except OSError as e:
-                return Result(False, f"could not start: {e}", "", "", None, mode, time.monotonic() - start), None
+                refusal = Verdict(SANDBOX_REFUSAL, f"could not start: {e}")
+                return Result(refusal, "", "", None, mode, time.monotonic() - start), None
             try:
                 returncode = proc.wait(timeout=limits.timeout_s)
                 timed_out = False
@@ -329,14 +356,13 @@ def _run(kind: str, files: dict[str, str | bytes], args: tuple[str, ...], stdin:
         stdout = _read(host / "stdout", limits.max_output_chars)
         stderr = _read(host / "stderr", limits.max_output_chars)
         wall = time.monotonic() - start
-        reason = ("" if returncode == 0 and not timed_out
-                  else _reason(returncode, timed_out, stderr, limits, kind == "python"))
+        verdict = _verdict(returncode, timed_out, stderr, limits, kind == "python")
         kept = None
-        if not reason and collect and (work / collect).is_file():
+        if verdict.kind == ACCEPTED and collect and (work / collect).is_file():
             kept = (work / collect).read_bytes()
-        return Result(not reason, reason, stdout, stderr, returncode, mode, wall), kept
-    except OSError as e:  # tessy's own side (disk full, ...): still a scored failure, not a crash
-        return Result(False, f"sandbox error: {e}", "", "", None, mode, time.monotonic() - start), None
+        return Result(verdict, stdout, stderr, returncode, mode, wall), kept
+    except OSError as e:  # tessy's own side (disk full, ...): a failed sample, not a crash
+        return Result(Verdict(SANDBOX_REFUSAL, str(e)), "", "", None, mode, time.monotonic() - start), None
     finally:
         shutil.rmtree(host, ignore_errors=True)
 
@@ -353,26 +379,30 @@ def _read(path: Path, limit: int) -> str:
         return f.read(limit * 4).decode("utf-8", errors="replace")[:limit]
 
 
-def _reason(returncode: int | None, timed_out: bool, stderr: str, limits: Limits, python: bool = True) -> str:
+def _verdict(returncode: int | None, timed_out: bool, stderr: str, limits: Limits, python: bool = True) -> Verdict:
+    """What one run's exit says; the detail names the limit, or the program's last stderr line."""
+    if returncode == 0 and not timed_out:
+        return Verdict(ACCEPTED)
     last = next((line.strip() for line in reversed(stderr.splitlines()) if line.strip()), "")
     if timed_out:
-        return f"timeout: still running after {limits.timeout_s:g} s"
+        return Verdict(TIME_LIMIT, f"wall clock: still running after {limits.timeout_s:g} s")
     if returncode == -signal.SIGXCPU:
-        return f"cpu limit: more than {limits.cpu_s} s of CPU"
-    if returncode == -signal.SIGXFSZ:
-        return f"file size limit: wrote more than {limits.file_size_mb} MB"
+        return Verdict(TIME_LIMIT, f"cpu: more than {limits.cpu_s} s of CPU")
+    # Python ignores SIGXFSZ, so there the write fails with EFBIG instead of the signal.
+    if returncode == -signal.SIGXFSZ or python and "[Errno 27] File too large" in last:
+        return Verdict(OUTPUT_LIMIT, f"wrote more than {limits.file_size_mb} MB" + (f" ({last})" if last else ""))
     # A silent SIGSEGV is how CPython dies when the address-space limit bites inside malloc; a
     # compiled program segfaults for its own reasons (a stack overflow, a bad pointer), so only
     # std::bad_alloc, or a binary too large to load, says memory there.
     if (python and ("MemoryError" in stderr or returncode == -signal.SIGSEGV and not last)
             or not python and ("std::bad_alloc" in stderr or "Cannot allocate memory" in last)):
-        return f"memory limit: more than {limits.memory_mb} MB ({last or 'killed'})"
+        return Verdict(MEMORY_LIMIT, f"more than {limits.memory_mb} MB ({last or 'killed'})")
     if returncode is not None and returncode < 0:
         try:
             name = signal.Signals(-returncode).name
         except ValueError:
             name = str(-returncode)
-        return f"killed by signal {name}" + (f": {last}" if last else "")
+        return Verdict(RUNTIME_ERROR, f"killed by signal {name}" + (f": {last[:300]}" if last else ""))
     if "Resource temporarily unavailable" in stderr and ("fork" in stderr or "Errno 11" in stderr):
-        return f"process limit: more than {limits.max_procs} processes ({last})"
-    return f"exit status {returncode}" + (f": {last[:300]}" if last else "")
+        return Verdict(RUNTIME_ERROR, f"process limit: more than {limits.max_procs} processes ({last[:300]})")
+    return Verdict(RUNTIME_ERROR, f"exit status {returncode}" + (f": {last[:300]}" if last else ""))

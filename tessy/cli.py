@@ -263,41 +263,54 @@ def cmd_plot_loss(args) -> int:
 def cmd_analyze(args) -> int:
     from rich.progress import Progress
 
-    from tessy.analysis import analyze, load_datasets, print_table, student_nll
+    from tessy.analysis import AnalyzeJob, analyze, load_datasets, print_table, student_nll
     from tessy.config import load_config
     from tessy.models import load
     from tessy.plots import write_report
     from tessy.predictors import load_predictor
     from tessy.profiles import get_profile
+    from tessy.typed import load as load_job
 
+    job = load_job(AnalyzeJob, {}, "tessy analyze", given(args, AnalyzeJob))
     console = _console()
-    names = args.names.split(",") if args.names else None
-    datasets = load_datasets(args.files, names)
-    config = load_config(args.config)
+    names = job.names.split(",") if job.names else None
+    datasets = load_datasets(job.files, names)
+    config = load_config(job.config)
     console.print(f"analyze: {len(datasets)} datasets, {len(next(iter(datasets)).records)} shared prompts; "
                   f"loading the student {config.student.model}")
     model, tokenizer = load(config.student.model, dtype=config.student.dtype, device=config.student.device)
-    if not args.no_nll:
-        predictor = load_predictor(args.predictor, config.style_phrases)
+    if job.nll:
+        predictor = load_predictor(job.predictor, config.style_phrases)
         profile = get_profile(config.student.profile, config.profiles)
         total = sum(len(d.records) for d in datasets)
         bar = Progress(console=console)
         task = bar.add_task("student NLL", total=total)
 
         def nll(d):
-            return student_nll(list(d.records.values()), model, tokenizer, profile, predictor, args.batch_size,
+            return student_nll(list(d.records.values()), model, tokenizer, profile, predictor, job.batch_size,
                                progress=lambda n: bar.update(task, advance=n))
 
         with bar:
-            result = analyze(datasets, tokenizer, nll, top_n=args.top_words)
+            result = analyze(datasets, tokenizer, nll, top_n=job.top_words)
         result["predictor"] = predictor.name
     else:
-        result = analyze(datasets, tokenizer, None, top_n=args.top_words)
+        result = analyze(datasets, tokenizer, None, top_n=job.top_words)
     result["student"] = config.student.model
-    files = write_report(result, args.out)
+    files = write_report(result, job.out)
     print_table(result, console)
     console.print(f"wrote {files['json']}, {files['html']} and {len(files) - 2} PNGs")
     return OK
+
+
+def _count(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is below 1")
+    return value
 
 
 def _allow_errors(parser, what: str) -> None:
@@ -308,6 +321,7 @@ def _allow_errors(parser, what: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     # The configs' modules are light (no torch): their fields become the flags.
     from tessy import __version__
+    from tessy.analysis import AnalyzeJob
     from tessy.annotate import AnnotateJob
     from tessy.config import ModelConfig, SynthConfig
     from tessy.eval.evaluate import EvalConfig
@@ -328,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML config (see `tessy config`); default: the embedded models")
     p.add_argument("--prompts", required=True, help="JSONL with `id` and `prompt` or `messages`")
     p.add_argument("--out", required=True, help="output JSONL; the config is saved beside it; a rerun resumes")
-    p.add_argument("--limit", type=int, help="only the first N prompts")
+    p.add_argument("--limit", type=_count, help="only the first N prompts")
     # The config's own fields (a flag overrides the --config file); roles' settings stay in the file.
     add_fields(p, SynthConfig, skip=("student", "teacher", "style_phrases", "profiles"))
     p.add_argument("--summary-json", help="also write the summary as JSON here")
@@ -361,13 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("analyze",
                        help="compare datasets on their shared prompts: lengths, teacher share, TF-IDF, student NLL")
     p.add_argument("files", nargs="+", help="records JSONL files (one per method)")
-    p.add_argument("--out", required=True, help="directory for analysis.json, the PNGs and index.html")
-    p.add_argument("--names", help="comma-separated dataset names (default: each file's method, else its stem)")
-    p.add_argument("--config", help="synth config naming the student (default: the embedded student)")
-    p.add_argument("--predictor", default="lexicon", help="splits tokens into style and capability for the NLL")
-    p.add_argument("--batch-size", type=int, default=4, help="records per forward pass of the student")
-    p.add_argument("--top-words", type=int, default=10, help="top words per dataset in the heatmap")
-    p.add_argument("--no-nll", action="store_true", help="skip the student's NLL (no forward passes)")
+    add_fields(p, AnalyzeJob, skip=("files",), required=("out",))
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("config", help="print the full default config, with comments")

@@ -132,3 +132,14 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"tessy {__version__}"
+
+
+def test_analyze_refuses_a_bad_batch_size_before_reading_anything(monkeypatch, capsys):
+    refuses_before_work(monkeypatch, capsys, ["analyze", "a.jsonl", "--out", "r", "--batch-size", "0"],
+                        "--batch-size is 0: it must be at least 1", "tessy.analysis", "load_datasets")
+
+
+def test_synth_limit_must_be_at_least_one(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["synth", "--prompts", "p.jsonl", "--out", "o.jsonl", "--limit", "0"])
+    assert e.value.code == 2 and "--limit: 0 is below 1" in capsys.readouterr().err

@@ -174,11 +174,29 @@ def summarize(records: list[dict], wall_s: float) -> dict:
         # Median zlib ratio of the thinking (tessy/analysis.py): low when samples loop, guard or not.
         "thinking_variety": round(statistics.median(compression_ratio(thinking_text(r)) for r in records), 3)
         if n else 0.0,
+        # What a turn costs: tokens the models generated for every token the records keep, per role
+        # (the student's spans are mostly cut early, so its rate is the higher one).
+        "generated_per_kept": generated_per_kept(records),
         "kept_tokens_per_s": round(kept / wall_s, 2) if wall_s else 0.0,
         "generated_tokens_per_s": round(generated / wall_s, 2) if wall_s else 0.0,
         "stop_reasons": dict(Counter(s["stop_reason"] for s in stats)),
         "wall_s": round(wall_s, 1),
     }
+
+
+def generated_per_kept(records: list[dict]) -> dict[str, float | None]:
+    """Generated tokens over kept tokens, for each role and for both together; None where a role
+    kept nothing."""
+    generated = Counter()
+    kept = Counter()
+    for r in records:
+        generated.update(r["stats"]["generated_tokens"])
+        for seg in r["segments"]:
+            kept[seg["source"]] += seg["n_tokens"]
+    out = {role: round(generated[role] / kept[role], 3) if kept[role] else None for role in (STUDENT, TEACHER)}
+    total = sum(kept.values())
+    out["all"] = round(sum(generated.values()) / total, 3) if total else None
+    return out
 
 
 def _finish(summary: dict, records: list[dict], wall: float, console) -> dict:
@@ -191,6 +209,9 @@ def _finish(summary: dict, records: list[dict], wall: float, console) -> dict:
                     "records_with_both_sources", "thinking_variety", "kept_tokens_per_s", "generated_tokens_per_s",
                     "wall_s"):
             table.add_row(key.replace("_", " "), str(summary.get(key, "")))
+        if summary.get("generated_per_kept", {}).get("all") is not None:
+            table.add_row("generated per kept token",
+                          ", ".join(f"{k} {v}" for k, v in summary["generated_per_kept"].items() if v is not None))
         table.add_row("stop reasons", ", ".join(f"{k}: {v}" for k, v in summary["stop_reasons"].items()) or "-")
         if "driver" in summary:
             table.add_row("driver", summary["driver"])

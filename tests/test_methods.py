@@ -250,3 +250,17 @@ def test_every_method_on_the_real_models(real_backends, tmp_path, method):
             assert len(r["stats"]["scores"]) == 2 and 0 <= r["stats"]["chosen"] < 2
         if method == "teacher-reference":
             assert "reference" in r["stats"] and r["prompt"].startswith("Write")
+
+
+def test_the_summary_gives_generated_tokens_per_kept_token_per_role(tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"Question {i}"}) + "\n" for i in range(3)))
+    summary = synthesize(load_config(batch_size=4), prompts, tmp_path / "o.jsonl", backends=make_backends(),
+                         progress=False)
+    records = read_records(tmp_path / "o.jsonl")
+    for role in (STUDENT, TEACHER):
+        generated = sum(r["stats"]["generated_tokens"][role] for r in records)
+        kept = sum(s["n_tokens"] for r in records for s in r["segments"] if s["source"] == role)
+        assert kept and summary["generated_per_kept"][role] == round(generated / kept, 3)
+        assert summary["generated_per_kept"][role] >= 1.0
+    assert summary["generated_per_kept"]["all"] >= 1.0

@@ -229,7 +229,7 @@ def cmd_sft(args) -> int:
 
 
 # A run's transport settings are the synth config's business; eval's own timeout_s is the sandbox's.
-EVAL_MODEL_SKIP = ("k", "api_key_env", "timeout_s", "max_retries", "concurrency")
+EVAL_MODEL_SKIP = ("k", "api_key_env", "timeout_s", "max_retries", "concurrency", "stream_cuts")
 
 
 def cmd_eval(args) -> int:

@@ -29,10 +29,11 @@ DRIVERS = ("auto", "events", "ticks")
 
 # Where a role's generation runs is not what the data is: shards served by other endpoints, or a run
 # resumed against a restarted server, keep one config hash.
-TRANSPORT_FIELDS = ("urls", "api_key_env", "timeout_s", "max_retries", "concurrency")
+TRANSPORT_FIELDS = ("urls", "api_key_env", "timeout_s", "max_retries", "concurrency", "stream_cuts")
 # How the samples are scheduled is not what they are either: every request's seed comes from its
-# sample (tessy/seeds.py), not from its batch or its turn in the queue.
-SCHEDULING_FIELDS = ("driver", "batch_size", "in_flight")
+# sample (tessy/seeds.py), not from its batch or its turn in the queue; and a turn stopped at a final
+# cut keeps what the whole turn keeps (tessy/streaming.py).
+SCHEDULING_FIELDS = ("driver", "batch_size", "in_flight", "stream_every")
 
 
 @dataclass
@@ -95,6 +96,11 @@ class ModelConfig:
     concurrency: int = field(
         default=64,
         metadata={"min": 1, "help": "openai backend: most requests in flight per endpoint"},
+    )
+    stream_cuts: bool | None = field(
+        default=None,
+        metadata={"help": "stop a turn's request as soon as the predictor's cut is final (the kept text is the "
+                          "same); null is on where the backend can (hf, openai) and the predictor can promise it"},
     )
 
 
@@ -173,6 +179,11 @@ class SynthConfig:
     repetition_window_chars: int = field(
         default=1000,
         metadata={"min": 1, "help": "repetition guard: how far back it looks, in characters"},
+    )
+    stream_every: int = field(
+        default=4,
+        metadata={"min": 1, "help": "streamed cuts: tokens between two readings of a span by a learned predictor "
+                                    "(micro-batched across samples; the lexicon reads every token)"},
     )
     batch_size: int = field(default=8, metadata={"min": 1, "help": "rows a model call aims at"})
     in_flight: int = field(

@@ -22,6 +22,9 @@ class Generate:
     # The session to write in; None is the sample's own session for `role`. A baseline with a
     # prompt of its own (tessy/methods.py) names another session of the same model here.
     session: Session | None = field(default=None, compare=False)
+    # A turn that the role's predictor will cut: the thinking before it, which the predictor reads.
+    # The scheduler may then stop the request as soon as the cut is final (tessy/streaming.py).
+    cut_context: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -82,9 +85,10 @@ def tessy_sample(x: Transcript, s: LoopSettings):
     role = STUDENT  # lines 5-6: the student writes first, with B_S
     empty_before = False
     while x.stop_reason is None:  # line 7
-        raw: Span = yield Generate(role, s.turn(role), (x.close_marker(role),))  # line 8
+        context = x.tail("think", s.context_chars)
+        raw: Span = yield Generate(role, s.turn(role), (x.close_marker(role),), cut_context=context)  # line 8
         end, closed = thinking_end(raw, x.close_marker(role))
-        b = yield Boundary(role, raw.text[:end], x.tail("think", s.context_chars))  # line 9: a cut, or None
+        b = yield Boundary(role, raw.text[:end], context)  # line 9: a cut, or None
         cut = b is not None
         n = kept_tokens(raw, b if cut else end, s.handover if cut else "", s.same_vocab, end)  # line 10
         if cut and n == 0 and empty_before:

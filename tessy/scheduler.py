@@ -30,6 +30,7 @@ from tessy.backends import SampleError, Span, failed, span_from_ids
 from tessy.loop import Boundary, Generate
 from tessy.predictors import BoundaryPredictor
 from tessy.roles import STUDENT, TEACHER
+from tessy.streaming import CutWatch, WatchBatcher, can_stream
 from tessy.transcript import Transcript
 
 
@@ -50,11 +51,14 @@ class RoleStats:
     prompt_tokens: int = 0  # where the engine reports them
     cached_tokens: int = 0
     reported: int = 0  # requests whose answer said how much of the prompt was cached
+    stopped_at_cut: int = 0  # turns whose request stopped once its cut was final (tessy/streaming.py)
     in_flight_s: float = 0.0  # the integral of requests in flight over time
 
     def summary(self, wall_s: float) -> dict:
         out = {"requests": self.requests, "generated_tokens": self.tokens,
                "mean_in_flight": round(self.in_flight_s / wall_s, 2) if wall_s else 0.0}
+        if self.stopped_at_cut:
+            out["stopped_at_cut"] = self.stopped_at_cut
         if self.reported:
             out["prefix_cache_hit_rate"] = round(self.cached_tokens / max(self.prompt_tokens, 1), 3)
         return out
@@ -76,6 +80,9 @@ class Scheduler:
     max_in_flight: int = 8
     driver: str = "auto"  # one of tessy.config.DRIVERS
     chunk_tokens: int = 20  # ticks: the longest piece of one request served in one tick
+    # Streamed cuts (tessy/streaming.py): per role, True, False or None (on where the backend can).
+    stream_cuts: dict[str, bool | None] = field(default_factory=dict)
+    stream_every: int = 4  # tokens between two readings of a streamed span by a learned predictor
     timing: Timing = field(default_factory=Timing)
 
     def driver_name(self) -> str:
@@ -93,11 +100,39 @@ class Scheduler:
         self._starts = iter(starts)
         self._t_last = time.perf_counter()
         self._in_flight = {role: 0 for role in self.backends}
-        if self.driver_name() == "events":
-            self._run_events()
-        else:
-            self._run_ticks()
+        self._batcher = None
+        try:
+            if self.driver_name() == "events":
+                self._run_events()
+            else:
+                self._run_ticks()
+        finally:
+            if self._batcher is not None:
+                self._batcher.close()
+                self.timing.predict_s += self._batcher.busy_s
         self._count_in_flight()
+
+    def streams(self, role: str) -> bool:
+        """Whether `role`'s turns stop at their final cut: its setting, where its backend can stream
+        and its predictor can promise a final cut."""
+        wanted = self.stream_cuts.get(role)
+        return wanted is not False and getattr(self.backends[role], "streams", False) \
+            and can_stream(self.predictors[role])
+
+    def _watch(self, item: _InFlight, batched: bool):
+        """The watch of a turn that its predictor cuts (None for other requests): a `CutWatch`, or
+        with `batched` (the events driver) a learned predictor's micro-batched watch."""
+        r = item.request
+        if r.cut_context is None or not self.streams(r.role):
+            return None
+        predictor = self.predictors[r.role]
+        inline = getattr(predictor, "inline", False)
+        every = 1 if inline else self.stream_every
+        watch = CutWatch(predictor, r.role, r.cut_context, r.stop[0] if r.stop else "", every)
+        if batched and not inline:
+            self._batcher = self._batcher or WatchBatcher()
+            return self._batcher.watch(watch)
+        return watch
 
     # --- shared: admit, advance, finish, fail -----------------------------------------------------
     def _admit(self, flying: list[_InFlight]) -> list[_InFlight]:
@@ -150,6 +185,7 @@ class Scheduler:
         stats.requests += 1
         if isinstance(span, Span):
             stats.tokens += len(span.ids)
+            stats.stopped_at_cut += span.finish == "cut"
             if span.cached_tokens is not None and span.prompt_tokens is not None:
                 stats.reported += 1
                 stats.prompt_tokens += span.prompt_tokens
@@ -175,7 +211,10 @@ class Scheduler:
                 waiting[r.role].append(item)
                 return
             self._count_in_flight(r.role, +1)
-            pending[self.backends[r.role].submit(self._session(item), r.max_new_tokens, r.stop)] = ("generate", item)
+            watch = self._watch(item, batched=True)
+            extra = {"watch": watch} if watch is not None else {}
+            pending[self.backends[r.role].submit(self._session(item), r.max_new_tokens, r.stop, **extra)] = \
+                ("generate", item)
 
         def refill() -> None:
             for item in self._admit(flying):
@@ -247,7 +286,11 @@ class Scheduler:
         asks = [min(n, self.chunk_tokens) for n in wants]
         t = time.perf_counter()
         self._count_in_flight(role, len(group))
-        spans = self.backends[role].generate([self._session(f) for f in group], asks, [f.request.stop for f in group])
+        # A turn served whole in this tick may stop at its final cut; a longer request is served in pieces.
+        watches = [self._watch(f, batched=False) if ask == want else None for f, ask, want in zip(group, asks, wants)]
+        extra = {"watch": watches} if any(w is not None for w in watches) else {}
+        spans = self.backends[role].generate([self._session(f) for f in group], asks, [f.request.stop for f in group],
+                                             **extra)
         self._count_in_flight(role, -len(group))
         self.timing.generate_s += time.perf_counter() - t
         self.timing.calls += 1

@@ -105,8 +105,14 @@ def synthesize(config: SynthConfig, prompts_path, out_path, limit: int | None = 
     opened = backends is None  # what synth opens, it closes
     backends = backends or load_backends(config)
     settings = settings_for(config, backends)
+    for role in (STUDENT, TEACHER):
+        if getattr(config, role).stream_cuts and not getattr(backends[role], "streams", False):
+            raise ValueError(f"{role}.stream_cuts is true, but the {getattr(config, role).backend} backend cannot stop "
+                             "a request while it streams; set it to null or false")
     scheduler = Scheduler(backends, predictors, max_in_flight=config.in_flight or 2 * config.batch_size,
-                          driver=config.driver, chunk_tokens=settings.longest_turn())
+                          driver=config.driver, chunk_tokens=settings.longest_turn(),
+                          stream_cuts={role: getattr(config, role).stream_cuts for role in (STUDENT, TEACHER)},
+                          stream_every=config.stream_every)
     writer = RecordWriter(out)
     records = []
     config_hash = config.hash()
@@ -156,6 +162,7 @@ def synthesize(config: SynthConfig, prompts_path, out_path, limit: int | None = 
     if timing.calls:
         summary["timing"]["mean_batch_rows"] = round(timing.batch_rows / timing.calls, 2)
     summary["roles"] = {role: stats.summary(wall) for role, stats in timing.roles.items()}
+    summary["stream_cuts"] = {role: scheduler.streams(role) for role in (STUDENT, TEACHER)}
     return _finish(summary, records, wall, console)
 
 
@@ -217,7 +224,9 @@ def _finish(summary: dict, records: list[dict], wall: float, console) -> dict:
             table.add_row("driver", summary["driver"])
             for role, r in summary.get("roles", {}).items():
                 hit = f", prefix-cache hit rate {r['prefix_cache_hit_rate']}" if "prefix_cache_hit_rate" in r else ""
-                table.add_row(f"{role} requests", f"{r['requests']} (mean in flight {r['mean_in_flight']}{hit})")
+                early = f", {r['stopped_at_cut']} stopped at their cut" if r.get("stopped_at_cut") else ""
+                table.add_row(f"{role} requests",
+                              f"{r['requests']} (mean in flight {r['mean_in_flight']}{hit}{early})")
             table.add_row("predictor busy", f"{summary['timing']['predictor_busy_share']:.1%} of the run")
         table.add_row("records", summary["out"])
         table.add_row("config", summary["config"])

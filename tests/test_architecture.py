@@ -17,7 +17,7 @@ PIPELINE = [
     "tessy.backends.protocol", "tessy.backends.openai", "tessy.backends.hf", "tessy.backends.vllm", "tessy.backends",
     "tessy.predictors.eq5", "tessy.predictors.lexicon", "tessy.predictors.scoring", "tessy.predictors.learned",
     "tessy.predictors", "tessy.config",
-    "tessy.transcript", "tessy.loop", "tessy.methods", "tessy.scheduler", "tessy.shards",
+    "tessy.transcript", "tessy.loop", "tessy.methods", "tessy.streaming", "tessy.scheduler", "tessy.shards",
     "tessy.variety", "tessy.synth", "tessy.export", "tessy.show", "tessy.annotate", "tessy.plots", "tessy.analysis",
     "tessy.eval.verdicts", "tessy.eval.sandbox", "tessy.eval.checkers", "tessy.eval.livecodebench",
     "tessy.eval.mathcheck", "tessy.eval.evaluate", "tessy.eval",

@@ -207,3 +207,31 @@ def test_llm_annotator_on_the_embedded_teacher():
     assert report.parse_failures >= 2 * len(report.failed)
     for s in done:
         assert all(0 <= a < b <= len(s.text) for a, b in s.style_spans)
+
+
+@pytest.mark.slow
+def test_streamed_cuts_keep_what_whole_turns_keep_with_a_learned_predictor(trained, tmp_path):
+    """The same seeds, the real models, the learned B_S: turns stopped at their final cut write the
+    same records as whole turns, and the student generates fewer tokens. One row per model call, so
+    no batch changes the numerics."""
+    from tessy.config import load_config
+    from tessy.records import read_records
+    from tessy.synth import synthesize
+
+    out, _ = trained
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": q}) + "\n" for i, q in enumerate(
+        ["Write a function that reverses a string.", "Sum the digits of n."])))
+    runs = {}
+    for streamed in (True, False):
+        config = load_config(max_think_tokens=64, max_answer_tokens=8, batch_size=1, in_flight=1,
+                             student_predictor=str(out), student={"stream_cuts": streamed},
+                             teacher={"stream_cuts": streamed})
+        summary = synthesize(config, prompts, tmp_path / f"{streamed}.jsonl", progress=False)
+        runs[streamed] = summary, [(r["id"], r["segments"], r["answer"]) for r in read_records(
+            tmp_path / f"{streamed}.jsonl")]
+    (on, records_on), (off, records_off) = runs[True], runs[False]
+    assert records_on == records_off
+    assert on["stream_cuts"] == {STUDENT: True, TEACHER: True}
+    assert on["roles"][STUDENT]["stopped_at_cut"] > 0
+    assert on["roles"][STUDENT]["generated_tokens"] < off["roles"][STUDENT]["generated_tokens"]

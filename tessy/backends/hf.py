@@ -21,6 +21,7 @@ from tessy.seeds import stream_seed, uniform
 
 class HFBackend:
     concurrent = False  # one process gains nothing from overlap: the scheduler batches it in ticks
+    streams = True  # `generate` takes watches and stops a row at its final cut (tessy/streaming.py)
 
     def __init__(self, model, tokenizer, sampling: Sampling):
         from transformers.generation.logits_process import (
@@ -87,22 +88,28 @@ class HFBackend:
     def release(self, session: Session) -> None:
         session.state, session.n_cached = None, 0
 
-    def submit(self, session: Session, max_new_tokens: int, stop: tuple[str, ...]):
-        return answered(self.generate([session], [max_new_tokens], [stop])[0])
+    def submit(self, session: Session, max_new_tokens: int, stop: tuple[str, ...], watch=None):
+        return answered(self.generate([session], [max_new_tokens], [stop], None if watch is None else [watch])[0])
 
     def close(self) -> None:
         pass
 
     # --- generation -----------------------------------------------------------------------
     @torch.inference_mode()
-    def generate(self, sessions: list[Session], max_new_tokens: list[int], stop: list[tuple[str, ...]]) -> list[Span]:
+    def generate(self, sessions: list[Session], max_new_tokens: list[int], stop: list[tuple[str, ...]],
+                 watch: list | None = None) -> list[Span]:
         """Write up to `max_new_tokens[i]` tokens for each session; return one `Span` each.
 
-        The spans' ids are appended to the sessions; EOS is never part of a span.
+        The spans' ids are appended to the sessions; EOS is never part of a span. `watch[i]`, where
+        given, reads row i's span after every token (`watch.check` reads all the rows' spans in one
+        call where the watches have it); when it says the row's cut is final the row stops with
+        finish "cut" (tessy/streaming.py). A row that is done leaves the batch at once: the rows
+        still writing carry on without it.
         """
         from transformers import DynamicCache
 
         rows = len(sessions)
+        watch = watch or [None] * rows
         chunks = [s.ids[s.n_cached :] for s in sessions]
         past = [s.n_cached for s in sessions]
         P, N = max(past), max(len(c) for c in chunks)
@@ -115,16 +122,15 @@ class HFBackend:
             mask[i, P + N - len(c) :] = 1
             input_ids[i, N - len(c) :] = torch.tensor(c)
             positions[i, N - len(c) :] = torch.arange(p, p + len(c))
-        last_pos = positions[:, -1:].clone()
 
         generated: list[list[int]] = [[] for _ in range(rows)]
         finish = ["length"] * rows
         done = [m <= 0 for m in max_new_tokens]
+        live = list(range(rows))  # the sessions still in the batch, in batch order
         steps = 0
-        # What the repetition penalty reads: built once, then each step's sampled column appended
-        # (a row that is done gains tokens it never keeps, but its row is not read any more).
+        # What the repetition penalty reads: built once, then each step's sampled column appended.
         seen = self._contexts(sessions, self.device) if self.penalty is not None else None
-        while True:
+        while live:
             out = self.model(
                 input_ids=input_ids.to(self.device),
                 attention_mask=mask.to(self.device),
@@ -135,15 +141,15 @@ class HFBackend:
             )
             cache = out.cache
             # Each row's token at position len(ids) + len(generated) draws from its own seed stream.
-            at = [len(s.ids) + len(g) for s, g in zip(sessions, generated)]
+            at = [len(sessions[i].ids) + len(generated[i]) for i in live]
             logits = out.logits[:, -1, :].float()
             if seen is not None:
                 logits = self.penalty(seen, logits)
-            next_ids = self._sample(logits, [s.seed for s in sessions], at)
+            next_ids = self._sample(logits, [sessions[i].seed for i in live], at)
             if seen is not None:
-                seen = torch.cat([seen, next_ids.view(rows, 1).to(seen.device)], dim=1)
+                seen = torch.cat([seen, next_ids.view(len(live), 1).to(seen.device)], dim=1)
             steps += 1
-            for i, tok in enumerate(next_ids.tolist()):
+            for i, tok in zip(live, next_ids.tolist()):
                 if done[i]:
                     continue
                 if tok in self.eos_ids:
@@ -155,27 +161,53 @@ class HFBackend:
                     done[i], finish[i] = True, "stop"
                 elif len(generated[i]) >= max_new_tokens[i]:
                     done[i] = True
-            if all(done):
+            self._read_watches(watch, generated, done, finish, live)
+            # The sampled token of this step was never fed, so the cache holds steps-1 of them.
+            ended = [j for j, i in enumerate(live) if done[i]]
+            for j in ended:
+                self._keep_state(sessions[live[j]], cache, j, P, N, len(chunks[live[j]]), past[live[j]],
+                                 min(len(generated[live[j]]), steps - 1), generated[live[j]])
+            if len(ended) == len(live):
                 break
-            input_ids = next_ids.view(rows, 1).cpu()
-            last_pos = last_pos + 1
-            positions = last_pos
-            mask = torch.cat([mask, torch.ones(rows, 1, dtype=torch.long)], dim=1)
-
-        # The sampled token of the last step was never fed, so the cache holds steps-1 of them.
-        layers = [(layer.keys, layer.values) for layer in cache.layers]
-        for i, s in enumerate(sessions):
-            kept_generated = min(len(generated[i]), steps - 1)
-            old = slice(P - past[i], P)
-            new = slice(P + N - len(chunks[i]), P + N + kept_generated)
-            s.state = [(torch.cat([k[i : i + 1, :, old], k[i : i + 1, :, new]], dim=2),
-                        torch.cat([v[i : i + 1, :, old], v[i : i + 1, :, new]], dim=2)) for k, v in layers]
-            s.ids.extend(generated[i])
-            # The last token always stays uncached, so the next call has a query to feed.
-            s.n_cached = min(past[i] + len(chunks[i]) + kept_generated, len(s.ids) - 1)
-            if s.n_cached < past[i] + len(chunks[i]) + kept_generated:
-                s.state = [(k[:, :, : s.n_cached], v[:, :, : s.n_cached]) for k, v in s.state]
+            if ended:  # free their slots
+                keep = [j for j in range(len(live)) if j not in set(ended)]
+                index = torch.tensor(keep, dtype=torch.long)
+                for layer in cache.layers:
+                    layer.batch_select_indices(index.to(layer.keys.device))
+                next_ids, mask, positions = next_ids[index], mask[index], positions[index]
+                seen = seen[index.to(seen.device)] if seen is not None else None
+                live = [live[j] for j in keep]
+            input_ids = next_ids.view(len(live), 1).cpu()
+            positions = positions[:, -1:] + 1
+            mask = torch.cat([mask, torch.ones(len(live), 1, dtype=torch.long)], dim=1)
         return [span_from_ids(self.tokenizer, g, f) for g, f in zip(generated, finish)]
+
+    def _read_watches(self, watch: list, generated: list[list[int]], done: list[bool], finish: list[str],
+                      live: list[int]) -> None:
+        """Ask the watches of the rows still writing; a row whose cut is final stops with "cut"."""
+        rows = [i for i in live if watch[i] is not None and not done[i] and generated[i]]
+        if not rows:
+            return
+        spans = [span_from_ids(self.tokenizer, generated[i], "length") for i in rows]
+        check = getattr(watch[rows[0]], "check", None)
+        final = check([watch[i] for i in rows], spans) if check else [watch[i](sp) for i, sp in zip(rows, spans)]
+        for i, stop_now in zip(rows, final):
+            if stop_now:
+                done[i], finish[i] = True, "cut"
+
+    def _keep_state(self, s: Session, cache, row: int, P: int, N: int, chunk: int, past: int, kept_generated: int,
+                    generated: list[int]) -> None:
+        """Row `row` of the batch's cache becomes session `s`'s state, with its new ids."""
+        old = slice(P - past, P)
+        new = slice(P + N - chunk, P + N + kept_generated)
+        s.state = [(torch.cat([layer.keys[row : row + 1, :, old], layer.keys[row : row + 1, :, new]], dim=2),
+                    torch.cat([layer.values[row : row + 1, :, old], layer.values[row : row + 1, :, new]], dim=2))
+                   for layer in cache.layers]
+        s.ids.extend(generated)
+        # The last token always stays uncached, so the next call has a query to feed.
+        s.n_cached = min(past + chunk + kept_generated, len(s.ids) - 1)
+        if s.n_cached < past + chunk + kept_generated:
+            s.state = [(k[:, :, : s.n_cached], v[:, :, : s.n_cached]) for k, v in s.state]
 
     def _stack_caches(self, sessions: list[Session], width: int):
         """Left-pad every session's per-layer tensors to `width` and stack them into a batch."""

@@ -40,9 +40,30 @@ class LexiconPredictor:
         # (?<!\w) and (?!\w) instead of \b so that phrases ending in punctuation still match.
         body = "|".join(re.escape(p).replace(r"\ ", r"\s+").replace("'", "['’]") for p in alternatives)
         self._pattern = re.compile(rf"(?<!\w)(?:{body})(?!\w)", re.IGNORECASE)
+        self._normal = {_normalized(p) for p in alternatives}
+        self._longest = max((len(p) for p in self._normal), default=0)
+        self.inline = True  # cheap enough to read every streamed token (tessy/streaming.py)
 
     def style_spans(self, texts: list[str], contexts: list[str] | None = None) -> list[list[tuple[int, int]]]:
         return [[m.span() for m in self._pattern.finditer(t)] for t in texts]
 
     def cuts(self, texts: list[str], contexts: list[str], role: str) -> list[int | None]:
         return eq5_cuts(texts, self.style_spans(texts, contexts), role)
+
+    def cut_settled(self, text: str, b: int) -> bool:
+        """Whether more text after `text` can no longer change a cut at `b` (streamed cuts): no
+        phrase may still be growing from a word that starts at or before `b`, that is, no such word
+        begins a tail of `text` that a phrase starts with (or equals, since a match also needs the
+        character after it)."""
+        for m in re.finditer(r"(?<!\w)\w", text[: b + 1]):
+            tail = _normalized(text[m.start():])
+            if len(tail) > self._longest:
+                continue
+            if any(p.startswith(tail) for p in self._normal):
+                return False
+        return True
+
+
+def _normalized(text: str) -> str:
+    """Lower case, one space for any whitespace, one apostrophe: the forms the pattern treats alike."""
+    return re.sub(r"\s+", " ", text.lower().replace("’", "'"))

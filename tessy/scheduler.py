@@ -119,9 +119,10 @@ class Scheduler:
         return wanted is not False and getattr(self.backends[role], "streams", False) \
             and can_stream(self.predictors[role])
 
-    def _watch(self, item: _InFlight, batched: bool):
+    def _watch(self, item: _InFlight):
         """The watch of a turn that its predictor cuts (None for other requests): a `CutWatch`, or
-        with `batched` (the events driver) a learned predictor's micro-batched watch."""
+        on a server backend (whose streams call it on their own thread, one span at a time) a learned
+        predictor's micro-batched watch."""
         r = item.request
         if r.cut_context is None or not self.streams(r.role):
             return None
@@ -129,7 +130,7 @@ class Scheduler:
         inline = getattr(predictor, "inline", False)
         every = 1 if inline else self.stream_every
         watch = CutWatch(predictor, r.role, r.cut_context, r.stop[0] if r.stop else "", every)
-        if batched and not inline:
+        if getattr(self.backends[r.role], "concurrent", False) and not inline:
             self._batcher = self._batcher or WatchBatcher()
             return self._batcher.watch(watch)
         return watch
@@ -211,7 +212,7 @@ class Scheduler:
                 waiting[r.role].append(item)
                 return
             self._count_in_flight(r.role, +1)
-            watch = self._watch(item, batched=True)
+            watch = self._watch(item)
             extra = {"watch": watch} if watch is not None else {}
             pending[self.backends[r.role].submit(self._session(item), r.max_new_tokens, r.stop, **extra)] = \
                 ("generate", item)
@@ -287,7 +288,7 @@ class Scheduler:
         t = time.perf_counter()
         self._count_in_flight(role, len(group))
         # A turn served whole in this tick may stop at its final cut; a longer request is served in pieces.
-        watches = [self._watch(f, batched=False) if ask == want else None for f, ask, want in zip(group, asks, wants)]
+        watches = [self._watch(f) if ask == want else None for f, ask, want in zip(group, asks, wants)]
         extra = {"watch": watches} if any(w is not None for w in watches) else {}
         spans = self.backends[role].generate([self._session(f) for f in group], asks, [f.request.stop for f in group],
                                              **extra)

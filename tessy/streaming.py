@@ -56,13 +56,25 @@ class CutWatch:
     close_marker: str
     every: int = 1
     read_at: int = -1  # the span's length in tokens at the last reading
-    final: bool = False
+    final_text: str | None = None  # the text on which the cut was found final
 
     def __call__(self, span: Span) -> bool:
         return self.check([self], [span])[0]
 
+    def stops(self, span: Span) -> bool:
+        """Whether `span` continues the text the cut was found final on. A request tried again (or
+        asked again whole) starts a new span: a verdict on another text does not hold for it."""
+        if self.final_text is None:
+            return False
+        if span.text.startswith(self.final_text):
+            return True
+        self.final_text, self.read_at = None, -1
+        return False
+
     def due(self, span: Span) -> bool:
-        return not self.final and len(span.ids) > 0 and len(span.ids) - self.read_at >= self.every
+        if len(span.ids) < self.read_at:  # a new attempt: read it afresh
+            self.read_at = -1
+        return self.final_text is None and len(span.ids) > 0 and len(span.ids) - self.read_at >= self.every
 
     @staticmethod
     def check(watches: list[CutWatch], spans: list[Span]) -> list[bool]:
@@ -80,9 +92,10 @@ class CutWatch:
                 closed.append(at != -1)
             first = group[0][0]
             cuts = first.predictor.cuts(texts, [w.context for w, _ in group], first.role)
-            for (w, _), text, b, done in zip(group, texts, cuts, closed):
-                w.final = b is not None and (done or settled(text, b) and w.predictor.cut_settled(text, b))
-        return [w.final for w in watches]
+            for (w, s), text, b, done in zip(group, texts, cuts, closed):
+                if b is not None and (done or settled(text, b) and w.predictor.cut_settled(text, b)):
+                    w.final_text = s.text
+        return [w.stops(s) for w, s in zip(watches, spans)]
 
 
 class WatchBatcher:
@@ -103,11 +116,13 @@ class WatchBatcher:
 
     def watch(self, w: CutWatch) -> Callable[[Span], bool]:
         def call(span: Span) -> bool:
-            if not w.final and w.due(span):
+            if w.stops(span):
+                return True
+            if w.due(span):
                 with self._wake:
                     self._waiting[id(w)] = (w, span)
                     self._wake.notify()
-            return w.final
+            return False
 
         return call
 

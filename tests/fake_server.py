@@ -1,11 +1,21 @@
 """A tiny OpenAI-compatible HTTP server on 127.0.0.1 for the fault shapes a real server rarely shows
-on demand: HTTP 500, a malformed answer, an answer slower than the timeout.
+on demand: HTTP 500, a malformed answer, an answer slower than the timeout, a stream that breaks.
 
 It speaks like vLLM (`ids=True`: token-id prompts in, `token_ids` out, `usage` with cached prompt
-tokens) or like llama.cpp's server (`ids=False`: a token-id prompt is refused with 422, text in and
-out). Its "model" writes the letters of `alphabet` in turn, one character per token
-(tests/scripted.py's CharTokenizer), starting where the prompt's length (and, with `seeded`, the
-request's seed) says.
+tokens), like llama-cpp-python's server (`ids=False`: a token-id prompt is refused with 422, text in
+and out, no `/completion` route), or like llama.cpp's `llama-server` (`native=True`: `/v1/completions`
+takes token ids but answers text only, and `/completion` at the root takes token ids and returns the
+sampled ones with `return_tokens`, `stop_type`, `tokens_evaluated` and `timings.cache_n`). Its "model"
+writes the letters of `alphabet` in turn, one character per token (tests/scripted.py's
+CharTokenizer), starting where the prompt's length (and, with `seeded`, the request's seed) says. In
+ids and native modes it stops at a stop string it was sent (included, finish "stop" / stop_type
+"word"), and in native mode also at the character "\\x00" (EOS, stop_type "eos"), as llama.cpp does.
+
+A request with `"stream": true` is answered with server-sent events, one token per event, in the
+shape of its mode: vLLM's (`choices[0].text` and `token_ids`, a usage event, `data: [DONE]`),
+llama.cpp's own (`content`, `tokens`, `tokens_predicted`, and a last event with `stop: true`, no
+[DONE]) or plain OpenAI text. `stream_faults` (one per streamed request) break a stream on purpose;
+`streams` records how many events each stream wrote before it ended or the client went away.
 
 For the scheduler's tests it can also hold a request (`hold_if`) until `release` is set, which
 another server's `on_request` hook may do when a request reaches it.
@@ -19,16 +29,23 @@ import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+# Ways to break a stream, after `fault_after` events: an event that is not JSON; the connection
+# closed without the last event; an event left out (as llama.cpp leaves out a token that ends inside
+# a UTF-8 character); an error event; or no fault, every event written in 3-byte pieces.
+STREAM_FAULTS = ("ok", "malformed", "drop", "gap", "error", "split")
+
 
 class FakeServer:
-    def __init__(self, ids: bool = False, alphabet: str = "abcdefghij ", delay_s: float = 0.0):
+    def __init__(self, ids: bool = False, alphabet: str = "abcdefghij ", delay_s: float = 0.0, native: bool = False):
         self.ids = ids
+        self.native = native
         self.alphabet = alphabet
         self.delay_s = delay_s
         self.faults: deque[str] = deque()  # one per /completions request: "500", "400", "json", "shape", "slow", "ok"
         self.always: str | None = None  # a fault for every request
         self.poison: str | None = None  # fail (500) every request whose prompt contains this text
         self.requests: list[dict] = []
+        self.paths: list[str] = []  # the path of each request in `requests`
         self.raw: list[bytes] = []  # the request bodies as sent
         self.headers: list[dict] = []
         self.in_flight = 0
@@ -42,10 +59,16 @@ class FakeServer:
         self.release = threading.Event()
         self.held: list[str] = []  # per held request: "released" or "timed out"
         self.on_request = None  # called as each model request (not the probe) arrives
+        self.stream_faults: deque[str] = deque()  # one of STREAM_FAULTS per streamed model request
+        self.fault_after = 2  # events written before a stream's fault
+        self.stream_delay_s = 0.0  # between two events of a stream
+        self.ignore_stream = False  # answer a streaming request whole, as a server that cannot stream
+        self.streams: list[dict] = []  # per stream: {"events": written, "gone": the client closed it first}
         self._lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.root = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.url = self.root + "/v1"
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
 
@@ -57,9 +80,26 @@ class FakeServer:
         """The /completions bodies the model answered (the probe excluded)."""
         return [r for r in self.requests if "top_p" in r]  # the mode probe carries no sampling
 
-    def _answer(self, body: dict) -> tuple[int, bytes]:
+    # --- the model -------------------------------------------------------------------------------
+    def _write(self, body: dict, text_prompt: str, native: bool) -> tuple[str, str]:
+        """(the text the model writes for this request, how it ends: llama.cpp's stop_type)."""
+        n = int(body.get("n_predict" if native else "max_tokens", 16))
+        start = (len(text_prompt) + (int(body.get("seed") or 0) if self.seeded else 0)) % len(self.alphabet)
+        text = "".join(self.alphabet[(start + i) % len(self.alphabet)] for i in range(n))
+        stops = [s for s in body.get("stop") or [] if s] if native or self.ids else []
+        for i in range(1, len(text) + 1):
+            if native and text[i - 1] == "\x00":
+                return text[:i], "eos"
+            if any(s in text[:i] for s in stops):
+                return text[:i], "word"  # the stop string included, as vLLM's include_stop_str_in_output
+        return text, "limit"
+
+    def _answer(self, body: dict, native: bool = False) -> tuple[int, bytes | list[bytes]]:
+        """The status and body of one model request, or for a stream the status and its events."""
+        if self.ignore_stream:
+            body = {k: v for k, v in body.items() if k != "stream"}
         prompt = body.get("prompt")
-        if isinstance(prompt, list) and not self.ids:
+        if isinstance(prompt, list) and not (self.ids or self.native):
             return 422, b'{"detail": "prompt must be a string"}'
         text_prompt = "".join(chr(t) for t in prompt) if isinstance(prompt, list) else prompt
         if "top_p" not in body:  # the backend's mode probe: faults are for the model's requests
@@ -86,18 +126,52 @@ class FakeServer:
             if self.hold_if is not None and self.hold_if(text_prompt):
                 self.release.clear()
                 self.held.append("released" if self.release.wait(self.hold_s) else "timed out")
-        n = int(body.get("max_tokens", 16))
-        start = (len(text_prompt) + (int(body.get("seed") or 0) if self.seeded else 0)) % len(self.alphabet)
-        text = "".join(self.alphabet[(start + i) % len(self.alphabet)] for i in range(n))
-        choice = {"index": 0, "text": text, "finish_reason": "length"}
+        text, stop_type = self._write(body, text_prompt, native)
+        if native:
+            return 200, self._native(body, prompt, text, stop_type)
+        reason = "stop" if stop_type == "word" else "length"
+        if body.get("stream"):
+            return 200, self._openai_events(body, prompt, text, reason)
+        choice = {"index": 0, "text": text, "finish_reason": reason}
         answer = {"id": "cmpl-fake", "object": "text_completion", "model": "fake", "choices": [choice]}
         if self.ids and body.get("return_token_ids"):
             choice["token_ids"] = [ord(c) for c in text]
-            # As vLLM with --enable-prompt-tokens-details; a fixed half stands in for its prefix cache.
-            answer["usage"] = {"prompt_tokens": len(prompt), "completion_tokens": n,
-                               "prompt_tokens_details": {"cached_tokens": len(prompt) // 2}}
+            answer["usage"] = self._usage(prompt, len(text))
         return 200, json.dumps(answer).encode()
 
+    @staticmethod
+    def _usage(prompt, n: int) -> dict:
+        # As vLLM with --enable-prompt-tokens-details; a fixed half stands in for its prefix cache.
+        return {"prompt_tokens": len(prompt), "completion_tokens": n,
+                "prompt_tokens_details": {"cached_tokens": len(prompt) // 2}}
+
+    def _openai_events(self, body: dict, prompt, text: str, reason: str) -> list[bytes]:
+        events = []
+        for i, c in enumerate(text):
+            choice = {"index": 0, "text": c, "finish_reason": reason if i == len(text) - 1 else None}
+            if self.ids and body.get("return_token_ids"):
+                choice["token_ids"] = [ord(c)]
+            events.append({"id": "cmpl-fake", "object": "text_completion", "choices": [choice]})
+        if self.ids and (body.get("stream_options") or {}).get("include_usage"):
+            events.append({"id": "cmpl-fake", "object": "text_completion", "choices": [],
+                           "usage": self._usage(prompt, len(text))})
+        return [sse(e) for e in events] + [b"data: [DONE]\n\n"]
+
+    def _native(self, body: dict, prompt, text: str, stop_type: str) -> bytes | list[bytes]:
+        ids = [ord(c) for c in text]
+        figures = {"tokens_evaluated": len(prompt),
+                   "timings": {"cache_n": len(prompt) // 2, "prompt_n": len(prompt) - len(prompt) // 2}}
+        last = {"content": text, "tokens": ids if body.get("return_tokens") else [],
+                "stop": True, "stop_type": stop_type, "stopping_word": "", "tokens_predicted": len(ids),
+                "tokens_cached": len(prompt) + len(ids), "prompt": "<the prompt again>",
+                "generation_settings": {"n_predict": body.get("n_predict")}, **figures}
+        if not body.get("stream"):
+            return json.dumps(last).encode()
+        events = [{"content": c, "tokens": [t], "stop": False, "tokens_predicted": i + 1, **figures}
+                  for i, (c, t) in enumerate(zip(text, ids))]
+        return [sse(e) for e in events] + [sse({**last, "content": "", "tokens": []})]
+
+    # --- HTTP --------------------------------------------------------------------------------------
     def _handler(self):
         server = self
 
@@ -115,6 +189,41 @@ class FakeServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (its timeout)
 
+            def _stream(self, events: list[bytes]) -> None:
+                """Server-sent events, then the connection closes (HTTP/1.0: no length, no chunks)."""
+                fault = server.stream_faults.popleft() if server.stream_faults else "ok"
+                record = {"events": 0, "gone": False, "fault": fault}
+                server.streams.append(record)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                try:
+                    for i, event in enumerate(events):
+                        if i == server.fault_after:
+                            if fault == "malformed":
+                                event = b"data: {not json\n\n"
+                            elif fault == "drop":
+                                return
+                            elif fault == "gap":
+                                continue
+                            elif fault == "error":
+                                event = sse({"error": {"code": 500, "message": "boom", "type": "server_error"}})
+                        if fault == "split":
+                            for j in range(0, len(event), 3):
+                                self.wfile.write(event[j : j + 3])
+                                self.wfile.flush()
+                                time.sleep(0.0005)
+                        else:
+                            self.wfile.write(event)
+                            self.wfile.flush()
+                        record["events"] += 1
+                        if fault == "error" and i == server.fault_after:
+                            return
+                        if server.stream_delay_s:
+                            time.sleep(server.stream_delay_s)
+                except (BrokenPipeError, ConnectionResetError):
+                    record["gone"] = True
+
             def do_GET(self):
                 if self.path.endswith("/models"):
                     self._send(200, b'{"object": "list", "data": [{"id": "fake-model", "object": "model"}]}')
@@ -126,6 +235,7 @@ class FakeServer:
                 body = json.loads(raw or b"{}")
                 with server._lock:
                     server.requests.append(body)
+                    server.paths.append(self.path)
                     server.raw.append(raw)
                     server.headers.append(dict(self.headers))
                     server.in_flight += 1
@@ -137,11 +247,20 @@ class FakeServer:
                         message = {"role": "assistant", "content": "ok: " + body["messages"][-1]["content"]}
                         reply = {"choices": [{"index": 0, "message": message}]}
                         status, payload = 200, json.dumps(reply).encode()
+                    elif self.path == "/completion":
+                        status, payload = server._answer(body, native=True) if server.native else (404, b"{}")
                     else:
                         status, payload = server._answer(body)
                 finally:
                     with server._lock:
                         server.in_flight -= 1
-                self._send(status, payload)
+                if isinstance(payload, list):
+                    self._stream(payload)
+                else:
+                    self._send(status, payload)
 
         return Handler
+
+
+def sse(event: dict) -> bytes:
+    return b"data: " + json.dumps(event).encode() + b"\n\n"

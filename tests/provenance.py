@@ -13,25 +13,28 @@ class Recording:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def generate(self, sessions, max_new_tokens, stop):
-        spans = self.inner.generate(sessions, max_new_tokens, stop)
+    def generate(self, sessions, max_new_tokens, stop, **watch):
+        spans = self.inner.generate(sessions, max_new_tokens, stop, **watch)
         for s, span in zip(sessions, spans):
             s.sampled = getattr(s, "sampled", []) + [span.text]
         return spans
 
-    def submit(self, session, max_new_tokens, stop):
+    def submit(self, session, max_new_tokens, stop, **watch):
         """The inner future's result, recorded before the scheduler sees it."""
         from concurrent.futures import Future
 
         out = Future()
 
         def record(inner):
+            if inner.exception() is not None:
+                out.set_exception(inner.exception())
+                return
             span = inner.result()
             if hasattr(span, "text"):
                 session.sampled = getattr(session, "sampled", []) + [span.text]
             out.set_result(span)
 
-        self.inner.submit(session, max_new_tokens, stop).add_done_callback(record)
+        self.inner.submit(session, max_new_tokens, stop, **watch).add_done_callback(record)
         return out
 
 

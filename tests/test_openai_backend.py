@@ -1,26 +1,26 @@
 """The `openai` backend.
 
-Fast tests drive a tiny fake server (tests/fake_server.py) for the request shapes and the fault
-shapes; the slow tests start a real `llama_cpp.server` on 127.0.0.1 with the packaged SmolLM2 GGUF.
+Fast tests drive a tiny fake server (tests/fake_server.py) for the request shapes, the stream shapes
+and the fault shapes; the real-server tests start llama.cpp's `llama-server` (tests/llama_server.py)
+on 127.0.0.1 with the packaged SmolLM2 GGUF, and skip where its binary is missing.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
+from pathlib import Path
 
 import pytest
+from llama_server import started
 from provenance import Recording, splits_into_prefixes
 from scripted import CharTokenizer
 
 from tessy.backends import SampleError, Sampling, Span
-from tessy.backends.openai import ChatClient, EndpointPool, OpenAIBackend
+from tessy.backends.openai import ChatClient, EndpointPool, OpenAIBackend, eos_ids_of
 from tessy.config import load_config
 from tessy.records import errors_path_for, read_errors, read_records
 from tessy.roles import STUDENT, TEACHER
@@ -242,7 +242,207 @@ def test_synth_writes_error_records_beside_the_output_and_retry_errors_completes
     assert read_errors(errors_path_for(out)) == {}
 
 
-# --- a real server: llama.cpp's, with the packaged SmolLM2 GGUF ------------------------------------------
+# --- llama.cpp's native mode, on the fake server ---------------------------------------------------------
+def first(srv) -> str:
+    """A prompt after which the fake model writes its alphabet from the start."""
+    return "Q" * len(srv.alphabet)
+
+
+def test_native_mode_is_chosen_by_probing_and_speaks_llama_cpps_names(servers):
+    srv = servers(native=True, alphabet="abc</think>de")
+    b = backend_on(srv)
+    b.sampling = Sampling(0.7, 0.8, 5, top_k=20, min_p=0.05, repetition_penalty=1.1)
+    s = b.start(first(srv))
+    prompt_ids = list(s.ids)
+    [span] = b.generate([s], [12], [("</think>",)])
+    ep = b.pool.endpoints[0]
+    assert ep.mode == "native" and ep.ids is True
+    assert srv.paths[-1] == "/completion" and srv.completions()[-1] is srv.requests[-1]
+    body = srv.requests[-1]
+    assert body["prompt"] == prompt_ids and body["n_predict"] == 12 and "max_tokens" not in body
+    assert (body["temperature"], body["top_p"], body["top_k"], body["min_p"], body["repeat_penalty"]) == \
+        (0.7, 0.8, 20, 0.05, 1.1)
+    assert body["samplers"] == ["penalties", "temperature", "top_k", "top_p", "min_p"]
+    assert body["return_tokens"] is True and body["cache_prompt"] is True and "stream" not in body
+    assert body["stop"] == body["preserved_tokens"] == ["</think>"] and isinstance(body["seed"], int)
+    assert "prompt" not in body["response_fields"]  # the prompt is not echoed back
+    # The sampled ids as they are; llama.cpp's stop_type "word" is a stop; its prompt figures.
+    assert span.ids == [ord(c) for c in "abc</think>"] and span.text == "abc</think>" and span.finish == "stop"
+    assert (span.prompt_tokens, span.cached_tokens) == (13, 6)
+    assert s.ids == prompt_ids + span.ids
+
+
+@pytest.mark.parametrize("alphabet,n,finish,text", [("ab\x00cd", 6, "eos", "ab"), ("abcd", 3, "length", "abc")])
+def test_native_mode_maps_how_llama_cpp_finished(servers, alphabet, n, finish, text):
+    srv = servers(native=True, alphabet=alphabet)
+    b = backend_on(srv)
+    [span] = b.generate([b.start(first(srv))], [n], [()])
+    assert (span.text, span.finish) == (text, finish)  # EOS is never part of a span
+
+
+def test_native_mode_learns_the_servers_end_of_generation_id(servers):
+    srv = servers(native=True, alphabet="ab\x01cd")  # id 1 ends generation on the server; the tokenizer says 0
+    srv._write = lambda body, prompt, native: ("ab\x01", "eos")
+    b = backend_on(srv)
+    [span] = b.generate([b.start(first(srv))], [6], [()])
+    assert (span.text, span.finish) == ("ab", "eos") and 1 in b.eos_ids
+
+
+def test_ids_mode_is_preferred_where_a_server_has_both(servers):
+    srv = servers(ids=True, native=True)
+    b = backend_on(srv)
+    b.generate([b.start("Q")], [3], [()])
+    assert b.pool.endpoints[0].mode == "ids" and "/completion" not in srv.paths
+
+
+def test_a_server_with_neither_gets_text_mode(servers):
+    srv = servers(ids=False)
+    b = backend_on(srv)
+    b.generate([b.start("Q")], [3], [()])
+    assert b.pool.endpoints[0].mode == "text" and "/completion" in srv.paths  # it was asked, and had no such route
+
+
+# --- streaming with an early stop ----------------------------------------------------------------------------
+def test_sse_decoder_reads_events_split_anywhere():
+    from tessy.backends.openai import SSEDecoder
+
+    raw = (b'data: {"a": 1}\n\n: ping\n\nevent: x\r\ndata: {"b":\r\ndata: 2}\r\n\r\n'
+           b'data: [DONE]\n\ndata: {"c": "\xc3\xa9"}\n\n')
+    whole = SSEDecoder().feed(raw)
+    assert whole == ['{"a": 1}', '{"b":\n2}', "[DONE]", '{"c": "\u00e9"}']
+    for size in (1, 2, 3, 7):  # the same events however the bytes arrive (a UTF-8 character split too)
+        decoder, got = SSEDecoder(), []
+        for i in range(0, len(raw), size):
+            got += decoder.feed(raw[i : i + size])
+        assert got == whole and not decoder.pending
+    decoder = SSEDecoder()
+    decoder.feed(b'data: {"a"')
+    assert decoder.pending  # a stream that ends here was cut off
+
+
+def after(n_tokens: int, seen: list | None = None):
+    """A watch that stops a request once its span has `n_tokens` tokens (and records what it read)."""
+
+    def watch(span):
+        if seen is not None:
+            seen.append(span.text)
+        return len(span.ids) >= n_tokens
+
+    return watch
+
+
+@pytest.mark.parametrize("kind", ["ids", "native", "text"])
+def test_a_watch_stops_the_stream_and_the_server_stops_writing(servers, kind):
+    srv = servers(ids=kind == "ids", native=kind == "native", alphabet="abcdefghij")
+    srv.stream_delay_s = 0.01
+    b = backend_on(srv)
+    s = b.start(first(srv))
+    before = list(s.ids)
+    seen = []
+    span = b.submit(s, 100, (), watch=after(3, seen)).result(timeout=10)
+    assert b.pool.endpoints[0].mode == kind
+    assert (span.text, span.finish) == ("abc", "cut") and seen == ["a", "ab", "abc"]
+    assert s.ids == before + span.ids
+    assert srv.requests[-1]["stream"] is True
+    time.sleep(0.2)
+    assert srv.streams[-1]["events"] < 20  # the client went away: the rest of the 100 was never written
+
+
+@pytest.mark.parametrize("kind", ["ids", "native", "text"])
+def test_a_stream_that_is_not_cut_gives_the_whole_answer(servers, kind):
+    srv = servers(ids=kind == "ids", native=kind == "native", alphabet="abc</think>de")
+    b = backend_on(srv)
+    whole = b.generate([b.start(first(srv))], [12], [("</think>",)])[0]
+    streamed = b.generate([b.start(first(srv))], [12], [("</think>",)], watch=[lambda span: False])[0]
+    assert whole.text == "abc</think>" and whole.finish == "stop"
+    assert (streamed.ids, streamed.text, streamed.offsets, streamed.finish) == \
+        (whole.ids, whole.text, whole.offsets, whole.finish)
+    assert (streamed.prompt_tokens, streamed.cached_tokens) == (whole.prompt_tokens, whole.cached_tokens)
+    assert srv.streams and all(not r["gone"] for r in srv.streams)
+
+
+def test_events_split_across_reads_are_put_together(servers):
+    srv = servers(native=True)
+    srv.stream_faults.append("split")
+    b = backend_on(srv)
+    [span] = b.generate([b.start(first(srv))], [6], [()], watch=[after(100)])
+    assert span.text == "abcdef" and span.finish == "length" and srv.streams[-1]["fault"] == "split"
+
+
+def test_generate_takes_one_watch_per_session(servers):
+    srv = servers(native=True)
+    b = backend_on(srv)
+    spans = b.generate([b.start(first(srv)), b.start(first(srv))], [8, 8], [(), ()], watch=[after(2), None])
+    assert [(sp.text, sp.finish) for sp in spans] == [("ab", "cut"), ("abcdefgh", "length")]
+    assert [r.get("stream", False) for r in srv.completions()].count(True) == 1
+
+
+@pytest.mark.parametrize("kind", ["ids", "native", "text"])
+def test_a_stop_string_ends_the_stream_here(servers, kind):
+    srv = servers(ids=kind == "ids", native=kind == "native", alphabet="ab</think>cdefghij")
+    srv._write = lambda body, prompt, native: ("ab</think>cdefghij", "limit")  # a server that writes past it
+    b = backend_on(srv)
+    seen = []
+    [span] = b.generate([b.start(first(srv))], [18], [("</think>",)], watch=[after(100, seen)])
+    assert (span.text, span.finish) == ("ab</think>", "stop")
+    assert "ab</think>" not in seen  # an answer that is complete is not watched
+
+
+@pytest.mark.parametrize("fault,message", [("malformed", "malformed event"), ("drop", "before its last event"),
+                                           ("error", "error event")])
+def test_a_stream_that_breaks_is_retried_from_the_start(servers, fault, message):
+    srv = servers(native=True)
+    srv.stream_faults.extend([fault, "ok"])
+    b = backend_on(srv)
+    s = b.start(first(srv))
+    seen = []
+    [span] = b.generate([s], [8], [()], watch=[after(100, seen)])
+    assert span.text == "abcdefgh" and span.finish == "length"
+    tried, retried = srv.completions()
+    assert tried == retried  # the same request again: the same seed, so the same tokens
+    assert seen[:2] == seen[2:4] == ["a", "ab"]  # read again from the start
+
+    srv.stream_faults.extend([fault] * 3)
+    stuck = b.start(first(srv))
+    [err] = b.generate([stuck], [8], [()], watch=[after(100)])
+    assert isinstance(err, SampleError) and err.attempts == 3 and message in str(err)
+
+
+def test_a_gap_in_llama_cpps_stream_asks_again_whole_and_cuts_at_the_same_token(servers):
+    srv = servers(native=True)
+    srv.stream_faults.append("gap")  # an event left out, as llama.cpp does inside a UTF-8 character
+    b = backend_on(srv)
+    seen = []
+    [span] = b.generate([b.start(first(srv))], [12], [()], watch=[after(5, seen)])
+    assert (span.text, span.finish, span.ids) == ("abcde", "cut", [ord(c) for c in "abcde"])
+    assert not srv.completions()[-1].get("stream")  # the whole answer, asked for again
+    assert seen[-5:] == ["a", "ab", "abc", "abcd", "abcde"]  # read one token at a time
+
+
+@pytest.mark.parametrize("kind", ["ids", "native"])
+def test_a_server_that_does_not_stream_is_read_whole_and_cut_where_the_watch_says(servers, kind):
+    srv = servers(ids=kind == "ids", native=kind == "native")
+    srv.ignore_stream = True
+    b = backend_on(srv)
+    s = b.start(first(srv))
+    [span] = b.generate([s], [10], [()], watch=[after(4)])
+    assert (span.text, span.finish) == ("abcd", "cut") and len(srv.completions()) == 1 and not srv.streams
+    assert s.ids[-4:] == span.ids
+
+
+def test_a_watch_that_raises_fails_the_call_not_the_server(servers):
+    srv = servers(native=True)
+    b = backend_on(srv)
+
+    def broken(span):
+        raise RuntimeError("a bug in the watch")
+
+    with pytest.raises(RuntimeError, match="a bug in the watch"):
+        b.submit(b.start("Q"), 8, (), watch=broken).result(timeout=10)
+    assert len(srv.completions()) == 1  # not retried
+
+
+# --- a real server: llama.cpp's llama-server, with the packaged SmolLM2 GGUF ---------------------------------
 LLAMA_PROMPTS = [
     {"id": "r1", "prompt": "Write a function that returns the sum of a list of integers."},
     {"id": "r2", "prompt": "Given a string, count how many times each letter appears."},
@@ -251,58 +451,135 @@ LLAMA_PROMPTS = [
 ]
 
 
-class LlamaServer:
-    """`python -m llama_cpp.server` on 127.0.0.1, started (and started again) on one port."""
-
-    def __init__(self, log_path):
-        from tessy.models import _smollm2_gguf
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        self.cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(_smollm2_gguf()), "--host", "127.0.0.1",
-                    "--port", str(self.port), "--n_ctx", "2048", "--n_threads", "2", "--interrupt_requests", "False"]
-        self.log_path = log_path
-        self.proc = None
-
-    def start(self, timeout_s: float = 120.0) -> None:
-        self.proc = subprocess.Popen(self.cmd, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        deadline = time.time() + timeout_s
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                break
-            try:
-                with urllib.request.urlopen(self.url + "/models", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.3)
-        self.kill()
-        pytest.fail("llama_cpp.server did not come up:\n" + open(self.log_path, errors="replace").read()[-3000:])
-
-    def served(self) -> int:
-        """Completion requests answered so far (uvicorn logs each one)."""
-        return self.log_path.read_text(errors="replace").count("POST /v1/completions")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    """A llama-server with 4 slots (continuous batching, a prompt cache per slot)."""
+    server = started(tmp_path_factory.mktemp("llama") / "server.log", parallel=4, ctx=8192)
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="module")
-def llama(tmp_path_factory):
-    pytest.importorskip("llama_cpp.server", reason="needs llama-cpp-python[server] (requirements.txt)")
-    server = LlamaServer(tmp_path_factory.mktemp("llama") / "server.log")
-    server.start()
+def llama1(tmp_path_factory):
+    """A llama-server with one slot: requests run one at a time, so the same seed gives the same tokens."""
+    server = started(tmp_path_factory.mktemp("llama1") / "server.log", parallel=1, ctx=2048)
     yield server
-    server.kill()
+    server.stop()
+
+
+@functools.cache
+def smollm2():
+    from tessy.backends.openai import load_tokenizer
+
+    return load_tokenizer("smollm2-135m-instruct")
+
+
+def real_backend(server, seed: int | None = 0, temperature: float = 0.8, timeout_s: float = 60.0,
+                 max_retries: int = 2) -> OpenAIBackend:
+    pool = EndpointPool([server.url], None, timeout_s, max_retries, concurrency=8, backoff_s=0.05)
+    tokenizer = smollm2()
+    return OpenAIBackend(tokenizer, pool, Sampling(temperature, 1.0, seed), "smollm2-135m-instruct",
+                         eos_ids_of(tokenizer, Path(tokenizer.name_or_path)))
+
+
+def answers_of(backend: OpenAIBackend) -> list[tuple[str, dict, dict]]:
+    """Every whole answer the backend's pool receives from now on: (url, body, answer)."""
+    seen, post_url = [], backend.pool.post_url
+
+    async def spy(url, body):
+        answer = await post_url(url, body)
+        seen.append((url, body, answer))
+        return answer
+
+    backend.pool.post_url = spy
+    return seen
+
+
+def test_native_mode_keeps_the_sampled_ids_and_reports_the_prefix_cache(llama1):
+    b = real_backend(llama1, seed=7)
+    answers = answers_of(b)
+    s = b.start("The three most useful kitchen tools are", key="native/student")
+    prompt = list(s.ids)
+    [span] = b.generate([s], [24], [()])
+    assert b.pool.endpoints[0].mode == "native"  # probed: /v1/completions gave no ids, /completion did
+    url, body, answer = answers[-1]
+    assert url == llama1.root + "/completion" and body["prompt"] == prompt and body["cache_prompt"] is True
+    sampled = answer["tokens"]
+    assert span.ids == sampled[: len(span.ids)] and len(span.ids) >= len(sampled) - 1  # as sampled (an EOS dropped)
+    assert span.text == smollm2().decode(span.ids, skip_special_tokens=False) == answer["content"]
+    assert span.prompt_tokens == len(prompt) and span.finish in ("length", "eos")
+    assert "prompt" not in answer and "generation_settings" not in answer  # response_fields kept it small
+
+    # The same request with the prompt cache off samples the same ids: the seed decides them.
+    again = llama1.post("/completion", {**body, "cache_prompt": False})
+    assert again["tokens"] == sampled and again["timings"]["cache_n"] == 0
+
+    # The session's next request extends this one's prompt and span: that much comes from the cache.
+    b.extend(s, " and")
+    [more] = b.generate([s], [8], [()])
+    assert more.prompt_tokens == len(s.ids) - len(more.ids)
+    assert len(prompt) <= more.cached_tokens < more.prompt_tokens
+    b.close()
+
+
+def test_a_watch_stops_the_sequence_on_the_server(llama1):
+    b = real_backend(llama1, seed=3)
+    b.generate([b.start("Hi")], [1], [()])  # the probe, before the count starts
+    # llama.cpp counts the tokens of an aborted request in no `tokens_predicted_total`; its decode
+    # steps (one per token while it is the only sequence) show how far it went.
+    before = llama1.idle()["llamacpp:n_decode_total"]
+    seen = []
+    span = b.submit(b.start("Count slowly from one to five hundred: one, two,", key="cut/student"), 200, (),
+                    watch=after(3, seen)).result(timeout=60)
+    assert span.finish == "cut" and len(span.ids) == 3 and len(seen) == 3
+    time.sleep(0.5)
+    decoded = llama1.idle()["llamacpp:n_decode_total"] - before
+    assert 3 <= decoded < 20, decoded  # not the 200 it was asked for
+    b.close()
+
+
+def test_streamed_and_whole_requests_give_the_same_span_for_the_same_seed(llama1):
+    b = real_backend(llama1, seed=11)
+    prompt = "Here is a short story about a lighthouse keeper:"
+    whole = b.generate([b.start(prompt, key="same/student")], [40], [()])[0]
+    streamed = b.generate([b.start(prompt, key="same/student")], [40], [()], watch=[lambda span: False])[0]
+    cut = b.generate([b.start(prompt, key="same/student")], [40], [()], watch=[after(10)])[0]
+    assert len(whole.ids) > 10
+    assert (streamed.ids, streamed.text, streamed.finish) == (whole.ids, whole.text, whole.finish)
+    assert cut.finish == "cut" and cut.ids == whole.ids[:10] and whole.text.startswith(cut.text)
+    assert cut.prompt_tokens == whole.prompt_tokens and cut.cached_tokens is not None  # every event says so
+    b.close()
+
+
+def test_text_mode_on_a_real_server_whole_and_streamed(llama):
+    """Text mode (the mode of a server that returns no ids), spoken to llama-server's /v1/completions."""
+    b = real_backend(llama, seed=5)
+    ep = b.pool.endpoints[0]
+    ep.mode, ep.model = "text", "smollm2"  # as if the probe had found no ids
+    s = b.start("The capital of France is", key="text/student")
+    [span] = b.generate([s], [12], [()])
+    assert span.ids and span.ids == smollm2().encode(span.text, add_special_tokens=False)  # encoded again
+    [cut] = b.generate([b.start("Once upon a time", key="text2/student")], [100], [()], watch=[after(4)])
+    assert cut.finish == "cut" and 4 <= len(cut.ids) < 20
+    b.close()
+
+
+class Recorded(Recording):
+    """tests/provenance.py's `Recording`, counting the requests that had a watch."""
+
+    watched = 0
+
+    def generate(self, sessions, max_new_tokens, stop, **watch):
+        self.watched += sum(w is not None for w in watch.get("watch") or [])
+        return super().generate(sessions, max_new_tokens, stop, **watch)
+
+    def submit(self, session, max_new_tokens, stop, **watch):
+        self.watched += watch.get("watch") is not None
+        return super().submit(session, max_new_tokens, stop, **watch)
 
 
 def served_config(url: str, **overrides):
-    config = load_config(max_think_tokens=40, max_answer_tokens=12, batch_size=4, **overrides)
+    config = load_config(**{"max_think_tokens": 40, "max_answer_tokens": 12, "batch_size": 4, **overrides})
     for role, seed in ((STUDENT, 0), (TEACHER, 1)):  # one server serves both roles: SmolLM2 twice
         m = getattr(config, role)
         m.model, m.backend, m.urls = "smollm2-135m-instruct", "openai", [url]
@@ -328,69 +605,133 @@ def test_synth_through_a_real_server_gives_true_provenance(llama, tmp_path, monk
         return x, steps
 
     monkeypatch.setattr(synth, "start_sample", start)
-    summary = synthesize(config, prompts, tmp_path / "out.jsonl",
-                         backends={r: Recording(b) for r, b in backends.items()}, progress=False)
+    recorded = {r: Recorded(b) for r, b in backends.items()}
+    summary = synthesize(config, prompts, tmp_path / "out.jsonl", backends=recorded, progress=False)
     records = read_records(tmp_path / "out.jsonl")
     assert summary["samples"] == 3 and summary["errors"] == 0
-    assert backends[STUDENT].pool.endpoints[0].ids is False  # llama.cpp takes text prompts only
+    assert backends[STUDENT].pool.endpoints[0].mode == "native"  # llama-server: its own /completion
     for r in records:
         assert r["config_hash"] == config.hash()
         for role in (STUDENT, TEACHER):
             kept = "".join(s["text"] for s in r["segments"] if s["source"] == role)
             assert splits_into_prefixes(kept, sessions[r["id"]][role].sampled), (r["id"], role)
         assert r["segments"] and {s["source"] for s in r["segments"] if s["part"] == "answer"} <= {STUDENT}
-    # the server really wrote the spans
+    # the server really wrote the spans, and said how much of each prompt its cache held
     assert sum(len(s.sampled) for per in sessions.values() for s in per.values()) >= 6
+    assert all(0 < summary["roles"][role]["prefix_cache_hit_rate"] <= 1 for role in (STUDENT, TEACHER)), summary
+    # the run streams its turns (tessy/streaming.py): the lexicon promises final cuts, llama-server streams
+    assert summary["stream_cuts"] == {STUDENT: True, TEACHER: True}
+    assert all(recorded[role].watched > 0 for role in (STUDENT, TEACHER))
 
 
 @pytest.mark.slow
+def test_streamed_and_whole_turn_synth_runs_write_the_same_records_on_one_slot(llama1, tmp_path, monkeypatch):
+    """One slot, the prompt cache off (a cached prefix is computed in other batch shapes than a fresh
+    one, so its numbers may differ in the last bits): the engine is deterministic per request, and a
+    synth whose turns stop at their final cut writes exactly the records of one whose turns run to k,
+    while the server generates fewer tokens."""
+    real_request = OpenAIBackend._request
+
+    def no_cache(self, *args, **kw):
+        url, body = real_request(self, *args, **kw)
+        return url, {**body, "cache_prompt": False}
+
+    monkeypatch.setattr(OpenAIBackend, "_request", no_cache)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(p) + "\n" for p in LLAMA_PROMPTS[:3]))
+    runs = {}
+    for streamed in (True, False):
+        config = served_config(llama1.url, max_think_tokens=60, student={"stream_cuts": streamed},
+                               teacher={"stream_cuts": streamed})
+        summary = synthesize(config, prompts, tmp_path / f"{streamed}.jsonl", progress=False)
+        assert summary["errors"] == 0 and summary["stream_cuts"] == {STUDENT: streamed, TEACHER: streamed}
+        runs[streamed] = summary, [(r["id"], r["segments"], r["answer"])
+                                   for r in read_records(tmp_path / f"{streamed}.jsonl")]
+    (on, records_on), (off, records_off) = runs[True], runs[False]
+    assert records_on == records_off
+    stopped = sum(r.get("stopped_at_cut", 0) for r in on["roles"].values())
+    assert stopped > 0
+    generated = {k: sum(r["generated_tokens"] for r in run["roles"].values()) for k, run in (("on", on), ("off", off))}
+    assert generated["on"] < generated["off"]
+
+
 def test_chat_client_and_timeouts_on_a_real_server(llama):
     chat = ChatClient([llama.url], max_tokens=8, backoff_s=0.05)
     [answer] = chat.complete([[{"role": "user", "content": "What is 2 + 2?"}]])
     assert isinstance(answer, str) and answer.strip()
     chat.close()
     # An answer slower than the timeout: 48 tokens cannot come back within 0.05 s.
-    pool = EndpointPool([llama.url], None, timeout_s=0.05, max_retries=1, concurrency=1, backoff_s=0.05)
-    from tessy.backends.openai import load_tokenizer
-
-    b = OpenAIBackend(load_tokenizer("smollm2-135m-instruct"), pool, Sampling(0.6, 1.0, 0))
+    b = real_backend(llama, timeout_s=0.05, max_retries=1)
     [err] = b.generate([b.start("Count from one to one hundred:")], [48], [()])
     assert isinstance(err, SampleError) and err.attempts == 2 and "timed out" in str(err)
-    pool.close()
-    time.sleep(3)  # let the server finish the abandoned requests before the next test
+    b.close()
+    llama.idle()  # let the server finish the abandoned requests before the next test
+
+
+def test_a_server_killed_mid_stream_fails_the_requests_in_flight_after_their_retries(tmp_path):
+    server = started(tmp_path / "server.log", parallel=4, ctx=4096)
+    try:
+        b = real_backend(server, max_retries=2, timeout_s=30)
+        read = [0, 0, 0]
+
+        def reading(i):
+            def watch(span):
+                read[i] = len(span.ids)
+                return False
+
+            return watch
+
+        futures = [b.submit(b.start(f"List {i + 3} facts about rivers, one per line:", key=f"kill{i}/student"), 400,
+                            (), watch=reading(i)) for i in range(3)]
+        deadline = time.time() + 60
+        while min(read) < 2 and time.time() < deadline:
+            time.sleep(0.02)
+        assert min(read) >= 2, read  # every request is streaming
+        server.kill()
+        errors = [f.result(timeout=60) for f in futures]
+        assert all(isinstance(e, SampleError) for e in errors), errors
+        assert all(e.attempts == 3 and e.endpoint == server.url for e in errors), [str(e) for e in errors]
+        b.close()
+    finally:
+        server.kill()
 
 
 @pytest.mark.slow
-def test_server_killed_mid_run_then_retry_errors_completes_each_id_once(llama, tmp_path):
+def test_server_killed_mid_run_then_retry_errors_completes_each_id_once(tmp_path):
+    llama = started(tmp_path / "server.log", parallel=4, ctx=8192)
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(p) + "\n" for p in LLAMA_PROMPTS))
     config = tmp_path / "config.yaml"
-    config.write_text("max_think_tokens: 40\nmax_answer_tokens: 12\nbatch_size: 2\nin_flight: 2\n"
+    config.write_text("max_think_tokens: 160\nmax_answer_tokens: 12\nbatch_size: 2\nin_flight: 2\n"
                       "student: {model: smollm2-135m-instruct, timeout_s: 30, max_retries: 2}\n"
                       "teacher: {model: smollm2-135m-instruct, seed: 1, timeout_s: 30, max_retries: 2}\n")
     out = tmp_path / "out.jsonl"
     cmd = [sys.executable, "-m", "tessy.cli", "synth", "--config", str(config), "--prompts", str(prompts),
            "--out", str(out), "--student-url", llama.url, "--teacher-url", llama.url]
-    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 1) and run.poll() is None:
-        time.sleep(0.05)
-    served = llama.served()  # then let the samples that took the free places make a few requests
-    while time.time() < deadline and llama.served() < served + 4 and run.poll() is None:
-        time.sleep(0.05)
-    llama.kill()  # mid-run: some samples written, the others in flight
-    log, _ = run.communicate(timeout=300)
-    assert run.returncode == 0, log  # the run goes on to its end
-    done = [r["id"] for r in read_records(out)]
-    errors = read_errors(errors_path_for(out))
-    assert 1 <= len(done) < len(LLAMA_PROMPTS), log
-    assert sorted(done + list(errors)) == sorted(p["id"] for p in LLAMA_PROMPTS)  # nothing lost
-    assert all(e["attempts"] == 3 and e["endpoint"] == llama.url for e in errors.values()), errors
-    assert all(e["rounds"] > 0 for e in errors.values()), errors  # they were mid-sample when it died
+    try:
+        run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.time() + 300
+        while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 1) and run.poll() is None:
+            time.sleep(0.05)
+        served = llama.served()  # then let the samples that took the free places make a few requests
+        while time.time() < deadline and llama.served() < served + 4 and run.poll() is None:
+            time.sleep(0.05)
+        llama.kill()  # mid-run: some samples written, the others in flight
+        log, _ = run.communicate(timeout=300)
+        assert run.returncode == 3, log  # the run goes on to its end, and says that ids failed
+        done = [r["id"] for r in read_records(out)]
+        errors = read_errors(errors_path_for(out))
+        assert 1 <= len(done) < len(LLAMA_PROMPTS), log
+        assert sorted(done + list(errors)) == sorted(p["id"] for p in LLAMA_PROMPTS)  # nothing lost
+        assert all(e["attempts"] == 3 and e["endpoint"] == llama.url for e in errors.values()), errors
+        # The samples in flight were mid-sample when it died; any admitted after it failed at round 0.
+        assert any(e["rounds"] > 0 for e in errors.values()), errors
 
-    llama.start()  # the server is back
-    retry = subprocess.run(cmd + ["--retry-errors"], capture_output=True, text=True, timeout=600)
-    assert retry.returncode == 0, retry.stdout + retry.stderr
-    ids = [r["id"] for r in read_records(out)]
-    assert sorted(ids) == sorted(p["id"] for p in LLAMA_PROMPTS)  # each id exactly once
-    assert read_errors(errors_path_for(out)) == {}
+        llama.start()  # the server is back
+        retry = subprocess.run(cmd + ["--retry-errors"], capture_output=True, text=True, timeout=600)
+        assert retry.returncode == 0, retry.stdout + retry.stderr
+        ids = [r["id"] for r in read_records(out)]
+        assert sorted(ids) == sorted(p["id"] for p in LLAMA_PROMPTS)  # each id exactly once
+        assert read_errors(errors_path_for(out)) == {}
+    finally:
+        llama.kill()

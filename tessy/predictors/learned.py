@@ -110,18 +110,14 @@ def token_labels(text: str, offsets: list[tuple[int, int]], spans: list) -> list
 
 def encode(tokenizer, text: str, context: str = "", spans: list | None = None, max_length: int = 128,
            left_context: int = 0) -> dict:
-    """input_ids, offsets into `text` (None for non-text tokens) and, given `spans`, labels.
-
-    The context's last `left_context` tokens come first (at most half of `max_length`), then as much
-    of the text as the rest holds: what the context contributes never depends on the text's length,
-    so a token's input is the same whether the text ends after it or goes on (streamed cuts)."""
+    """input_ids, offsets into `text` (None for non-text tokens) and, given `spans`, labels."""
     prefix = tokenizer("", add_special_tokens=True)["input_ids"]  # BOS, for tokenizers that add one
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    left_context = min(left_context, (max_length - len(prefix)) // 2)
+    room = max(max_length - len(prefix), 1)  # the text first; the context fills what it leaves
+    ids, offsets = enc["input_ids"][:room], [tuple(o) for o in enc["offset_mapping"][:room]]
+    left_context = min(left_context, max_length - len(prefix) - len(ids))
     ctx = (tokenizer(context, add_special_tokens=False)["input_ids"][-left_context:] if left_context > 0 and context
            else [])
-    room = max(max_length - len(prefix) - len(ctx), 1)
-    ids, offsets = enc["input_ids"][:room], [tuple(o) for o in enc["offset_mapping"][:room]]
     out = {"input_ids": prefix + ctx + ids, "offsets": [None] * (len(prefix) + len(ctx)) + offsets,
            "truncated": len(enc["input_ids"]) > room}
     if spans is not None:
@@ -163,13 +159,15 @@ class LearnedPredictor:
         self.style_label = meta.get("style_label", STYLE)
         self.max_length = meta.get("max_length", 128)
         self.left_context = meta.get("left_context", 0)
-        # Streamed cuts (tessy/streaming.py). Same-token labels come from a causal model reading the
-        # context's last `left_context` tokens and then the span, so a token's label depends only on
-        # what comes before it: a cut is final once the word it starts is whole (which the loop's
-        # own rule waits for). The release's
-        # next-token rule reads the last `max_length` tokens of context and span together, a window
-        # that slides as the span grows: it cannot promise, and its turns run to k.
-        self.cut_settled = (lambda text, b: True) if self.semantics == "same-token" else None
+        # Streamed cuts (tessy/streaming.py). A same-token checkpoint that reads no left context labels
+        # the span alone with a causal model, cut from the right where it is too long, so a token's
+        # label depends only on the tokens before it: a cut is final once the word it starts is whole
+        # (which the loop's own rule waits for). With left context, the context fills what the span
+        # leaves, so its share changes as the span grows; and the release's next-token rule reads the
+        # last `max_length` tokens of context and span, a window that slides. Neither can promise:
+        # their turns run to k.
+        self.cut_settled = (lambda text, b: True) if self.semantics == "same-token" and not self.left_context \
+            else None
         self.inline = False
 
     @classmethod

@@ -580,3 +580,22 @@ def test_eval_config_bounds(key, value):
                  "eval", {"model": ModelConfig})  # fmt: skip
     with pytest.raises(ConfigError, match=key):
         build(EvalConfig, {key: value}, "eval", {"model": ModelConfig})
+
+
+def test_code_that_exits_before_the_tests_run_does_not_pass(tmp_path, humaneval):
+    """A reply that calls sys.exit(0) at import ends the program cleanly before tessy's harness has
+    run a single test: the harness's own word of completion is missing, so it is a wrong answer."""
+    limits = Limits(timeout_s=5)
+    t = list(humaneval)[0]
+    problem = [p for p in load_benchmark("humaneval", limit=1)][0]
+    assert problem.task_id == t
+    early = "```python\nimport sys\nsys.exit(0)\n```"
+    right = f"```python\n{humaneval[t]['prompt']}{humaneval[t]['canonical_solution']}```"
+    assert score(problem, early, limits)["verdict"] == "wrong answer"
+    assert score(problem, early, limits)["detail"] == "the program exited before its tests ran"
+    assert score(problem, right, limits)["verdict"] == "accepted"
+    twice = [p for p in load_benchmark(str(_stdio_and_functional(tmp_path))) if p.kind == "functional"][0]
+    early_class = "```python\nimport sys\nclass Solution:\n    def twice(self, x):\n        sys.exit(0)\n```"
+    assert score(twice, early_class, limits)["verdict"] == "wrong answer"
+    right_class = "```python\nclass Solution:\n    def twice(self, x):\n        return x * 2\n```"
+    assert score(twice, right_class, limits)["verdict"] == "accepted"

@@ -33,6 +33,7 @@ import json
 import math
 import os
 import re
+import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -295,10 +296,13 @@ def score(problem: Problem, completion: str, limits: Limits, think_open: str = "
     language = code_language(problem, answer)
     code = extract_code(answer, language)
     if problem.kind in ("humaneval", "functional"):
-        program = (_humaneval_program(problem.data, code) if problem.kind == "humaneval"
-                   else _functional_program(code, problem.data))  # fmt: skip
+        # The harness prints a word of its own once every test has run: code that exits early (with
+        # status 0) has not passed them.
+        done = f"tessy-tests-done-{secrets.token_hex(8)}"
+        program = (_humaneval_program(problem.data, code, done) if problem.kind == "humaneval"
+                   else _functional_program(code, problem.data, done))  # fmt: skip
         result = run_python(program, limits=limits)
-        return graded(_harness_verdict(result), result.isolation, language)
+        return graded(_harness_verdict(result, done), result.isolation, language)
     program = build(language, code, compile_limits(compile_timeout_s))  # C++ compiles once per sample
     if isinstance(program, Result):
         return graded(program.verdict, program.isolation, language)
@@ -314,12 +318,16 @@ def score(problem: Problem, completion: str, limits: Limits, think_open: str = "
     return graded(OK, result.isolation, language)
 
 
-def _harness_verdict(result: Result) -> Verdict:
+def _harness_verdict(result: Result, done: str = "") -> Verdict:
     """A run of tessy's own test harness around the code: its wrong-answer exit is a wrong answer,
-    whose detail is what the harness printed last; anything else is the run's own verdict."""
+    whose detail is what the harness printed last; a clean exit without the harness's `done` word
+    is a wrong answer too (the code left before the tests ran); anything else is the run's own
+    verdict."""
     if result.returncode == WRONG_ANSWER_STATUS:
         said = next((line.strip() for line in reversed(result.stderr.splitlines()) if line.strip()), "")
         return Verdict(WRONG_ANSWER, said[:300])
+    if result.verdict.passed and done and done not in result.stdout:
+        return Verdict(WRONG_ANSWER, "the program exited before its tests ran")
     return result.verdict
 
 
@@ -334,7 +342,7 @@ def _names_of_tests(tests: list[dict]) -> list[str]:
     return names
 
 
-def _humaneval_program(p: dict, code: str) -> str:
+def _humaneval_program(p: dict, code: str, done: str = "") -> str:
     # A reply with the whole function redefines it after the prompt (its imports stay); a bare body
     # (HumanEval's own completion format) continues the prompt.
     if re.search(rf"^\s*def\s+{re.escape(p['entry_point'])}\s*\(", code, re.M):
@@ -357,10 +365,11 @@ except Exception as _e:
     _what = "" if isinstance(_e, AssertionError) else f"{{type(_e).__name__}}: {{_e}} in "
     print(f"failed: {{_what}}{{_where.line}}"[:300], file=_sys.stderr)
     raise SystemExit({WRONG_ANSWER_STATUS})
+print({done!r})
 """
 
 
-def _functional_program(code: str, data: dict) -> str:
+def _functional_program(code: str, data: dict, done: str = "") -> str:
     tests = [{**t, "name": name} for t, name in zip(data["tests"], _names_of_tests(data["tests"]))]
     return f"""{code}
 
@@ -374,6 +383,7 @@ for _t in _json.loads({json.dumps(tests)!r}):
     if _got != _json.loads(_t["output"]):
         print(f"{{_t['name']}}: returned {{_json.dumps(_got)[:80]}}, expected {{_t['output'][:80]}}", file=_sys.stderr)
         raise SystemExit({WRONG_ANSWER_STATUS})
+print({done!r})
 """
 
 

@@ -228,8 +228,8 @@ def test_streamed_cuts_keep_what_whole_turns_keep_with_a_learned_predictor(train
                              student_predictor=str(out), student={"stream_cuts": streamed},
                              teacher={"stream_cuts": streamed})
         summary = synthesize(config, prompts, tmp_path / f"{streamed}.jsonl", progress=False)
-        runs[streamed] = summary, [(r["id"], r["segments"], r["answer"]) for r in read_records(
-            tmp_path / f"{streamed}.jsonl")]
+        runs[streamed] = summary, sorted([(r["id"], r["segments"], r["answer"]) for r in read_records(
+            tmp_path / f"{streamed}.jsonl")])
     (on, records_on), (off, records_off) = runs[True], runs[False]
     assert records_on == records_off
     assert on["stream_cuts"] == {STUDENT: True, TEACHER: True}

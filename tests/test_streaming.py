@@ -131,7 +131,7 @@ def test_streamed_and_whole_turn_runs_write_the_same_records(tmp_path, handover)
                              student={"stream_cuts": streamed}, teacher={"stream_cuts": streamed})
         out = tmp_path / f"{streamed}.jsonl"
         summary = synthesize(config, prompts, out, backends=backends, progress=False)
-        runs[streamed] = ([(r["id"], r["segments"], r["answer"]) for r in read_records(out)],
+        runs[streamed] = (sorted([(r["id"], r["segments"], r["answer"]) for r in read_records(out)]),
                           {role: b.written for role, b in backends.items()}, summary)
     assert runs[True][0] == runs[False][0]
     assert runs[True][2]["stream_cuts"] == {STUDENT: True, TEACHER: True}
@@ -162,8 +162,8 @@ def test_streamed_cuts_on_the_real_models_keep_the_same_records_and_generate_les
         config = load_config(max_think_tokens=64, max_answer_tokens=8, batch_size=1, in_flight=1,
                              student={"stream_cuts": streamed}, teacher={"stream_cuts": streamed})
         summary = synthesize(config, prompts, tmp_path / f"{streamed}.jsonl", progress=False)
-        runs[streamed] = summary, [(r["id"], r["segments"], r["answer"]) for r in read_records(
-            tmp_path / f"{streamed}.jsonl")]
+        runs[streamed] = summary, sorted([(r["id"], r["segments"], r["answer"]) for r in read_records(
+            tmp_path / f"{streamed}.jsonl")])
     (on, records_on), (off, records_off) = runs[True], runs[False]
     assert records_on == records_off
     assert sum(r["stopped_at_cut"] for r in on["roles"].values() if "stopped_at_cut" in r) > 0

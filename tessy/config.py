@@ -97,6 +97,12 @@ class ModelConfig:
         default=64,
         metadata={"min": 1, "help": "openai backend: most requests in flight per endpoint"},
     )
+    chat_template_kwargs: dict = field(
+        default_factory=dict,
+        metadata={"help": "extra arguments of the model's chat template wherever tessy renders a prompt, and of a "
+                          "chat endpoint's request (gpt-oss: {reasoning_effort: high}; Qwen3: {enable_thinking: "
+                          "false})"},
+    )
     stream_cuts: bool | None = field(
         default=None,
         metadata={"help": "stop a turn's request as soon as the predictor's cut is final (the kept text is the "

@@ -77,14 +77,17 @@ def get_profile(name: str, custom: dict[str, ProfileSpec] | None = None) -> Prof
     return BUILTIN[name]
 
 
-def render_prompt(profile: Profile, tokenizer, messages: list[dict]) -> tuple[str, bool]:
-    """Render chat `messages` up to the opened thinking.
+def render_prompt(profile: Profile, tokenizer, messages: list[dict],
+                  template_kwargs: dict | None = None) -> tuple[str, bool]:
+    """Render chat `messages` up to the opened thinking; `template_kwargs` reach the chat template
+    (a role's `chat_template_kwargs`, such as gpt-oss's `reasoning_effort`).
 
     Returns (text, used_chat_template). A template that already opens the thinking itself
     (DeepSeek-R1's does) is not opened twice.
     """
     if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                             **(template_kwargs or {}))
         used_template = True
     else:
         user = "\n\n".join(m["content"] for m in messages if m["role"] != "assistant")

@@ -171,10 +171,12 @@ def plain_sessions(config, backend, role: str, prompts: list, rows: int) -> list
     """Sessions started exactly as `tessy.synth.start_sample` starts them, for `rows` prompts."""
     from tessy.profiles import get_profile, render_prompt
 
-    profile = get_profile(getattr(config, role).profile, config.profiles)
+    model = getattr(config, role)
+    profile = get_profile(model.profile, config.profiles)
     sessions = []
     for i in range(rows):
-        text, used_template = render_prompt(profile, backend.tokenizer, list(prompts[i % len(prompts)].messages))
+        text, used_template = render_prompt(profile, backend.tokenizer, list(prompts[i % len(prompts)].messages),
+                                            model.chat_template_kwargs)
         sessions.append(backend.start(text, add_special_tokens=not used_template))
     return sessions
 

@@ -83,10 +83,11 @@ def teacher_mix(x: Transcript, s: LoopSettings, source: str):
 
 # --- methods with prompts of their own ----------------------------------------------------------
 def fresh_party(party: Party, messages: list[dict], key: str) -> Party:
-    """The same model and profile in a new session, on new chat messages; `key` names the session's
-    seed stream (tessy/seeds.py), so each candidate samples differently."""
-    text, used_template = render_prompt(party.profile, party.backend.tokenizer, messages)
-    return Party(party.backend, party.profile, party.backend.start(text, add_special_tokens=not used_template, key=key))
+    """The same model, profile and chat template arguments in a new session, on new chat messages;
+    `key` names the session's seed stream (tessy/seeds.py), so each candidate samples differently."""
+    text, used_template = render_prompt(party.profile, party.backend.tokenizer, messages, party.template_kwargs)
+    session = party.backend.start(text, add_special_tokens=not used_template, key=key)
+    return Party(party.backend, party.profile, session, party.template_kwargs)
 
 
 def side_transcript(x: Transcript, parties: dict[str, Party]) -> Transcript:

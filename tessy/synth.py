@@ -46,15 +46,17 @@ def settings_for(config: SynthConfig, backends: dict) -> LoopSettings:
 def start_sample(prompt: Prompt, config: SynthConfig, backends: dict, settings: LoopSettings,
                  predictors: dict | None = None,
                  mix: dict[str, str] | None = None):
-    """A new transcript for `prompt`, each model's prompt rendered by its own profile, and the
-    generator of `config.method` over it (`mix`: teacher-mix's prompt id -> source)."""
+    """A new transcript for `prompt`, each model's prompt rendered by its own profile and chat
+    template arguments (the role's `chat_template_kwargs`), and the generator of `config.method`
+    over it (`mix`: teacher-mix's prompt id -> source)."""
     parties = {}
     for role in (STUDENT, TEACHER):
-        backend = backends[role]
-        profile = get_profile(getattr(config, role).profile, config.profiles)
-        text, used_template = render_prompt(profile, backend.tokenizer, list(prompt.messages))
+        backend, model = backends[role], getattr(config, role)
+        profile = get_profile(model.profile, config.profiles)
+        text, used_template = render_prompt(profile, backend.tokenizer, list(prompt.messages),
+                                            model.chat_template_kwargs)
         session = backend.start(text, add_special_tokens=not used_template, key=f"{prompt.id}/{role}")
-        parties[role] = Party(backend, profile, session)
+        parties[role] = Party(backend, profile, session, dict(model.chat_template_kwargs))
     x = Transcript(prompt.id, list(prompt.messages), parties)
     if config.method == "tessy":
         x.predictors = {role: p.name for role, p in (predictors or {}).items()}

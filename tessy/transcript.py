@@ -21,6 +21,9 @@ class Party:
     backend: Backend
     profile: Profile
     session: Session
+    # The role's `chat_template_kwargs`: a side prompt of this model (tessy/methods.py) is
+    # rendered with the same template arguments as the sample's own prompt.
+    template_kwargs: dict = field(default_factory=dict)
 
 
 @dataclass

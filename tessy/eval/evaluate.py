@@ -452,7 +452,7 @@ def _generate(config: EvalConfig, problems: list[Problem], console, backend, pro
         for p, _ in batch:
             messages = (([{"role": "system", "content": system}] if system else [])
                         + [{"role": "user", "content": p.prompt}])
-            texts.append(render_prompt(profile, backend.tokenizer, messages)[0])
+            texts.append(render_prompt(profile, backend.tokenizer, messages, config.model.chat_template_kwargs)[0])
         # Each sample's seed stream is keyed by task and sample (tessy/seeds.py): the n repeats differ.
         sessions = [backend.start(t, key=f"{p.task_id}/{s}") for t, (p, s) in zip(texts, batch)]
         starts = [len(s.ids) for s in sessions]

@@ -111,6 +111,17 @@ class ModelConfig:
 
 
 @dataclass
+class AnnotatorConfig(ModelConfig):
+    """`tessy annotate --annotator config`: any model as the style annotator, with its own sampling,
+    `chat_template_kwargs` (Qwen3: {enable_thinking: false}) and answer budget."""
+
+    max_tokens: int = field(
+        default=1024,
+        metadata={"min": 1, "help": "budget of each annotation answer (the authors' release: 32768)"},
+    )
+
+
+@dataclass
 class SynthConfig:
     student: ModelConfig = field(
         default_factory=lambda: ModelConfig(STUDENT_DEFAULT),
@@ -208,12 +219,18 @@ class SynthConfig:
         default_factory=dict,
         metadata={"help": "user-defined profiles: name -> {think_open, think_close, answer_open, fallback_template}"},
     )
+    annotator: AnnotatorConfig | None = field(
+        default=None,
+        metadata={"help": "tessy annotate --annotator config: the annotating model, a model entry like student: plus"
+                          " max_tokens (not part of a synth run)"},
+    )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def hash(self) -> str:
         data = self.to_dict()
+        data.pop("annotator", None)  # used by `tessy annotate` only, never by a synth run
         for name in SCHEDULING_FIELDS:
             data.pop(name, None)
         for role in ("student", "teacher"):
@@ -241,7 +258,10 @@ def load_config(path: str | Path | None = None, **overrides) -> SynthConfig:
             if given.get("model", base["model"]) != base["model"]:
                 base = dataclasses.asdict(ModelConfig(base["model"], seed=base["seed"]))
             data[role] = {**base, **(data.get(role) or {})}
-    config = load(SynthConfig, data, where, overrides, nested={role: ModelConfig for role in ROLES})
+    nested = {role: ModelConfig for role in ROLES}
+    if isinstance(data.get("annotator"), dict):
+        nested["annotator"] = AnnotatorConfig
+    config = load(SynthConfig, data, where, overrides, nested=nested)
     check(config, where)
     return config
 

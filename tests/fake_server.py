@@ -64,6 +64,7 @@ class FakeServer:
         self.stream_delay_s = 0.0  # between two events of a stream
         self.ignore_stream = False  # answer a streaming request whole, as a server that cannot stream
         self.streams: list[dict] = []  # per stream: {"events": written, "gone": the client closed it first}
+        self.chat_reply = None  # (request body) -> the /chat/completions answer; None echoes "ok: " + the last message
         self._lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.httpd.daemon_threads = True
@@ -244,7 +245,9 @@ class FakeServer:
                     if server.delay_s:
                         time.sleep(server.delay_s)
                     if self.path.endswith("/chat/completions"):
-                        message = {"role": "assistant", "content": "ok: " + body["messages"][-1]["content"]}
+                        content = (server.chat_reply(body) if server.chat_reply is not None
+                                   else "ok: " + body["messages"][-1]["content"])
+                        message = {"role": "assistant", "content": content}
                         reply = {"choices": [{"index": 0, "message": message}]}
                         status, payload = 200, json.dumps(reply).encode()
                     elif self.path == "/completion":

@@ -853,18 +853,44 @@ class ChatClient:
     """A chat endpoint (`/v1/chat/completions`) for the style annotator and the teacher-score judge.
 
     `complete` sends every conversation at once (at most `concurrency` per endpoint) and returns one
-    answer text per conversation, or a `SampleError` where it failed for good.
+    answer text per conversation, or a `SampleError` where it failed for good. Each request carries
+    the sampling (`temperature`, `top_p`; `top_k` only where it is on, above 0, since OpenAI's own API
+    has no such field), `max_tokens`, the `seed`, and `chat_template_kwargs` where given: vLLM and
+    llama.cpp's server hand these to the model's chat template (Qwen3: {"enable_thinking": false}).
     """
 
     def __init__(self, urls: list[str], model: str = "", api_key_env: str | None = None, timeout_s: float = 120.0,
                  max_retries: int = 3, concurrency: int = 16, temperature: float = 0.0, max_tokens: int = 512,
-                 seed: int | None = 0, backoff_s: float = BACKOFF_S):
+                 seed: int | None = 0, backoff_s: float = BACKOFF_S, top_p: float = 1.0, top_k: int = 0,
+                 chat_template_kwargs: dict | None = None):
         api_key = os.environ.get(api_key_env) if api_key_env else None
         if api_key_env and not api_key:
             raise ValueError(f"api_key_env: the environment variable {api_key_env} is not set")
         self.pool = EndpointPool(urls, api_key, timeout_s, max_retries, concurrency, backoff_s)
         self.model, self.temperature, self.max_tokens, self.seed = model, temperature, max_tokens, seed
+        self.top_p, self.top_k, self.chat_template_kwargs = top_p, top_k, dict(chat_template_kwargs or {})
         self._next = 0
+
+    @classmethod
+    def from_config(cls, config, max_tokens: int) -> "ChatClient":
+        """The chat endpoint of a model entry (`ModelConfig`): its servers, sampling and template
+        arguments, with answers of up to `max_tokens`."""
+        return cls(config.urls, model=config.model, api_key_env=config.api_key_env, timeout_s=config.timeout_s,
+                   max_retries=config.max_retries, concurrency=config.concurrency, temperature=config.temperature,
+                   max_tokens=max_tokens, seed=config.seed, top_p=config.top_p, top_k=config.top_k,
+                   chat_template_kwargs=config.chat_template_kwargs)
+
+    def body(self, messages: list[dict], served_model: str, extra: dict | None = None) -> dict:
+        """The JSON body of one request (`extra` adds or replaces fields)."""
+        body = {"model": served_model, "messages": messages, "temperature": self.temperature, "top_p": self.top_p,
+                "max_tokens": self.max_tokens}
+        if self.top_k > 0:
+            body["top_k"] = self.top_k
+        if self.chat_template_kwargs:
+            body["chat_template_kwargs"] = dict(self.chat_template_kwargs)
+        if self.seed is not None:
+            body["seed"] = self.seed
+        return {**body, **(extra or {})}
 
     def complete(self, conversations: list[list[dict]], **extra) -> list[str | SampleError]:
         return self.pool.run(self._all(conversations, extra))
@@ -874,10 +900,7 @@ class ChatClient:
 
     async def _one(self, messages: list[dict], extra: dict) -> str | SampleError:
         async def attempt(ep: Endpoint) -> str:
-            body = {"model": await self.pool.served_model(ep, self.model), "messages": messages,
-                    "temperature": self.temperature, "max_tokens": self.max_tokens, **extra}
-            if self.seed is not None:
-                body.setdefault("seed", self.seed)
+            body = self.body(messages, await self.pool.served_model(ep, self.model), extra)
             content = (await self.pool.post(ep, "/chat/completions", body))["choices"][0]["message"]["content"]
             if not isinstance(content, str):
                 raise TypeError(f"message content is {type(content).__name__}, not a string")

@@ -37,6 +37,7 @@ class BoundaryPredictor(Protocol):
 
 
 LABEL_SEMANTICS = ("same-token", "next-token")
+DTYPES = ("float32", "bfloat16", "float16")  # torch dtypes a learned predictor can run in
 
 
 @dataclass(frozen=True)
@@ -49,16 +50,19 @@ class PredictorSpec:
     - `style_label`: the class id that means style (the release: 1).
     - `context_tokens`: the most predictor tokens read, left context included; the text before the
       span fills what the span leaves (the release: 200, left-truncated). None: the checkpoint's own.
+    - `dtype`: the torch dtype the weights run in (`DTYPES`; the release: bfloat16). None: the one
+      the checkpoint's `tessy_predictor.json` records, else float32.
     """
 
     path: str
     labels: str = "same-token"
     style_label: int = 1
     context_tokens: int | None = None
+    dtype: str | None = None
 
     @classmethod
     def parse(cls, spec: dict, where: str = "predictor") -> "PredictorSpec":
-        known = {"path", "labels", "style_label", "context_tokens"}
+        known = {"path", "labels", "style_label", "context_tokens", "dtype"}
         if unknown := sorted(set(spec) - known):
             raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         if not isinstance(spec.get("path"), str) or not spec["path"]:
@@ -70,6 +74,8 @@ class PredictorSpec:
             raise ValueError(f"{where}.style_label: {out.style_label!r} must be 0 or 1 (a 2-label classifier)")
         if out.context_tokens is not None and (not isinstance(out.context_tokens, int) or out.context_tokens < 2):
             raise ValueError(f"{where}.context_tokens: {out.context_tokens!r} must be an integer of at least 2")
+        if out.dtype is not None and out.dtype not in DTYPES:
+            raise ValueError(f"{where}.dtype: {out.dtype!r} is not one of {', '.join(DTYPES)}")
         return out
 
 
@@ -89,5 +95,5 @@ def load_predictor(spec: str | dict, phrases: list[str] | None = None, where: st
     if isinstance(spec, str) and is_checkpoint(spec):
         return LearnedPredictor.load(spec)
     raise ValueError(f"{where}: unknown predictor {spec!r}: use 'lexicon', a directory written by `tessy predictor "
-                     f"train`, or {{path: DIR, labels: next-token | same-token, style_label: 1, context_tokens: 200}} "
-                     f"for a plain token-classification checkpoint")
+                     f"train`, or {{path: DIR, labels: next-token | same-token, style_label: 1, context_tokens: 200, "
+                     f"dtype: bfloat16}} for a plain token-classification checkpoint")

@@ -178,10 +178,14 @@ def cmd_show(args) -> int:
 
 def cmd_annotate(args) -> int:
     from tessy.annotate import AnnotateJob, run_annotate
+    from tessy.config import command_section
     from tessy.typed import load
 
     sample = ["student", "teacher"] if args.sample == "both" else [args.sample] if args.sample else None
-    job = load(AnnotateJob, {}, "tessy annotate", {**given(args, AnnotateJob), "sample": sample})
+    # The config file's `annotate:` section gives the options no flag gives (configs/predictor-release.yaml).
+    job = load(AnnotateJob, command_section(args.config, "annotate"),
+               f"{args.config}: annotate" if args.config else "tessy annotate",
+               {**given(args, AnnotateJob), "sample": sample})
     summary = run_annotate(job, _console())
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(summary, indent=2))
@@ -189,15 +193,19 @@ def cmd_annotate(args) -> int:
 
 
 def cmd_predictor_train(args) -> int:
+    from tessy.config import command_section
     from tessy.predictors.learned import TrainConfig, train_predictor
     from tessy.typed import load
 
-    config = load(TrainConfig, {}, "tessy predictor train", given(args, TrainConfig))
+    config = load(TrainConfig, command_section(args.config, "predictor_train"),
+                  f"{args.config}: predictor_train" if args.config else "tessy predictor train",
+                  given(args, TrainConfig))
     meta = train_predictor(config, log=_console().print)
-    last = meta["epochs"][-1]
+    saved = meta["epochs"][meta["saved_epoch"] - 1]
     print(f"saved {args.out} (role {meta['role']}, {meta['n_train']} train / {meta['n_eval']} held out, "
-          f"{meta['train_s']} s); held-out style F1 {last.get('style_f1', '-')}, "
-          f"boundary exact {last.get('boundary_exact', '-')}")
+          f"{meta['train_s']} s), epoch {meta['saved_epoch']} ({meta['keep']}); held-out "
+          f"{meta['metric']} {saved.get(meta['metric'], '-')}, style F1 {saved.get('style_f1', '-')}, "
+          f"boundary exact {saved.get('boundary_exact', '-')}")
     return OK
 
 
@@ -288,7 +296,8 @@ def cmd_analyze(args) -> int:
 
         def nll(d):
             return student_nll(list(d.records.values()), model, tokenizer, profile, predictor, job.batch_size,
-                               progress=lambda n: bar.update(task, advance=n))
+                               progress=lambda n: bar.update(task, advance=n),
+                               template_kwargs=config.student.chat_template_kwargs)
 
         with bar:
             result = analyze(datasets, tokenizer, nll, top_n=job.top_words)
@@ -311,6 +320,25 @@ def _count(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is below 1")
     return value
+
+
+def _json_object(text: str) -> dict:
+    """An argparse type: a JSON object, such as '{"reasoning_effort": "high"}'."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a JSON object")
+    return value
+
+
+def _json_flag(parser, cls, name: str) -> None:
+    """A flag for a mapping field of `cls` (which `add_fields` leaves to config files), given as a JSON
+    object, with the field's own help."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    parser.add_argument("--" + name.replace("_", "-"), dest=name, type=_json_object, default=None,
+                        metavar="JSON", help=f.metadata["help"] + " (a JSON object)")
 
 
 def _allow_errors(parser, what: str) -> None:
@@ -399,6 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     psub = p.add_subparsers(dest="predictor_command", required=True)
     q = psub.add_parser("train", help="train a token classifier on annotated segments (B_S: --source student)")
     add_fields(q, TrainConfig, required=("data", "out"))
+    q.add_argument("--config", help="a config file whose `predictor_train:` section gives the options no flag gives "
+                                    "(configs/predictor-release.yaml)")
     q.set_defaults(func=cmd_predictor_train)
     q = psub.add_parser("eval", help="score predictors against annotated segments, side by side")
     q.add_argument("--data", required=True, help="annotated segments JSONL")
@@ -415,8 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_fields(p, EvalConfig, skip=("model",))
     p.add_argument("--out", help="directory for results.jsonl and summary.json")
     # The model: the same fields, help and defaults as a role of the synth config.
-    add_fields(p.add_argument_group("the model that samples (as a role of the synth config)"), ModelConfig,
-               skip=("urls", *EVAL_MODEL_SKIP))
+    model = p.add_argument_group("the model that samples (as a role of the synth config)")
+    add_fields(model, ModelConfig, skip=("urls", *EVAL_MODEL_SKIP))
+    _json_flag(model, ModelConfig, "chat_template_kwargs")
     p.add_argument("--url", dest="urls", action="append", help="openai backend: a base URL ending in /v1 (repeatable)")
     _allow_errors(p, "samples could not be graded (a generation that failed, a sandbox that refused)")
     p.set_defaults(func=cmd_eval)

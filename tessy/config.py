@@ -34,6 +34,8 @@ TRANSPORT_FIELDS = ("urls", "api_key_env", "timeout_s", "max_retries", "concurre
 # sample (tessy/seeds.py), not from its batch or its turn in the queue; and a turn stopped at a final
 # cut keeps what the whole turn keeps (tessy/streaming.py).
 SCHEDULING_FIELDS = ("driver", "batch_size", "in_flight", "stream_every")
+# The sections that `tessy annotate` and `tessy predictor train` read from the same file.
+RECIPE_FIELDS = ("annotator", "annotate", "predictor_train")
 
 
 @dataclass
@@ -156,7 +158,8 @@ class SynthConfig:
     student_predictor: str | dict = field(
         default="lexicon",
         metadata={"help": "B_S, cuts student spans at the first capability token: lexicon, a checkpoint of `tessy "
-                          "predictor train`, or {path, labels: next-token | same-token, style_label, context_tokens}"
+                          "predictor train`, or {path, labels: next-token | same-token, style_label, context_tokens, "
+                          "dtype}"
                           " for a plain token-classification checkpoint such as the authors' release"},
     )
     teacher_predictor: str | dict = field(
@@ -225,12 +228,25 @@ class SynthConfig:
                           " max_tokens (not part of a synth run)"},
     )
 
+    annotate: dict = field(
+        default_factory=dict,
+        metadata={"help": "tessy annotate's options when --config names this file (its flags' names, with _); "
+                          "flags given on the command line win"},
+    )
+    predictor_train: dict = field(
+        default_factory=dict,
+        metadata={"help": "tessy predictor train's options when --config names this file (its flags' names, with "
+                          "_); flags given on the command line win"},
+    )
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def hash(self) -> str:
         data = self.to_dict()
-        data.pop("annotator", None)  # used by `tessy annotate` only, never by a synth run
+        # What makes the predictors is not what a synth run writes with them.
+        for name in RECIPE_FIELDS:
+            data.pop(name, None)
         for name in SCHEDULING_FIELDS:
             data.pop(name, None)
         for role in ("student", "teacher"):
@@ -264,6 +280,17 @@ def load_config(path: str | Path | None = None, **overrides) -> SynthConfig:
     config = load(SynthConfig, data, where, overrides, nested=nested)
     check(config, where)
     return config
+
+
+def command_section(path: str | Path | None, name: str) -> dict:
+    """The `name:` section of a config file (`annotate`, `predictor_train`): a command's options,
+    which it checks itself; {} without a file or section."""
+    if path is None:
+        return {}
+    section = read_yaml(path).get(name) or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: {name}: must be a mapping of {name.replace('_', ' ')} options")
+    return section
 
 
 def check(config: SynthConfig, where: str) -> None:

@@ -33,7 +33,7 @@ TRANSPORT_FIELDS = ("urls", "api_key_env", "timeout_s", "max_retries", "concurre
 # How the samples are scheduled is not what they are either: every request's seed comes from its
 # sample (tessy/seeds.py), not from its batch or its turn in the queue; and a turn stopped at a final
 # cut keeps what the whole turn keeps (tessy/streaming.py).
-SCHEDULING_FIELDS = ("driver", "batch_size", "in_flight", "stream_every")
+SCHEDULING_FIELDS = ("driver", "batch_size", "in_flight", "stream_every", "warm_prompts")
 # The sections that `tessy annotate` and `tessy predictor train` read from the same file.
 RECIPE_FIELDS = ("annotator", "annotate", "predictor_train")
 
@@ -204,6 +204,12 @@ class SynthConfig:
         default=4,
         metadata={"min": 1, "help": "streamed cuts: tokens between two readings of a span by a learned predictor "
                                     "(micro-batched across samples; the lexicon reads every token)"},
+    )
+    warm_prompts: bool = field(
+        default=True,
+        metadata={"help": "tessy on servers (events): a new sample's prompt is computed on the teacher's server "
+                          "while the student writes its first turn (one 1-token request), so the teacher's first "
+                          "turn finds it in the prefix cache"},
     )
     batch_size: int = field(default=8, metadata={"min": 1, "help": "rows a model call aims at"})
     in_flight: int = field(

@@ -40,6 +40,8 @@ class _InFlight:
     steps: Any  # the sample's generator
     request: Any = None
     chunks: list[Span] = field(default_factory=list)  # ticks: a long request's spans so far
+    warming: dict = field(default_factory=dict)  # events: role -> the future of its prompt's warm-up
+    held: bool = False  # events: its request waits for that role's warm-up to end
 
 
 @dataclass
@@ -52,6 +54,7 @@ class RoleStats:
     cached_tokens: int = 0
     reported: int = 0  # requests whose answer said how much of the prompt was cached
     stopped_at_cut: int = 0  # turns whose request stopped once its cut was final (tessy/streaming.py)
+    warm_ups: int = 0  # one-token requests that computed a new sample's prompt ahead of its first turn
     in_flight_s: float = 0.0  # the integral of requests in flight over time
 
     def summary(self, wall_s: float) -> dict:
@@ -59,6 +62,8 @@ class RoleStats:
                "mean_in_flight": round(self.in_flight_s / wall_s, 2) if wall_s else 0.0}
         if self.stopped_at_cut:
             out["stopped_at_cut"] = self.stopped_at_cut
+        if self.warm_ups:
+            out["warm_ups"] = self.warm_ups
         if self.reported:
             out["prefix_cache_hit_rate"] = round(self.cached_tokens / max(self.prompt_tokens, 1), 3)
         return out
@@ -83,6 +88,9 @@ class Scheduler:
     # Streamed cuts (tessy/streaming.py): per role, True, False or None (on where the backend can).
     stream_cuts: dict[str, bool | None] = field(default_factory=dict)
     stream_every: int = 4  # tokens between two readings of a streamed span by a learned predictor
+    # events: the roles whose prompt a new sample warms up on its server (`Backend.warm`) while another
+    # role writes its first turn, so that the prompt is computed before that role's first request.
+    warm_roles: tuple[str, ...] = ()
     timing: Timing = field(default_factory=Timing)
 
     def driver_name(self) -> str:
@@ -211,6 +219,9 @@ class Scheduler:
             if isinstance(r, Boundary):
                 waiting[r.role].append(item)
                 return
+            if r.role in item.warming:  # sent when the warm-up ends: its prompt is cached by then
+                item.held = True
+                return
             self._count_in_flight(r.role, +1)
             watch = self._watch(item)
             extra = {"watch": watch} if watch is not None else {}
@@ -219,6 +230,7 @@ class Scheduler:
 
         def refill() -> None:
             for item in self._admit(flying):
+                self._warm(item, pending)
                 dispatch(item)
 
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="tessy-predictor") as workers:
@@ -233,7 +245,15 @@ class Scheduler:
                 done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
                 for future in done:
                     kind, *what = pending.pop(future)
-                    if kind == "boundary":
+                    if kind == "warm":
+                        item, role = what
+                        self._record(role, future.result())
+                        self.timing.roles[role].warm_ups += 1
+                        del item.warming[role]
+                        if item.held and item in flying and item.request is not None and item.request.role == role:
+                            item.held = False
+                            dispatch(item)
+                    elif kind == "boundary":
                         role, batch = what
                         predicting[role] = False
                         cuts, seconds = future.result()
@@ -252,6 +272,17 @@ class Scheduler:
                         else:
                             self._step(item, span, flying, dispatch)
                 refill()
+
+    def _warm(self, item: _InFlight, pending: dict) -> None:
+        """Warm up the prompt of a new sample's `warm_roles` other than the one its first request goes
+        to, where the backend can (`Backend.warm`, a server's prefix cache)."""
+        first = item.request.role if isinstance(item.request, Generate) else None
+        for role in self.warm_roles:
+            backend = self.backends[role]
+            if first is not None and role != first and hasattr(backend, "warm"):
+                future = backend.warm(item.transcript.parties[role].session)
+                item.warming[role] = future
+                pending[future] = ("warm", item, role)
 
     def _step(self, item: _InFlight, result, flying: list[_InFlight], dispatch) -> None:
         if self._advance(item, result):

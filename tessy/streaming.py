@@ -74,7 +74,11 @@ class CutWatch:
     def due(self, span: Span) -> bool:
         if len(span.ids) < self.read_at:  # a new attempt: read it afresh
             self.read_at = -1
-        return self.final_text is None and len(span.ids) > 0 and len(span.ids) - self.read_at >= self.every
+        return self.due_after(len(span.ids))
+
+    def due_after(self, n_tokens: int) -> bool:
+        """Whether a span of `n_tokens` is read: a caller that holds ids skips decoding the others."""
+        return self.final_text is None and n_tokens > 0 and n_tokens - self.read_at >= self.every
 
     @staticmethod
     def check(watches: list[CutWatch], spans: list[Span]) -> list[bool]:

@@ -114,7 +114,8 @@ def synthesize(config: SynthConfig, prompts_path, out_path, limit: int | None = 
     scheduler = Scheduler(backends, predictors, max_in_flight=config.in_flight or 2 * config.batch_size,
                           driver=config.driver, chunk_tokens=settings.longest_turn(),
                           stream_cuts={role: getattr(config, role).stream_cuts for role in (STUDENT, TEACHER)},
-                          stream_every=config.stream_every)
+                          stream_every=config.stream_every,
+                          warm_roles=(STUDENT, TEACHER) if config.method == "tessy" and config.warm_prompts else ())
     writer = RecordWriter(out)
     records = []
     config_hash = config.hash()

@@ -522,6 +522,30 @@ def test_native_mode_keeps_the_sampled_ids_and_reports_the_prefix_cache(llama1):
     b.close()
 
 
+def test_a_warm_up_computes_the_prompt_and_leaves_the_session_as_it_was(llama):
+    b = real_backend(llama, seed=5)
+    s = b.start("List three prime numbers and say why each is prime. " * 6, key="warm/teacher")
+    before = list(s.ids)
+    warm = b.warm(s).result(timeout=60)
+    assert len(warm.ids) == 1 and warm.prompt_tokens == len(before) and warm.cached_tokens == 0
+    assert s.ids == before  # the warm-up's token is dropped
+    # The first real request finds the prompt computed: all of it but the last token comes from the cache.
+    [span] = b.generate([s], [6], [()])
+    assert span.prompt_tokens == len(before) and span.cached_tokens >= len(before) - 1
+    assert s.ids == before + span.ids
+    b.close()
+
+
+def test_a_warm_up_that_fails_is_a_sample_error_not_an_exception(servers):
+    srv = servers(native=True)
+    srv.faults.extend(["500"] * 5)
+    b = OpenAIBackend(CharTokenizer("a"), EndpointPool([srv.url], None, 5.0, 3, 4, 0.01), Sampling(0.6, 1.0, 0),
+                      "char", eos_ids={0})
+    s = b.start("warm me")
+    assert isinstance(b.warm(s).result(timeout=10), SampleError) and s.ids == CharTokenizer("a").encode("warm me")
+    b.close()
+
+
 def test_a_watch_stops_the_sequence_on_the_server(llama1):
     b = real_backend(llama1, seed=3)
     b.generate([b.start("Hi")], [1], [()])  # the probe, before the count starts

@@ -12,7 +12,7 @@ import json
 import pytest
 from scripted import EOS, CharTokenizer, ScriptedBackend, loop_settings, run_scripted
 
-from tessy.backends import Sampling
+from tessy.backends import SampleError, Sampling, Span
 from tessy.backends.openai import EndpointPool, OpenAIBackend
 from tessy.config import load_config
 from tessy.methods import solo_sample
@@ -171,3 +171,79 @@ def test_an_unknown_driver_is_refused_before_any_model_loads(tmp_path, monkeypat
     prompts = write_prompts(tmp_path / "p.jsonl", [{"id": "a", "prompt": "q"}])
     with pytest.raises(ValueError, match="driver is 'fast': choose one of auto, events, ticks"):
         synthesize(load_config(driver="fast"), prompts, tmp_path / "out.jsonl", progress=False)
+
+
+# --- warm-ups: the teacher's prompt computed while the student writes its first turn -------------------------
+def warmed_run(warm_result, student_script, teacher_script, warm_roles=(STUDENT, TEACHER)):
+    """Two scripted samples under the event driver, the teacher's backend warming prompts through a
+    future that ends 0.1 s later with `warm_result`; returns (transcripts, the order of events)."""
+    import threading
+    from concurrent.futures import Future
+
+    from scripted import loop_settings
+
+    from tessy.loop import tessy_sample
+
+    events = []
+    student, teacher = ScriptedBackend(student_script, "a"), ScriptedBackend(teacher_script, "b")
+    submit = teacher.submit
+
+    def logged_submit(session, n, stop, **kw):
+        events.append(("request", teacher.tokenizer.decode(session.ids[:2])))
+        return submit(session, n, stop, **kw)
+
+    def warm(session):
+        future, key = Future(), teacher.tokenizer.decode(session.ids[:2])
+        events.append(("warm sent", key))
+
+        def end():
+            events.append(("warm ended", key))
+            future.set_result(warm_result)
+        threading.Timer(0.1, end).start()
+        return future
+
+    teacher.submit, teacher.warm = logged_submit, warm
+    s = loop_settings(False, max_think_tokens=60)
+    lexicon = LexiconPredictor()
+    done = []
+
+    def start(i):
+        parties = {STUDENT: Party(student, PLAIN, student.start(f"q{i}")),
+                   TEACHER: Party(teacher, PLAIN, teacher.start(f"q{i}"))}
+        x = Transcript(f"s{i}", [{"role": "user", "content": f"q{i}"}], parties)
+        return x, tessy_sample(x, s)
+
+    scheduler = Scheduler({STUDENT: student, TEACHER: teacher}, {STUDENT: lexicon, TEACHER: lexicon},
+                          max_in_flight=2, driver="events", warm_roles=warm_roles)
+    scheduler.run((lambda i=i: start(i) for i in range(2)), done.append)
+    return done, events, scheduler.timing.roles
+
+
+@pytest.mark.parametrize("warm_result", [Span(ids=[5], text="x", offsets=[0], finish="length"),
+                                         SampleError("the server is down")])
+def test_a_samples_first_teacher_request_waits_for_its_warm_up(warm_result):
+    student = ["Okay, so x", "Wait, let me check x", "</think>", *ANSWER]
+    teacher = ["x = 3. Wait, no", "y = 5 ", "</think>"]
+    warmed, events, roles = warmed_run(warm_result, list(student), list(teacher))
+    plain_run, _, _ = run_scripted(list(student), list(teacher), n_samples=2, driver="events", max_think_tokens=60)
+    # What the samples say does not depend on the warm-up, nor on whether it worked.
+    key = lambda x: x.id  # noqa: E731
+    assert plain(sorted(warmed, key=key)) == plain(sorted(plain_run, key=key))
+    # One warm-up per sample, sent at its admission; its first teacher request only after it ended.
+    for sample in ("q0", "q1"):
+        mine = [e for e, k in events if k == sample]
+        assert mine.count("warm sent") == 1 and mine.index("warm ended") < mine.index("request")
+    assert roles[TEACHER].warm_ups == 2 and roles[STUDENT].warm_ups == 0
+    assert roles[TEACHER].requests == 2 + sum(1 for e, _ in events if e == "request")  # warm-ups count as requests
+
+
+def test_no_warm_up_without_warm_roles_nor_for_the_role_that_goes_first():
+    student = ["Okay, so x", "</think>", *ANSWER]
+    teacher = ["x = 3 ", "</think>"]
+    _, events, roles = warmed_run(Span(ids=[5], text="x", offsets=[0], finish="length"), student, teacher,
+                                  warm_roles=())
+    assert not [e for e, _ in events if e.startswith("warm")] and roles[TEACHER].warm_ups == 0
+    assert ("request", "q0") in events  # the teacher had turns to warm up for
+    _, events, roles = warmed_run(Span(ids=[5], text="x", offsets=[0], finish="length"), list(student),
+                                  list(teacher), warm_roles=(STUDENT,))
+    assert roles[STUDENT].warm_ups == 0 and roles[TEACHER].warm_ups == 0  # the student goes first

@@ -185,7 +185,8 @@ class HFBackend:
     def _read_watches(self, watch: list, generated: list[list[int]], done: list[bool], finish: list[str],
                       live: list[int]) -> None:
         """Ask the watches of the rows still writing; a row whose cut is final stops with "cut"."""
-        rows = [i for i in live if watch[i] is not None and not done[i] and generated[i]]
+        rows = [i for i in live if watch[i] is not None and not done[i] and generated[i]
+                and getattr(watch[i], "due_after", lambda n: True)(len(generated[i]))]
         if not rows:
             return
         spans = [span_from_ids(self.tokenizer, generated[i], "length") for i in rows]

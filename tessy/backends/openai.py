@@ -670,6 +670,23 @@ class OpenAIBackend:
         its exception."""
         return self.pool.spawn(self._generate_one(session, max_new_tokens, stop, watch))
 
+    def warm(self, session: Session):
+        """Have the session's server compute its prompt now, so that its first request finds it in the
+        prefix cache: one request for one token, whose answer is dropped (the session is unchanged).
+        The future's result is that token's `Span` (its prompt figures count as any request's) or a
+        `SampleError`. One try: a failed warm-up only leaves the prompt to the next request."""
+        snapshot = Session(ids=list(session.ids), state=_Remote(session.state.endpoint, list(session.state.pieces)),
+                           seed=session.seed)
+        return self.pool.spawn(self._warm(snapshot))
+
+    async def _warm(self, session: Session) -> Span | SampleError:
+        ep = self.pool.endpoints[session.state.endpoint]
+        try:
+            async with ep.limit:
+                return await self._complete(ep, session, 1, (), None)
+        except (RequestFailed, KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+            return SampleError(f"{ep.url}: warm-up: {e}", endpoint=ep.url)
+
     async def _generate_all(self, sessions, max_new_tokens, stop, watch):
         return await asyncio.gather(*(self._generate_one(s, n, st, w)
                                       for s, n, st, w in zip(sessions, max_new_tokens, stop, watch)))

@@ -1,7 +1,7 @@
 """What a kept token costs on a real batching engine: llama.cpp's `llama-server`, on this CPU.
 
-    .venv/bin/python benchmarks/real_engine.py [--json out.json] [--prompts-n 16] [--in-flight 16]
-        [--runs teacher-only,whole,streamed,ticks,ticks-streamed,release,release-streamed] [--keep] [--llama-server PATH]
+    .venv/bin/python benchmarks/real_engine.py [--json out.json] [--prompts-n 16] [--in-flight 16] [--keep]
+        [--runs teacher-only,whole,streamed,ticks,ticks-streamed,release,release-streamed] [--llama-server PATH]
 
 It starts two `llama-server` processes (continuous batching over `--parallel` slots, a prompt cache
 per slot, `--metrics`): the student with the embedded SmolLM2-135M GGUF and the teacher with the

@@ -70,6 +70,8 @@ def read_segments(path, source: str | None = None) -> list[dict]:
     rows = []
     for n, row in json_lines(path):
         if is_release_line(row):
+            if row["pred_result"] is None:  # a window without annotations: the release's trainer drops it too
+                continue
             if source is None:
                 raise ValueError(f"{path}:{n}: a line of the release's format (id_ddm, think_text, pred_result) "
                                  "does not say which model wrote it; name it with --source student|teacher")

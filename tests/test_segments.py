@@ -26,6 +26,12 @@ def test_a_hand_written_release_line_reads_as_the_named_source(tmp_path):
     assert row["doc"] == "code-17" and row["context"] == "" and row["annotator"] == "release"
 
 
+def test_a_release_window_without_annotations_is_skipped_as_the_releases_trainer_skips_it(tmp_path):
+    # train_predictor.py drops samples whose pred_result is None before it splits them.
+    path = write(tmp_path / "release.jsonl", [{**RELEASE_LINE, "id_ddm": "dropped", "pred_result": None}, RELEASE_LINE])
+    assert [r["doc"] for r in read_segments(path, source="teacher")] == ["code-17"]
+
+
 def test_a_release_line_without_a_source_is_refused(tmp_path):
     path = write(tmp_path / "release.jsonl", [RELEASE_LINE])
     with pytest.raises(ValueError, match="release.jsonl:1: .*--source student\\|teacher"):

@@ -548,7 +548,8 @@ def student_predictor(work, weak_segments) -> Path:
     """`tessy predictor train --data data/segments.jsonl --source student --out predictors/b_s`, on the
     lexicon's segments: the 270M teacher's own annotations are too few (and may hold no student
     segment) to train on in a test."""
-    argv = with_values(readme_argv("predictor train", "--source student"), {"--data": str(weak_segments)})
+    argv = with_values(readme_argv("predictor train", "--data data/segments.jsonl", "--source student"),
+                       {"--data": str(weak_segments)})
     tessy(work, argv + ["--epochs", "1", "--batch-size", "8", "--max-length", "48"])
     return work / argv[argv.index("--out") + 1]
 

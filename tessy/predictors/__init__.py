@@ -37,7 +37,6 @@ class BoundaryPredictor(Protocol):
 
 
 LABEL_SEMANTICS = ("same-token", "next-token")
-DTYPES = ("float32", "bfloat16", "float16")  # torch dtypes a learned predictor can run in
 
 
 @dataclass(frozen=True)
@@ -74,6 +73,8 @@ class PredictorSpec:
             raise ValueError(f"{where}.style_label: {out.style_label!r} must be 0 or 1 (a 2-label classifier)")
         if out.context_tokens is not None and (not isinstance(out.context_tokens, int) or out.context_tokens < 2):
             raise ValueError(f"{where}.context_tokens: {out.context_tokens!r} must be an integer of at least 2")
+        from tessy.predictors.learned import DTYPES
+
         if out.dtype is not None and out.dtype not in DTYPES:
             raise ValueError(f"{where}.dtype: {out.dtype!r} is not one of {', '.join(DTYPES)}")
         return out

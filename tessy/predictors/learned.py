@@ -44,11 +44,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tessy.predictors import DTYPES
 from tessy.predictors.eq5 import eq5_cuts
 from tessy.roles import TEACHER
 
 META_FILE = "tessy_predictor.json"
+DTYPES = ("float32", "bfloat16", "float16")  # torch dtypes a learned predictor can run in
 CAPABILITY, STYLE = 0, 1
 LABELS = {CAPABILITY: "capability", STYLE: "style"}
 IGNORE = -100  # label of tokens that are seen but not scored (special tokens, left context, padding)

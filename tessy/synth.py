@@ -228,8 +228,9 @@ def _finish(summary: dict, records: list[dict], wall: float, console) -> dict:
             for role, r in summary.get("roles", {}).items():
                 hit = f", prefix-cache hit rate {r['prefix_cache_hit_rate']}" if "prefix_cache_hit_rate" in r else ""
                 early = f", {r['stopped_at_cut']} stopped at their cut" if r.get("stopped_at_cut") else ""
+                warm = f", {r['warm_ups']} warm-ups" if r.get("warm_ups") else ""
                 table.add_row(f"{role} requests",
-                              f"{r['requests']} (mean in flight {r['mean_in_flight']}{hit}{early})")
+                              f"{r['requests']} (mean in flight {r['mean_in_flight']}{hit}{early}{warm})")
             table.add_row("predictor busy", f"{summary['timing']['predictor_busy_share']:.1%} of the run")
         table.add_row("records", summary["out"])
         table.add_row("config", summary["config"])

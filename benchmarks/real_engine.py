@@ -1,12 +1,15 @@
 """What a kept token costs on a real batching engine: llama.cpp's `llama-server`, on this CPU.
 
     .venv/bin/python benchmarks/real_engine.py [--json out.json] [--prompts-n 16] [--in-flight 16] [--repeat 3]
-        [--runs teacher-only,whole,streamed,ticks,ticks-streamed,release,release-streamed] [--keep]
-        [--llama-server PATH]
+        [--runs teacher-only,whole,streamed,streamed-q4_1,ticks,ticks-streamed,release,release-streamed] [--keep]
+        [--llama-server PATH] [--no-swa-full]
 
-It starts two `llama-server` processes (continuous batching over `--parallel` slots, a prompt cache
-per slot, `--metrics`): the student with the embedded SmolLM2-135M GGUF and the teacher with the
-embedded Gemma 3 270M GGUF, one thread each. Then it runs `tessy synth` through them (the `openai`
+It starts two `llama-server` processes as `tessy serve` does (tessy/serve.py: continuous batching
+over `--parallel` slots, a prompt cache per slot, `--metrics`, one thread each): the student with an
+F16 copy of the embedded SmolLM2-135M GGUF (its packaged Q4_1 file reads prompts at half the speed on
+this CPU; the `streamed-q4_1` run serves that file) and the teacher with the embedded Gemma 3 270M
+GGUF, whose sliding-window layers get a full-size cache (`--swa-full`; without it every turn computes
+its last turn's tokens again). Then it runs `tessy synth` through them (the `openai`
 backend, which speaks llama.cpp's native `/completion` with exact token ids) over the same
 contest-style prompts as benchmarks/scale_sim.py, one run after the other. Each run gets two fresh
 servers: a server's prompt cache outlives a run (llama.cpp keeps evicted prompts in RAM,
@@ -17,6 +20,7 @@ the first would pay for all of them.
 - `whole`: TESSY, k = 20 (the paper's turn), every turn generates its k tokens (`stream_cuts: false`),
   the `events` driver;
 - `streamed`: the same, each turn's request stopped as soon as its cut is final (tessy/streaming.py);
+- `streamed-q4_1`: `streamed` with the student served from its packaged Q4_1 file;
 - `ticks` / `ticks-streamed`: as `whole` / `streamed`, with the lock-step `ticks` driver;
 - `release` / `release-streamed`: the authors' turns, student k = 5 and teacher k = 10.
 
@@ -58,26 +62,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scale_sim import free_port, write_prompts  # noqa: E402  (the same prompts as the simulated benchmark)
 
+from tessy.serve import f16_copy, find_llama_server, server_command  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = {
-    # name: (method, driver, student k, teacher k, stream_cuts)
-    "teacher-only": ("teacher-only", "events", 20, 20, False),
-    "whole": ("tessy", "events", 20, 20, False),
-    "streamed": ("tessy", "events", 20, 20, None),
-    "ticks": ("tessy", "ticks", 20, 20, False),
-    "ticks-streamed": ("tessy", "ticks", 20, 20, None),
-    "release": ("tessy", "events", 5, 10, False),
-    "release-streamed": ("tessy", "events", 5, 10, None),
+    # name: (method, driver, student k, teacher k, stream_cuts, the student's GGUF: f16 or packaged)
+    "teacher-only": ("teacher-only", "events", 20, 20, False, "f16"),
+    "whole": ("tessy", "events", 20, 20, False, "f16"),
+    "streamed": ("tessy", "events", 20, 20, None, "f16"),
+    "streamed-q4_1": ("tessy", "events", 20, 20, None, "packaged"),
+    "ticks": ("tessy", "ticks", 20, 20, False, "f16"),
+    "ticks-streamed": ("tessy", "ticks", 20, 20, None, "f16"),
+    "release": ("tessy", "events", 5, 10, False, "f16"),
+    "release-streamed": ("tessy", "events", 5, 10, None, "f16"),
 }
-
-
-def find_server(given: str | None) -> str:
-    for candidate in (given, os.environ.get("TESSY_LLAMA_SERVER"), str(ROOT / ".venv/bin/llama-server"),
-                      shutil.which("llama-server")):
-        if candidate and Path(candidate).is_file():
-            return candidate
-    sys.exit("no llama-server binary: build it with `bash scripts/build_llama_server.sh .venv/bin/llama-server` "
-             "or give --llama-server")
 
 
 def metrics(url: str) -> dict[str, float]:
@@ -94,14 +92,13 @@ def metrics(url: str) -> dict[str, float]:
 class Server:
     """One `llama-server` on 127.0.0.1, and a thread that reads its `/metrics` ten times a second."""
 
-    def __init__(self, binary: str, gguf: Path, parallel: int, ctx_per_slot: int, log: Path):
+    def __init__(self, binary: Path, gguf: Path, parallel: int, ctx_per_slot: int, log: Path, swa_full: bool):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(log, "w")
-        self.proc = subprocess.Popen(
-            [binary, "-m", str(gguf), "--host", "127.0.0.1", "--port", str(self.port), "--parallel", str(parallel),
-             "-c", str(parallel * ctx_per_slot), "-t", "1", "--metrics", "--no-webui"],
-            stdout=self.log, stderr=subprocess.STDOUT)
+        self.cmd = server_command(binary, gguf, port=self.port, parallel=parallel, ctx_per_slot=ctx_per_slot,
+                                  threads=1, swa_full=swa_full)
+        self.proc = subprocess.Popen(self.cmd, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 300
         while time.time() < deadline:
             try:
@@ -153,7 +150,7 @@ def run_one(name: str, servers: dict, workdir: Path, args) -> dict:
     from tessy.records import read_records
     from tessy.synth import synthesize
 
-    method, driver, k_student, k_teacher, stream = RUNS[name]
+    method, driver, k_student, k_teacher, stream, _ = RUNS[name]
     out = workdir / name / "records.jsonl"
     shutil.rmtree(out.parent, ignore_errors=True)
     roles = {}
@@ -235,6 +232,8 @@ def main(argv=None) -> int:
     parser.add_argument("--parallel", type=int, default=8, help="slots per server")
     parser.add_argument("--max-think-tokens", type=int, default=192)
     parser.add_argument("--max-answer-tokens", type=int, default=48)
+    parser.add_argument("--swa-full", action=argparse.BooleanOptionalAction, default=True,
+                        help="give the sliding-window teacher a full-size cache (--swa-full), as `tessy serve` does")
     parser.add_argument("--json", help="write every figure here")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (server logs, records)")
     parser.add_argument("--repeat", type=int, default=1,
@@ -244,15 +243,21 @@ def main(argv=None) -> int:
     unknown = [n for n in names if n not in RUNS]
     if unknown:
         parser.error(f"unknown runs {unknown}; known: {', '.join(RUNS)}")
-    binary = find_server(args.llama_server)
+    binary = find_llama_server(args.llama_server)
     from tessy.models import EMBEDDED
+
+    student = {"packaged": EMBEDDED["smollm2-135m-instruct"]()}
+    student["f16"] = f16_copy(student["packaged"])
+    teacher = EMBEDDED["gemma3-270m"]()
 
     workdir = Path(tempfile.mkdtemp(prefix="tessy-real-engine-"))
     write_prompts(workdir / "prompts.jsonl", args.prompts_n)
     started = datetime.datetime.now().isoformat(timespec="seconds")
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}"
     print(f"real engine: llama-server ({binary}), {started}, {machine}; the client and both servers share "
-          f"these cores; {args.prompts_n} prompts, {args.in_flight} in flight, --parallel {args.parallel}")
+          f"these cores; {args.prompts_n} prompts, {args.in_flight} in flight, --parallel {args.parallel}; "
+          f"student {student['f16'].name} (streamed-q4_1: {student['packaged'].name}), teacher {teacher.name}"
+          f"{' with --swa-full' if args.swa_full else ''}")
     rounds = []
     for r in range(1, args.repeat + 1):  # the runs interleave, so a slow stretch of the machine hits them all
         rows = []
@@ -260,10 +265,10 @@ def main(argv=None) -> int:
             servers = {}
             try:
                 ctx = 2048
-                servers["student"] = Server(binary, EMBEDDED["smollm2-135m-instruct"](), args.parallel, ctx,
-                                            workdir / f"{name}.{r}.student.log")
-                servers["teacher"] = Server(binary, EMBEDDED["gemma3-270m"](), args.parallel, ctx,
-                                            workdir / f"{name}.{r}.teacher.log")
+                servers["student"] = Server(binary, student[RUNS[name][5]], args.parallel, ctx,
+                                            workdir / f"{name}.{r}.student.log", args.swa_full)
+                servers["teacher"] = Server(binary, teacher, args.parallel, ctx, workdir / f"{name}.{r}.teacher.log",
+                                            args.swa_full)
                 row = run_one(name, servers, workdir, args)
             finally:
                 for s in servers.values():

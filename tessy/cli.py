@@ -92,6 +92,53 @@ def cmd_synth(args) -> int:
     return _failed_ids(summary["errors_left"], summary["errors_file"], args.allow_errors)
 
 
+def cmd_serve(args) -> int:
+    import shlex
+    import subprocess
+    import time
+    import urllib.request
+
+    from tessy.serve import f16_copy, find_llama_server, gguf_of, server_command
+
+    gguf = gguf_of(args.model, args.config)
+    binary = find_llama_server(args.llama_server)
+    console = _console()
+    if args.f16:
+        console.print(f"the F16 copy of {gguf.name} (written once) ...", soft_wrap=True)
+        gguf = f16_copy(gguf)
+    cmd = server_command(binary, gguf, host=args.host, port=args.port, parallel=args.parallel,
+                         ctx_per_slot=args.ctx_per_slot, threads=args.threads,
+                         extra=tuple(shlex.split(args.server_args or "")))
+    if args.print_command:
+        print(shlex.join(cmd))
+        return OK
+    console.print(f"[bold]{shlex.join(cmd)}", soft_wrap=True)
+    proc = subprocess.Popen(cmd)
+    root = f"http://{args.host}:{args.port}"
+    try:
+        while proc.poll() is None:
+            try:
+                with urllib.request.urlopen(root + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:  # not listening yet, or 503 while the model loads
+                time.sleep(0.5)
+        if proc.poll() is None:
+            console.print(f"[green]serving {gguf.name} at {root}/v1[/] ({args.parallel} slots); give it to "
+                          f"`tessy synth` as --student-url or --teacher-url {root}/v1; Ctrl-C stops it", soft_wrap=True)
+        code = proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        console.print("llama-server stopped")
+        return OK
+    console.print(f"[red]llama-server exited with code {code}" if code else "llama-server exited")
+    return FAILED if code else OK
+
+
 def _failed_ids(n: int, where: str, allowed: bool) -> int:
     """FAILED when `n` ids failed for good, unless --allow-errors; the count goes to stderr."""
     if not n:
@@ -383,6 +430,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only the ids in OUT's errors file that are not done yet")
     _allow_errors(p, "ids failed for good (written to OUT's errors file)")
     p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("serve", help="serve a GGUF model with llama.cpp's llama-server, set up for turn-taking requests")
+    p.add_argument("model", help="student or teacher (that role's model in --config, default: the embedded one), "
+                   "an embedded model's name, or a .gguf file")
+    p.add_argument("--config", help="the synth config whose role names the model")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8010, help="(default: 8010)")
+    p.add_argument("--parallel", type=_count, default=8, help="slots: requests batched at once (default: 8)")
+    p.add_argument("--ctx-per-slot", type=_count, default=4096,
+                   help="the context of each slot, in tokens: prompt plus what it writes (default: 4096)")
+    p.add_argument("--threads", type=_count, help="CPU threads (default: llama-server's)")
+    p.add_argument("--f16", action="store_true",
+                   help="serve an F16 copy of a quantized GGUF (written once under TESSY_CACHE): the same weights, "
+                   "often faster on a CPU")
+    p.add_argument("--llama-server", help="the binary (default: $TESSY_LLAMA_SERVER, the one beside this Python, "
+                   "then PATH)")
+    p.add_argument("--server-args", help="more llama-server arguments, as one quoted string")
+    p.add_argument("--print-command", action="store_true", help="print the llama-server command line and exit")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("merge", help="join shard outputs by id; report missing and duplicated ids")
     p.add_argument("out", help="merged JSONL")

@@ -226,7 +226,9 @@ def _finish(summary: dict, records: list[dict], wall: float, console) -> dict:
         if "driver" in summary:
             table.add_row("driver", summary["driver"])
             for role, r in summary.get("roles", {}).items():
-                hit = f", prefix-cache hit rate {r['prefix_cache_hit_rate']}" if "prefix_cache_hit_rate" in r else ""
+                hit = (f", prefix-cache hit rate {r['prefix_cache_hit_rate']}, "
+                       f"{r['prompt_tokens_computed_per_request']} prompt tokens computed per request"
+                       if "prefix_cache_hit_rate" in r else "")
                 early = f", {r['stopped_at_cut']} stopped at their cut" if r.get("stopped_at_cut") else ""
                 warm = f", {r['warm_ups']} warm-ups" if r.get("warm_ups") else ""
                 table.add_row(f"{role} requests",

@@ -274,7 +274,7 @@ def completed(command: Command, commands: list[Command]) -> list[str]:
 COMMANDS, FRAGMENTS = readme_commands()
 # The subcommands the README documents: the test must find a full command line for each.
 DOCUMENTED = {("synth",), ("show",), ("export",), ("merge",), ("annotate",), ("predictor", "train"),
-              ("predictor", "eval"), ("analyze",), ("sft",), ("eval",), ("plot-loss",), ("config",)}
+              ("predictor", "eval"), ("analyze",), ("sft",), ("eval",), ("plot-loss",), ("config",), ("serve",)}
 
 
 def test_collector_finds_the_readme_commands():

@@ -149,6 +149,7 @@ def test_student_and_teacher_requests_overlap_only_with_the_event_driver(servers
         figures = summary["roles"][role]
         assert figures["requests"] == len((student_srv if role == STUDENT else teacher_srv).completions())
         assert figures["mean_in_flight"] > 0 and 0.3 < figures["prefix_cache_hit_rate"] <= 0.5
+        assert figures["prompt_tokens_computed_per_request"] > 0
 
 
 def test_a_finished_sample_is_replaced_at_once(servers, tmp_path):

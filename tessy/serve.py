@@ -1,0 +1,138 @@
+"""Serving a GGUF model with llama.cpp's `llama-server`, set up for requests that take turns.
+
+A TESSY sample sends each model many short requests, each one the previous prompt plus a turn. Two
+settings decide what such a request costs on `llama-server`:
+
+- `--parallel N` slots batch the requests in flight, each slot with its own prompt cache.
+- `--swa-full` for a model with sliding-window attention (Gemma 3, gpt-oss): without it llama.cpp
+  keeps only a window of those layers' cache and computes the last turn, and a few tokens before it,
+  again on every request that extends the previous one. `server_command` adds it where the GGUF's
+  metadata names a sliding window.
+
+`f16_copy` writes a quantized GGUF's weights as F16 (the same values, dequantized once, cached under
+`TESSY_CACHE`): on a CPU llama.cpp may read F16 faster than a 4-bit format. The embedded SmolLM2's
+Q4_1 file reads its prompts at about half the speed of its F16 copy on an AVX-512 machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+BUILD_HINT = "build it with `bash scripts/build_llama_server.sh .venv/bin/llama-server` or set TESSY_LLAMA_SERVER"
+
+
+def find_llama_server(given: str | None = None) -> Path:
+    """The `llama-server` binary: `given`, else `$TESSY_LLAMA_SERVER`, else the one beside this
+    interpreter (where `make test` builds it), else one on PATH."""
+    for candidate, what in ((given, "--llama-server"), (os.environ.get("TESSY_LLAMA_SERVER"), "TESSY_LLAMA_SERVER")):
+        if candidate:
+            if not os.access(candidate, os.X_OK):
+                raise FileNotFoundError(f"{what}={candidate} is not an executable file")
+            return Path(candidate)
+    beside = Path(sys.executable).parent / "llama-server"
+    if os.access(beside, os.X_OK):
+        return beside
+    found = shutil.which("llama-server")
+    if found:
+        return Path(found)
+    raise FileNotFoundError(f"no llama-server binary: {BUILD_HINT}")
+
+
+def gguf_facts(path: Path) -> dict:
+    """What the GGUF's metadata says: `architecture`, `sliding_window` (None without one) and the
+    tensor types with their counts."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    arch = reader.fields["general.architecture"].contents()
+    window = reader.fields.get(f"{arch}.attention.sliding_window")
+    types: dict[str, int] = {}
+    for tensor in reader.tensors:
+        types[tensor.tensor_type.name] = types.get(tensor.tensor_type.name, 0) + 1
+    return {"architecture": arch, "sliding_window": (int(window.contents()) or None) if window else None,
+            "tensor_types": types}
+
+
+def f16_copy(path: Path) -> Path:
+    """An F16 copy of GGUF `path` (F32 tensors stay F32), written once under `TESSY_CACHE`/gguf."""
+    import numpy as np
+    from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
+    from gguf.quants import dequantize
+
+    from tessy.models import cache_dir
+
+    path = Path(path)
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}".encode()).hexdigest()[:12]
+    out = cache_dir() / "gguf" / f"{path.stem}.f16-{key}.gguf"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    reader = GGUFReader(str(path))
+    arch = reader.fields["general.architecture"].contents()
+    fd, part = tempfile.mkstemp(dir=out.parent, suffix=".part")
+    os.close(fd)
+    try:
+        writer = GGUFWriter(part, arch)
+        for name, field in reader.fields.items():
+            if name.startswith("GGUF.") or name == "general.architecture":
+                continue  # the writer writes the header and the architecture itself
+            if name == "general.file_type":
+                writer.add_file_type(1)  # LLAMA_FTYPE_MOSTLY_F16
+            elif field.types[0] == GGUFValueType.ARRAY:
+                writer.add_key_value(name, field.contents(), field.types[0], sub_type=field.types[-1])
+            else:
+                writer.add_key_value(name, field.contents(), field.types[0])
+        for tensor in reader.tensors:
+            shape = tuple(int(n) for n in reversed(tensor.shape))  # GGUF lists the fastest dimension first
+            if tensor.tensor_type == GGMLQuantizationType.F32:
+                writer.add_tensor(tensor.name, np.asarray(tensor.data).reshape(shape), raw_dtype=GGMLQuantizationType.F32)
+            else:
+                values = dequantize(tensor.data, tensor.tensor_type).reshape(shape)
+                writer.add_tensor(tensor.name, values.astype(np.float16), raw_dtype=GGMLQuantizationType.F16)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.replace(part, out)
+    finally:
+        if os.path.exists(part):
+            os.unlink(part)
+    return out
+
+
+def server_command(binary: Path, gguf: Path, *, host: str = "127.0.0.1", port: int = 8010, parallel: int = 8,
+                   ctx_per_slot: int = 4096, threads: int | None = None, extra: tuple[str, ...] = (),
+                   swa_full: bool = True) -> list[str]:
+    """The `llama-server` command line for `gguf`: `parallel` slots of `ctx_per_slot` tokens each,
+    `/metrics` on, and `--swa-full` where the model has a sliding window (unless `swa_full` is false)."""
+    cmd = [str(binary), "-m", str(gguf), "--host", host, "--port", str(port), "--parallel", str(parallel),
+           "-c", str(parallel * ctx_per_slot), "--metrics", "--no-webui"]
+    if threads:
+        cmd += ["-t", str(threads)]
+    if swa_full and gguf_facts(gguf)["sliding_window"] and "--swa-full" not in extra:
+        cmd.append("--swa-full")
+    return cmd + list(extra)
+
+
+def gguf_of(model: str, config: str | Path | None = None) -> Path:
+    """The GGUF file of `model`: `student` or `teacher` (that role's model in `config`, by default
+    the embedded one), an embedded model's name, or a `.gguf` path."""
+    from tessy.models import EMBEDDED
+
+    if model in ("student", "teacher"):
+        from tessy.config import load_config
+
+        model = getattr(load_config(config), model).model
+    if model in EMBEDDED:
+        return EMBEDDED[model]()
+    path = Path(model).expanduser()
+    if path.suffix == ".gguf" and path.is_file():
+        return path
+    raise FileNotFoundError(f"llama-server serves GGUF files, and {model!r} is not one (a Hugging Face checkpoint "
+                            "converts with llama.cpp's convert_hf_to_gguf.py)")

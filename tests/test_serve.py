@@ -1,0 +1,168 @@
+"""`tessy serve` and tessy/serve.py: the llama-server command line for a GGUF, the F16 copy, and what
+`--swa-full` changes for a sliding-window model, on the packaged GGUFs and real `llama-server`s."""
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+from llama_server import find_binary, free_port, missing_reason
+
+from tessy.cli import main
+from tessy.models import EMBEDDED, STUDENT_DEFAULT, TEACHER_DEFAULT
+from tessy.serve import f16_copy, gguf_facts, gguf_of, server_command
+
+
+def test_the_metadata_names_the_teacher_s_sliding_window():
+    teacher, student = gguf_facts(EMBEDDED[TEACHER_DEFAULT]()), gguf_facts(EMBEDDED[STUDENT_DEFAULT]())
+    assert teacher["architecture"] == "gemma3" and teacher["sliding_window"] == 512
+    assert student["architecture"] == "llama" and student["sliding_window"] is None
+    assert student["tensor_types"]["Q4_1"] > 100
+
+
+def test_swa_full_goes_only_to_a_model_with_a_window():
+    teacher, student = EMBEDDED[TEACHER_DEFAULT](), EMBEDDED[STUDENT_DEFAULT]()
+    cmd = server_command("llama-server", teacher, port=9000, parallel=4, ctx_per_slot=1024, threads=1)
+    assert cmd[:3] == ["llama-server", "-m", str(teacher)] and cmd.count("--swa-full") == 1
+    assert cmd[cmd.index("--parallel") + 1] == "4" and cmd[cmd.index("-c") + 1] == "4096"
+    assert cmd[cmd.index("-t") + 1] == "1" and cmd[cmd.index("--port") + 1] == "9000"
+    assert "--swa-full" not in server_command("llama-server", student)
+    assert "--swa-full" not in server_command("llama-server", teacher, swa_full=False)
+    assert server_command("llama-server", teacher, extra=("--swa-full",)).count("--swa-full") == 1
+
+
+def test_serve_prints_its_command_as_the_readme_shows(capsys):
+    assert main(["serve", "teacher", "--parallel", "8", "--threads", "1", "--port", "8000", "--print-command"]) == 0
+    cmd = shlex.split(capsys.readouterr().out)
+    assert cmd[cmd.index("-m") + 1] == str(EMBEDDED[TEACHER_DEFAULT]()) and "--swa-full" in cmd
+    assert main(["serve", "student", "--server-args", "--cache-ram 0", "--print-command"]) == 0
+    cmd = shlex.split(capsys.readouterr().out)
+    assert cmd[cmd.index("-m") + 1] == str(EMBEDDED[STUDENT_DEFAULT]()) and "--swa-full" not in cmd
+    assert cmd[-2:] == ["--cache-ram", "0"] and cmd[cmd.index("--port") + 1] == "8010"
+
+
+def test_serve_takes_a_role_from_a_config_and_refuses_what_is_not_a_gguf(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"student:\n  model: {EMBEDDED[TEACHER_DEFAULT]()}\n")
+    assert gguf_of("student", config) == EMBEDDED[TEACHER_DEFAULT]()
+    assert gguf_of(STUDENT_DEFAULT) == EMBEDDED[STUDENT_DEFAULT]()
+    with pytest.raises(FileNotFoundError, match="serves GGUF files"):
+        gguf_of(str(tmp_path))
+    assert main(["serve", str(tmp_path / "missing.gguf"), "--print-command"]) == 2
+    assert "is not one" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_f16_copy_holds_the_same_weights(tmp_path, monkeypatch):
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    monkeypatch.setenv("TESSY_CACHE", str(tmp_path))
+    source = EMBEDDED[STUDENT_DEFAULT]()
+    copy = f16_copy(source)
+    assert copy.parent == tmp_path / "gguf" and copy.name.startswith("SmolLM2-135M-Instruct.Q4_1.f16-")
+    written = copy.stat().st_mtime_ns
+    assert f16_copy(source) == copy and copy.stat().st_mtime_ns == written  # written once
+    original, f16 = GGUFReader(str(source)), GGUFReader(str(copy))
+    assert gguf_facts(copy)["tensor_types"] == {"F16": 211, "F32": 61}
+    fields = {k for k in original.fields if not k.startswith("GGUF.")}
+    assert fields == {k for k in f16.fields if not k.startswith("GGUF.")}
+    for name in fields - {"general.file_type"}:
+        assert original.fields[name].contents() == f16.fields[name].contents(), name
+    assert f16.fields["general.file_type"].contents() == 1
+    by_name = {t.name: t for t in f16.tensors}
+    for tensor in original.tensors:
+        mine = by_name[tensor.name]
+        assert list(mine.shape) == list(tensor.shape), tensor.name
+        want = dequantize(tensor.data, tensor.tensor_type).reshape(-1)
+        got = np.asarray(mine.data, dtype=np.float32).reshape(-1)
+        np.testing.assert_allclose(got, want, rtol=2 ** -10, atol=2 ** -24, err_msg=tensor.name)
+
+
+def _needs_server():
+    if find_binary() is None:
+        pytest.skip(missing_reason())
+
+
+def _health(root: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(root + "/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"llama-server did not come up (exit {proc.poll()})")
+
+
+def _complete(root: str, body: dict) -> dict:
+    request = urllib.request.Request(root + "/completion", json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as r:
+        return json.loads(r.read())
+
+
+@pytest.mark.slow
+def test_serve_runs_llama_server_on_the_f16_copy_until_ctrl_c(tmp_path):
+    _needs_server()
+    port = free_port()
+    env = {**os.environ, "TESSY_LLAMA_SERVER": str(find_binary())}
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "tessy.cli", "serve", "student", "--f16", "--port", str(port),
+                             "--parallel", "2", "--threads", "1", "--ctx-per-slot", "1024"],
+                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    root = f"http://127.0.0.1:{port}"
+    try:
+        _health(root, proc)
+        with urllib.request.urlopen(root + "/props", timeout=10) as r:
+            assert ".f16-" in json.loads(r.read())["model_path"]
+        answer = _complete(root, {"prompt": "The capital of France is", "n_predict": 4, "temperature": 0})
+        assert answer["tokens_predicted"] == 4 and answer["content"]
+        time.sleep(1.0)  # the "serving" line is printed after /health answers
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches tessy and its llama-server
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    out = (tmp_path / "serve.log").read_text()
+    assert "serving SmolLM2-135M-Instruct.Q4_1.f16-" in out and f"--student-url or --teacher-url {root}/v1" in out
+    assert "llama-server stopped" in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("swa_full", [True, False])
+def test_swa_full_keeps_a_turn_taking_teacher_cached(tmp_path, swa_full):
+    # A request that extends the previous one by what it wrote (the teacher keeping its turn) finds all
+    # but its last token cached with --swa-full; without it, llama.cpp computes the turn again.
+    _needs_server()
+    port = free_port()
+    cmd = server_command(find_binary(), EMBEDDED[TEACHER_DEFAULT](), port=port, parallel=1, ctx_per_slot=2048,
+                         threads=1, swa_full=swa_full)
+    proc = subprocess.Popen(cmd, stdout=open(tmp_path / "server.log", "w"), stderr=subprocess.STDOUT)
+    root = f"http://127.0.0.1:{port}"
+    try:
+        _health(root, proc)
+        request = urllib.request.Request(root + "/tokenize", json.dumps({"content": "Solve it step by step. " * 12}).encode())
+        with urllib.request.urlopen(request, timeout=30) as r:
+            ids = first = json.loads(r.read())["tokens"]
+        computed = []
+        for turn in range(3):
+            answer = _complete(root, {"prompt": ids, "n_predict": 20, "return_tokens": True, "cache_prompt": True,
+                                      "seed": turn, "ignore_eos": True})
+            computed.append(answer["timings"]["prompt_n"])
+            ids = ids + answer["tokens"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert computed[0] == len(first)  # the first prompt, whole
+    if swa_full:
+        assert computed[1:] == [1, 1], computed  # only the last sampled token, which the server never evaluated
+    else:
+        assert all(n > 20 for n in computed[1:]), computed  # the turn it wrote, and more, again

@@ -16,7 +16,8 @@ from pathlib import Path
 OK = 0
 INCOMPLETE = 1  # merge: ids that no shard wrote, or wrote twice; show: no such record
 USAGE = 2  # a bad flag, config value or input file: refused before any work
-FAILED = 3  # synth and merge: ids that ended in an errors file; eval: samples that could not be graded
+FAILED = 3  # synth and merge: ids that ended in an errors file; eval: samples that could not be graded;
+#   serve: llama-server exited with an error
 INTERRUPTED = 130  # Ctrl-C; a rerun of the same command resumes
 
 EXIT_CODES = {OK: "success", INCOMPLETE: "incomplete output", USAGE: "bad input, nothing run",
@@ -431,7 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     _allow_errors(p, "ids failed for good (written to OUT's errors file)")
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("serve", help="serve a GGUF model with llama.cpp's llama-server, set up for turn-taking requests")
+    p = sub.add_parser("serve",
+                       help="serve a GGUF model with llama.cpp's llama-server, set up for turn-taking requests")
     p.add_argument("model", help="student or teacher (that role's model in --config, default: the embedded one), "
                    "an embedded model's name, or a .gguf file")
     p.add_argument("--config", help="the synth config whose role names the model")

@@ -166,3 +166,9 @@ def test_swa_full_keeps_a_turn_taking_teacher_cached(tmp_path, swa_full):
         assert computed[1:] == [1, 1], computed  # only the last sampled token, which the server never evaluated
     else:
         assert all(n > 20 for n in computed[1:]), computed  # the turn it wrote, and more, again
+
+
+def test_serve_says_when_llama_server_fails(capsys):
+    _needs_server()
+    assert main(["serve", "student", "--port", str(free_port()), "--server-args=--no-such-option"]) == 3
+    assert "llama-server exited with code" in capsys.readouterr().out

@@ -66,7 +66,8 @@ class RoleStats:
             out["warm_ups"] = self.warm_ups
         if self.reported:
             out["prefix_cache_hit_rate"] = round(self.cached_tokens / max(self.prompt_tokens, 1), 3)
-            out["prompt_tokens_computed_per_request"] = round((self.prompt_tokens - self.cached_tokens) / self.reported, 1)
+            computed = self.prompt_tokens - self.cached_tokens
+            out["prompt_tokens_computed_per_request"] = round(computed / self.reported, 1)
         return out
 
 

@@ -91,7 +91,8 @@ def f16_copy(path: Path) -> Path:
         for tensor in reader.tensors:
             shape = tuple(int(n) for n in reversed(tensor.shape))  # GGUF lists the fastest dimension first
             if tensor.tensor_type == GGMLQuantizationType.F32:
-                writer.add_tensor(tensor.name, np.asarray(tensor.data).reshape(shape), raw_dtype=GGMLQuantizationType.F32)
+                writer.add_tensor(tensor.name, np.asarray(tensor.data).reshape(shape),
+                                  raw_dtype=GGMLQuantizationType.F32)
             else:
                 values = dequantize(tensor.data, tensor.tensor_type).reshape(shape)
                 writer.add_tensor(tensor.name, values.astype(np.float16), raw_dtype=GGMLQuantizationType.F16)

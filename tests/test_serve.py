@@ -149,7 +149,8 @@ def test_swa_full_keeps_a_turn_taking_teacher_cached(tmp_path, swa_full):
     root = f"http://127.0.0.1:{port}"
     try:
         _health(root, proc)
-        request = urllib.request.Request(root + "/tokenize", json.dumps({"content": "Solve it step by step. " * 12}).encode())
+        text = "Solve it step by step. " * 12
+        request = urllib.request.Request(root + "/tokenize", json.dumps({"content": text}).encode())
         with urllib.request.urlopen(request, timeout=30) as r:
             ids = first = json.loads(r.read())["tokens"]
         computed = []

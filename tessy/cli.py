@@ -95,11 +95,12 @@ def cmd_synth(args) -> int:
 
 def cmd_serve(args) -> int:
     import shlex
+    import signal
     import subprocess
     import time
     import urllib.request
 
-    from tessy.serve import f16_copy, find_llama_server, gguf_of, server_command
+    from tessy.serve import die_with_parent, f16_copy, find_llama_server, gguf_of, server_command
 
     gguf = gguf_of(args.model, args.config)
     binary = find_llama_server(args.llama_server)
@@ -114,7 +115,12 @@ def cmd_serve(args) -> int:
         print(shlex.join(cmd))
         return OK
     console.print(f"[bold]{shlex.join(cmd)}", soft_wrap=True)
-    proc = subprocess.Popen(cmd)
+
+    def stop(signum, frame):  # `kill`, or a job scheduler ending the job: stop the server as Ctrl-C does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    proc = subprocess.Popen(cmd, preexec_fn=die_with_parent)
     root = f"http://{args.host}:{args.port}"
     try:
         while proc.poll() is None:

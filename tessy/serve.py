@@ -121,6 +121,16 @@ def server_command(binary: Path, gguf: Path, *, host: str = "127.0.0.1", port: i
     return cmd + list(extra)
 
 
+def die_with_parent() -> None:
+    """In the server's process before it starts: on Linux, ask the kernel to end it (SIGTERM) when
+    the process that started it dies, so a `tessy serve` killed outright leaves no server behind."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def gguf_of(model: str, config: str | Path | None = None) -> Path:
     """The GGUF file of `model`: `student` or `teacher` (that role's model in `config`, by default
     the embedded one), an embedded model's name, or a `.gguf` path."""

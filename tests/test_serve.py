@@ -173,3 +173,41 @@ def test_serve_says_when_llama_server_fails(capsys):
     _needs_server()
     assert main(["serve", "student", "--port", str(free_port()), "--server-args=--no-such-option"]) == 3
     assert "llama-server exited with code" in capsys.readouterr().out
+
+
+def _parent(pid: str) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the server dies with tessy through Linux's prctl")
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_a_killed_serve_leaves_no_server_behind(tmp_path, how):
+    # `tessy serve ... &` then `kill`: a background job ignores Ctrl-C, so SIGTERM is how it is stopped;
+    # even SIGKILL, which tessy cannot catch, takes the server down with it.
+    _needs_server()
+    port = free_port()
+    env = {**os.environ, "TESSY_LLAMA_SERVER": str(find_binary())}
+    proc = subprocess.Popen([sys.executable, "-m", "tessy.cli", "serve", "student", "--port", str(port),
+                             "--parallel", "1", "--threads", "1", "--ctx-per-slot", "512"],
+                            stdout=open(tmp_path / "serve.log", "w"), stderr=subprocess.STDOUT, env=env)
+    root = f"http://127.0.0.1:{port}"
+    _health(root, proc)
+    children = [pid for pid in os.listdir("/proc") if pid.isdigit() and _parent(pid) == proc.pid]
+    assert len(children) == 1, children
+    proc.send_signal(how)
+    proc.wait(timeout=30)
+    deadline = time.time() + 30
+    while time.time() < deadline and os.path.exists(f"/proc/{children[0]}"):
+        status = open(f"/proc/{children[0]}/status").read() if os.path.exists(f"/proc/{children[0]}") else ""
+        if "zombie" in status:
+            break
+        time.sleep(0.2)
+    with pytest.raises(OSError):
+        urllib.request.urlopen(root + "/health", timeout=2)
+    if how == signal.SIGTERM:
+        assert proc.returncode == 0 and "llama-server stopped" in (tmp_path / "serve.log").read_text()

@@ -62,7 +62,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scale_sim import free_port, write_prompts  # noqa: E402  (the same prompts as the simulated benchmark)
 
-from tessy.serve import f16_copy, find_llama_server, server_command  # noqa: E402
+from tessy.serve import f16_copy, find_llama_server, server_command, wait_until_healthy  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = {
@@ -99,15 +99,7 @@ class Server:
         self.cmd = server_command(binary, gguf, port=self.port, parallel=parallel, ctx_per_slot=ctx_per_slot,
                                   threads=1, swa_full=swa_full)
         self.proc = subprocess.Popen(self.cmd, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.5)
-        else:
+        if not wait_until_healthy(self.url, self.proc, timeout_s=300):
             raise RuntimeError(f"llama-server did not come up: see {log}")
         self._readings: list[float] = []
         self._stop = threading.Event()

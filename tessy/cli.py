@@ -97,10 +97,8 @@ def cmd_serve(args) -> int:
     import shlex
     import signal
     import subprocess
-    import time
-    import urllib.request
 
-    from tessy.serve import die_with_parent, f16_copy, find_llama_server, gguf_of, server_command
+    from tessy.serve import die_with_parent, f16_copy, find_llama_server, gguf_of, server_command, wait_until_healthy
 
     gguf = gguf_of(args.model, args.config)
     binary = find_llama_server(args.llama_server)
@@ -123,14 +121,7 @@ def cmd_serve(args) -> int:
     proc = subprocess.Popen(cmd, preexec_fn=die_with_parent)
     root = f"http://{args.host}:{args.port}"
     try:
-        while proc.poll() is None:
-            try:
-                with urllib.request.urlopen(root + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:  # not listening yet, or 503 while the model loads
-                time.sleep(0.5)
-        if proc.poll() is None:
+        if wait_until_healthy(root, proc):
             console.print(f"[green]serving {gguf.name} at {root}/v1[/] ({args.parallel} slots); give it to "
                           f"`tessy synth` as --student-url or --teacher-url {root}/v1; Ctrl-C stops it", soft_wrap=True)
         code = proc.wait()

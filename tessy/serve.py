@@ -43,6 +43,23 @@ def find_llama_server(given: str | None = None) -> Path:
     raise FileNotFoundError(f"no llama-server binary: {BUILD_HINT}")
 
 
+def wait_until_healthy(root: str, proc, timeout_s: float | None = None) -> bool:
+    """Poll `root`/health until the server answers 200 (True), or until `proc` (its process) exits or
+    `timeout_s` passes (False)."""
+    import time
+    import urllib.request
+
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while proc.poll() is None and (deadline is None or time.monotonic() < deadline):
+        try:
+            with urllib.request.urlopen(root + "/health", timeout=2) as r:
+                if r.status == 200:
+                    return True
+        except OSError:  # not listening yet, or 503 while the model loads
+            time.sleep(0.2)
+    return False
+
+
 def gguf_facts(path: Path) -> dict:
     """What the GGUF's metadata says: `architecture`, `sliding_window` (None without one) and the
     tensor types with their counts."""

@@ -1,45 +1,40 @@
 """llama.cpp's C++ `llama-server` for the tests: where its binary is, and a server on 127.0.0.1 that a
 test starts (on a free port) and stops.
 
-The binary is `$TESSY_LLAMA_SERVER`, else `llama-server` beside this interpreter (`make test` builds it
-there with scripts/build_llama_server.sh), else the repository's `.venv/bin/llama-server`, else one on
-PATH. Tests that need it skip, saying so, where there is none.
+The binary is the one `tessy serve` finds (tessy.serve.find_llama_server): `$TESSY_LLAMA_SERVER`, else
+`llama-server` beside this interpreter (`make test` builds it there with scripts/build_llama_server.sh),
+else one on PATH. Tests that need it skip, saying so, where there is none.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-BUILD_HINT = "scripts/build_llama_server.sh .venv/bin/llama-server (make test runs it), or set TESSY_LLAMA_SERVER"
+from tessy.serve import find_llama_server, wait_until_healthy
 
 
 def find_binary() -> Path | None:
-    """The llama-server to run, or None."""
-    named = os.environ.get("TESSY_LLAMA_SERVER")
-    if named:
-        return Path(named) if os.access(named, os.X_OK) else None
-    for candidate in (Path(sys.executable).parent / "llama-server", REPO / ".venv" / "bin" / "llama-server"):
-        if os.access(candidate, os.X_OK):
-            return candidate
-    found = shutil.which("llama-server")
-    return Path(found) if found else None
+    """The llama-server to run (tessy.serve.find_llama_server), or None."""
+    try:
+        return find_llama_server()
+    except FileNotFoundError:
+        return None
 
 
 def missing_reason() -> str:
-    named = os.environ.get("TESSY_LLAMA_SERVER")
-    if named:
-        return f"TESSY_LLAMA_SERVER={named} is not an executable file"
-    return f"no llama-server binary: build it with {BUILD_HINT}"
+    """Why there is no binary to run."""
+    try:
+        find_llama_server()
+    except FileNotFoundError as e:
+        return str(e)
+    return ""
 
 
 def free_port() -> int:
@@ -74,14 +69,8 @@ class LlamaServer:
     def start(self, timeout_s: float = 120.0) -> LlamaServer:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.time() + timeout_s
-        while time.time() < deadline and self.proc.poll() is None:
-            try:
-                with urllib.request.urlopen(self.root + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:  # not listening yet, or 503 while the model loads
-                time.sleep(0.2)
+        if wait_until_healthy(self.root, self.proc, timeout_s):
+            return self
         self.kill()
         raise RuntimeError(f"llama-server did not come up ({' '.join(self.cmd)}):\n{self.log()[-3000:]}")
 

@@ -16,7 +16,7 @@ from llama_server import find_binary, free_port, missing_reason
 
 from tessy.cli import main
 from tessy.models import EMBEDDED, STUDENT_DEFAULT, TEACHER_DEFAULT
-from tessy.serve import f16_copy, gguf_facts, gguf_of, server_command
+from tessy.serve import f16_copy, gguf_facts, gguf_of, server_command, wait_until_healthy
 
 
 def test_the_metadata_names_the_teacher_s_sliding_window():
@@ -90,16 +90,8 @@ def _needs_server():
         pytest.skip(missing_reason())
 
 
-def _health(root: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            with urllib.request.urlopen(root + "/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError(f"llama-server did not come up (exit {proc.poll()})")
+def _health(root: str, proc: subprocess.Popen) -> None:
+    assert wait_until_healthy(root, proc, timeout_s=120), f"llama-server did not come up (exit {proc.poll()})"
 
 
 def _complete(root: str, body: dict) -> dict:

@@ -60,19 +60,65 @@ def wait_until_healthy(root: str, proc, timeout_s: float | None = None) -> bool:
     return False
 
 
-def gguf_facts(path: Path) -> dict:
-    """What the GGUF's metadata says: `architecture`, `sliding_window` (None without one) and the
-    tensor types with their counts."""
-    from gguf import GGUFReader
+# GGUF value types (gguf.GGUFValueType) and how a scalar of each is read: struct code and size.
+_SCALARS = {0: ("<B", 1), 1: ("<b", 1), 2: ("<H", 2), 3: ("<h", 2), 4: ("<I", 4), 5: ("<i", 4), 6: ("<f", 4),
+            7: ("<?", 1), 10: ("<Q", 8), 11: ("<q", 8), 12: ("<d", 8)}
+_STRING, _ARRAY = 8, 9
 
-    reader = GGUFReader(str(path))
-    arch = reader.fields["general.architecture"].contents()
-    window = reader.fields.get(f"{arch}.attention.sliding_window")
+
+def gguf_facts(path: Path) -> dict:
+    """What the GGUF's header says: `architecture`, `sliding_window` (None without one) and the
+    tensor types with their counts.
+
+    The header is read in one pass that skips the values it does not keep: `gguf.GGUFReader` turns
+    every array into numpy views, and the 262k-token vocabulary of the embedded teacher takes it over
+    ten seconds."""
+    import struct
+
+    from gguf import GGMLQuantizationType
+
+    def read(f, code: str, size: int):
+        return struct.unpack(code, f.read(size))[0]
+
+    def string(f) -> bytes:
+        return f.read(read(f, "<Q", 8))
+
+    def skip(f, kind: int) -> None:
+        if kind == _STRING:
+            f.seek(read(f, "<Q", 8), 1)
+        elif kind == _ARRAY:
+            inner, count = read(f, "<I", 4), read(f, "<Q", 8)
+            if inner in _SCALARS:
+                f.seek(_SCALARS[inner][1] * count, 1)
+            else:
+                for _ in range(count):
+                    skip(f, inner)
+        else:
+            f.seek(_SCALARS[kind][1], 1)
+
+    values: dict[str, object] = {}
     types: dict[str, int] = {}
-    for tensor in reader.tensors:
-        types[tensor.tensor_type.name] = types.get(tensor.tensor_type.name, 0) + 1
-    return {"architecture": arch, "sliding_window": (int(window.contents()) or None) if window else None,
-            "tensor_types": types}
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF" or read(f, "<I", 4) not in (2, 3):
+            raise ValueError(f"{path} is not a little-endian GGUF file of version 2 or 3")
+        n_tensors, n_values = read(f, "<Q", 8), read(f, "<Q", 8)
+        for _ in range(n_values):
+            key, kind = string(f).decode(), read(f, "<I", 4)
+            if kind == _STRING:
+                values[key] = string(f).decode()
+            elif kind in _SCALARS:
+                values[key] = read(f, *_SCALARS[kind])
+            else:
+                skip(f, kind)
+        for _ in range(n_tensors):
+            string(f)  # the name
+            f.seek(8 * read(f, "<I", 4), 1)  # its dimensions
+            name = GGMLQuantizationType(read(f, "<I", 4)).name
+            types[name] = types.get(name, 0) + 1
+            f.seek(8, 1)  # its offset
+    arch = values["general.architecture"]
+    window = values.get(f"{arch}.attention.sliding_window")
+    return {"architecture": arch, "sliding_window": (int(window) or None) if window else None, "tensor_types": types}
 
 
 def f16_copy(path: Path) -> Path:

@@ -26,6 +26,22 @@ def test_the_metadata_names_the_teacher_s_sliding_window():
     assert student["tensor_types"]["Q4_1"] > 100
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("model", [TEACHER_DEFAULT, STUDENT_DEFAULT])
+def test_the_header_scan_agrees_with_gguf_s_reader(model):
+    from gguf import GGUFReader
+
+    path = EMBEDDED[model]()
+    reader = GGUFReader(str(path))
+    arch = reader.fields["general.architecture"].contents()
+    window = reader.fields.get(f"{arch}.attention.sliding_window")
+    types = {}
+    for tensor in reader.tensors:
+        types[tensor.tensor_type.name] = types.get(tensor.tensor_type.name, 0) + 1
+    assert gguf_facts(path) == {"architecture": arch, "sliding_window": window.contents() if window else None,
+                                "tensor_types": types}
+
+
 def test_swa_full_goes_only_to_a_model_with_a_window():
     teacher, student = EMBEDDED[TEACHER_DEFAULT](), EMBEDDED[STUDENT_DEFAULT]()
     cmd = server_command("llama-server", teacher, port=9000, parallel=4, ctx_per_slot=1024, threads=1)

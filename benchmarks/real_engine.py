@@ -1,8 +1,19 @@
-"""What a kept token costs on a real batching engine: llama.cpp's `llama-server`, on this CPU.
+"""What a kept token costs on a real batching engine: llama.cpp's `llama-server` or vLLM, on this CPU.
 
-    .venv/bin/python benchmarks/real_engine.py [--json out.json] [--prompts-n 16] [--in-flight 16] [--repeat 3]
-        [--runs teacher-only,whole,streamed,streamed-q4_1,ticks,ticks-streamed,release,release-streamed] [--keep]
-        [--llama-server PATH] [--no-swa-full]
+    .venv/bin/python benchmarks/real_engine.py [--engine llama.cpp|vllm] [--json out.json] [--prompts-n 16]
+        [--in-flight 16] [--repeat 3] [--keep] [--llama-server PATH] [--no-swa-full] [--vllm-python PATH]
+        [--runs teacher-only,whole,streamed,streamed-q4_1,ticks,ticks-streamed,release,release-streamed]
+
+**vLLM** (`--engine vllm`): two vLLM OpenAI servers started as `tessy serve --engine vllm` starts them
+(tessy/serve_vllm.py: prefix caching in small blocks, prompt-token details, on a CPU float32 and whole
+prompts per step; `--max-num-seqs` = `--in-flight`), the embedded models' converted checkpoints, the
+`openai` backend in ids mode. A vLLM start takes minutes here (its compile warm-up), so the pair is
+started once and every run begins with its prefix cache emptied (`POST /reset_prefix_cache`, which
+the servers offer with `VLLM_SERVER_DEV_MODE=1`): as cold as a fresh server. Every run but
+`streamed-q4_1` (a GGUF file) runs. The table adds vLLM's own prefix-cache hit rate (its
+`prefix_cache_hits_total` over `prefix_cache_queries_total`), which the targets judge.
+
+**llama.cpp** (the default):
 
 It starts two `llama-server` processes as `tessy serve` does (tessy/serve.py: continuous batching
 over `--parallel` slots, a prompt cache per slot, `--metrics`, one thread each): the student with an
@@ -51,7 +62,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -62,7 +72,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scale_sim import free_port, write_prompts  # noqa: E402  (the same prompts as the simulated benchmark)
 
-from tessy.serve import f16_copy, find_llama_server, server_command, wait_until_healthy  # noqa: E402
+from tessy.serve import ServerProcess, f16_copy, find_llama_server, server_command  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = {
@@ -78,43 +88,80 @@ RUNS = {
 }
 
 
-def metrics(url: str) -> dict[str, float]:
+# Each engine's `/metrics` names for what the benchmark reads: tokens generated, prompt tokens, requests
+# running now, and (vLLM only) its prefix cache's lookups and hits, in prompt tokens.
+COUNTERS = {
+    "llama.cpp": {"generated": "llamacpp:tokens_predicted_total", "prompt": "llamacpp:prompt_tokens_total",
+                  "running": "llamacpp:requests_processing"},
+    "vllm": {"generated": "vllm:generation_tokens_total", "prompt": "vllm:prompt_tokens_total",
+             "running": "vllm:num_requests_running", "cache_queries": "vllm:prefix_cache_queries_total",
+             "cache_hits": "vllm:prefix_cache_hits_total"},
+}
+
+
+def metrics(url: str, engine: str) -> dict[str, float]:
+    """The engine's counters by the benchmark's names, each summed over its labels."""
     with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
         text = r.read().decode()
-    out = {}
+    names = {v: k for k, v in COUNTERS[engine].items()}
+    out = dict.fromkeys(COUNTERS[engine], 0.0)
     for line in text.splitlines():
-        if line.startswith("llamacpp:"):
-            name, value = line.split(" ", 1)
-            out[name.split(":", 1)[1]] = float(value)
+        name, _, value = line.rpartition(" ")
+        key = names.get(name.split("{", 1)[0])
+        if key:
+            out[key] += float(value)
     return out
 
 
 class Server:
-    """One `llama-server` on 127.0.0.1, and a thread that reads its `/metrics` ten times a second."""
+    """One server on 127.0.0.1 (`llama-server`, or vLLM's OpenAI server), started as `tessy serve`
+    starts it, and a thread that reads its `/metrics` ten times a second."""
 
-    def __init__(self, binary: Path, gguf: Path, parallel: int, ctx_per_slot: int, log: Path, swa_full: bool):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(log, "w")
-        self.cmd = server_command(binary, gguf, port=self.port, parallel=parallel, ctx_per_slot=ctx_per_slot,
-                                  threads=1, swa_full=swa_full)
-        self.proc = subprocess.Popen(self.cmd, stdout=self.log, stderr=subprocess.STDOUT)
-        if not wait_until_healthy(self.url, self.proc, timeout_s=300):
-            raise RuntimeError(f"llama-server did not come up: see {log}")
+    def __init__(self, engine: str, cmd: list[str], port: int, log: Path, env: dict | None = None,
+                 timeout_s: float = 300):
+        self.engine, self.cmd, self.port = engine, cmd, port
+        self.url = f"http://127.0.0.1:{port}"
+        self.process = ServerProcess(cmd, self.url, env={**os.environ, **env} if env else None, log=log)
+        self.process.start()
+        if not self.process.wait_until_healthy(timeout_s):
+            self.process.stop()
+            raise RuntimeError(f"{engine} did not come up ({self.process.failure()}): see {log}")
         self._readings: list[float] = []
         self._stop = threading.Event()
         self._thread = None
+
+    @classmethod
+    def llama(cls, binary: Path, gguf: Path, parallel: int, ctx_per_slot: int, log: Path, swa_full: bool) -> "Server":
+        port = free_port()
+        return cls("llama.cpp", server_command(binary, gguf, port=port, parallel=parallel, ctx_per_slot=ctx_per_slot,
+                                               threads=1, swa_full=swa_full), port, log)
+
+    @classmethod
+    def vllm(cls, vllm, model: str, name: str, parallel: int, log: Path) -> "Server":
+        from tessy.serve_vllm import model_for_vllm, vllm_command
+
+        port = free_port()
+        cmd, env = vllm_command(vllm, model_for_vllm(model)[0], served_name=name, port=port, parallel=parallel,
+                                max_model_len=2048, kv_cache_gib=2)
+        # /reset_prefix_cache, so that every run starts on a cold cache without a start of minutes.
+        return cls("vllm", cmd, port, log, {**env, "VLLM_SERVER_DEV_MODE": "1"}, timeout_s=1200)
+
+    def reset_cache(self) -> None:
+        """vLLM: forget every cached prefix, as a fresh server would have none."""
+        request = urllib.request.Request(self.url + "/reset_prefix_cache", data=b"", method="POST")
+        with urllib.request.urlopen(request, timeout=60) as r:
+            r.read()
 
     def start_watch(self) -> dict:
         self._readings, self._stop = [], threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
-        return metrics(self.url)
+        return metrics(self.url, self.engine)
 
     def _watch(self) -> None:
         while not self._stop.is_set():
             try:
-                self._readings.append(metrics(self.url).get("requests_processing", 0.0))
+                self._readings.append(metrics(self.url, self.engine)["running"])
             except OSError:
                 pass
             self._stop.wait(0.1)
@@ -122,19 +169,18 @@ class Server:
     def stop_watch(self, before: dict) -> dict:
         self._stop.set()
         self._thread.join()
-        after = metrics(self.url)
+        after = metrics(self.url, self.engine)
+        moved = {k: after[k] - before[k] for k in after}
         busy = sum(1 for r in self._readings if r > 0) / len(self._readings) if self._readings else None
-        return {"generated_tokens": int(after["tokens_predicted_total"] - before["tokens_predicted_total"]),
-                "prompt_tokens": int(after["prompt_tokens_total"] - before["prompt_tokens_total"]),
-                "busy_share": round(busy, 3) if busy is not None else None}
+        out = {"generated_tokens": int(moved["generated"]), "prompt_tokens": int(moved["prompt"]),
+               "busy_share": round(busy, 3) if busy is not None else None}
+        if "cache_queries" in moved:  # the engine's own prefix-cache hit rate
+            out["engine_cache_hit_rate"] = round(moved["cache_hits"] / moved["cache_queries"], 3) \
+                if moved["cache_queries"] else None
+        return out
 
     def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
+        self.process.stop()
 
 
 def run_one(name: str, servers: dict, workdir: Path, args) -> dict:
@@ -177,6 +223,7 @@ def run_one(name: str, servers: dict, workdir: Path, args) -> dict:
                            summary.get("roles", {}).get(role, {}).get("prefix_cache_hit_rate"),
                            "stopped_at_cut": summary.get("roles", {}).get(role, {}).get("stopped_at_cut", 0)}
                     for role in servers},
+        "engine": next(iter(servers.values())).engine,
     }
 
 
@@ -196,32 +243,42 @@ TARGETS = [
      lambda by: _ratio(by, "whole", "ticks", "kept_tokens_per_s")),
     ("events vs ticks, kept tokens/s, streamed cuts >= 1.4", lambda v: v >= 1.4,
      lambda by: _ratio(by, "streamed", "ticks-streamed", "kept_tokens_per_s")),
+    # vLLM only: its own counters (prefix_cache_hits_total over prefix_cache_queries_total).
+    ("streamed, the engine's own prefix-cache hit rate, student >= 0.9", lambda v: v >= 0.9,
+     lambda by: by["streamed"]["servers"]["student"].get("engine_cache_hit_rate") if "streamed" in by else None),
+    ("streamed, the engine's own prefix-cache hit rate, teacher >= 0.9", lambda v: v >= 0.9,
+     lambda by: by["streamed"]["servers"]["teacher"].get("engine_cache_hit_rate") if "streamed" in by else None),
 ]
 
 
 def table(rows: list[dict], reference: dict | None) -> str:
-    head = ["run", "driver", "k S/T", "samples", "wall s", "kept tok/s", "generated / kept", "cost vs Teacher-Only",
-            "cache hit S/T", "busy S/T", "stopped at cut S/T"]
+    head = ["engine", "run", "driver", "k S/T", "samples", "wall s", "kept tok/s", "generated / kept",
+            "cost vs Teacher-Only", "cache hit S/T (tessy)", "cache hit S/T (engine)", "busy S/T", "stopped at cut S/T"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
         cost = (f"{r['seconds_per_kept_token'] / reference['seconds_per_kept_token']:.2f}x"
                 if reference and r["seconds_per_kept_token"] else "-")
         s, t = r["servers"]["student"], r["servers"]["teacher"]
         lines.append("| " + " | ".join(str(x) for x in [
-            r["run"], r["driver"], f"{r['k'][0]}/{r['k'][1]}", r["samples"] if not r["errors"] else
+            r["engine"], r["run"], r["driver"], f"{r['k'][0]}/{r['k'][1]}", r["samples"] if not r["errors"] else
             f"{r['samples']}+{r['errors']} err", f"{r['wall_s']:.1f}", r["kept_tokens_per_s"], r["generated_per_kept"],
             cost, f"{s['prefix_cache_hit_rate']} / {t['prefix_cache_hit_rate']}",
+            f"{s.get('engine_cache_hit_rate', '-')} / {t.get('engine_cache_hit_rate', '-')}",
             f"{s['busy_share']} / {t['busy_share']}", f"{s['stopped_at_cut']} / {t['stopped_at_cut']}"]) + " |")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--engine", choices=["llama.cpp", "vllm"], default="llama.cpp",
+                        help="llama.cpp's llama-server (fresh servers per run) or vLLM's OpenAI server (one pair, "
+                        "its prefix cache reset before every run)")
     parser.add_argument("--llama-server", help="the llama-server binary (default: .venv/bin/llama-server)")
-    parser.add_argument("--runs", default=",".join(RUNS), help=f"comma list of {', '.join(RUNS)}")
+    parser.add_argument("--vllm-python", help="the Python that has vLLM (default: as `tessy serve --engine vllm`)")
+    parser.add_argument("--runs", help=f"comma list of {', '.join(RUNS)} (default: all the engine's runs)")
     parser.add_argument("--prompts-n", type=int, default=16)
     parser.add_argument("--in-flight", type=int, default=16)
-    parser.add_argument("--parallel", type=int, default=8, help="slots per server")
+    parser.add_argument("--parallel", type=int, default=8, help="llama.cpp: slots per server")
     parser.add_argument("--max-think-tokens", type=int, default=192)
     parser.add_argument("--max-answer-tokens", type=int, default=48)
     parser.add_argument("--swa-full", action=argparse.BooleanOptionalAction, default=True,
@@ -231,47 +288,70 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds of all the runs, interleaved; the targets take the median round")
     args = parser.parse_args(argv)
-    names = [n.strip() for n in args.runs.split(",") if n.strip()]
-    unknown = [n for n in names if n not in RUNS]
+    default_runs = [n for n in RUNS if args.engine == "llama.cpp" or RUNS[n][5] == "f16"]
+    names = [n.strip() for n in args.runs.split(",") if n.strip()] if args.runs else default_runs
+    unknown = [n for n in names if n not in default_runs]
     if unknown:
-        parser.error(f"unknown runs {unknown}; known: {', '.join(RUNS)}")
-    binary = find_llama_server(args.llama_server)
-    from tessy.models import EMBEDDED
-
-    student = {"packaged": EMBEDDED["smollm2-135m-instruct"]()}
-    student["f16"] = f16_copy(student["packaged"])
-    teacher = EMBEDDED["gemma3-270m"]()
+        parser.error(f"unknown runs {unknown} for {args.engine}; known: {', '.join(default_runs)}")
+    from tessy.models import EMBEDDED, STUDENT_DEFAULT, TEACHER_DEFAULT
 
     workdir = Path(tempfile.mkdtemp(prefix="tessy-real-engine-"))
     write_prompts(workdir / "prompts.jsonl", args.prompts_n)
     started = datetime.datetime.now().isoformat(timespec="seconds")
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}"
-    print(f"real engine: llama-server ({binary}), {started}, {machine}; the client and both servers share "
-          f"these cores; {args.prompts_n} prompts, {args.in_flight} in flight, --parallel {args.parallel}; "
-          f"student {student['f16'].name} (streamed-q4_1: {student['packaged'].name}), teacher {teacher.name}"
-          f"{' with --swa-full' if args.swa_full else ''}")
+    shared: dict[str, Server] = {}
+    if args.engine == "vllm":
+        from tessy.serve_vllm import find_vllm
+
+        vllm = find_vllm(args.vllm_python)
+        print(f"real engine: vLLM {vllm.version} ({vllm.distribution}, {vllm.python}), {started}, {machine}; the "
+              f"client and both servers share these cores; {args.prompts_n} prompts, {args.in_flight} in flight; "
+              f"student {STUDENT_DEFAULT}, teacher {TEACHER_DEFAULT}, as `tessy serve --engine vllm` serves them",
+              flush=True)
+        t = time.perf_counter()
+        for role, model in (("student", STUDENT_DEFAULT), ("teacher", TEACHER_DEFAULT)):
+            shared[role] = Server.vllm(vllm, model, model, args.in_flight, workdir / f"vllm.{role}.log")
+        print(f"  both vLLM servers up in {time.perf_counter() - t:.0f} s", flush=True)
+    else:
+        binary = find_llama_server(args.llama_server)
+        student = {"packaged": EMBEDDED[STUDENT_DEFAULT]()}
+        student["f16"] = f16_copy(student["packaged"])
+        teacher = EMBEDDED[TEACHER_DEFAULT]()
+        print(f"real engine: llama-server ({binary}), {started}, {machine}; the client and both servers share "
+              f"these cores; {args.prompts_n} prompts, {args.in_flight} in flight, --parallel {args.parallel}; "
+              f"student {student['f16'].name} (streamed-q4_1: {student['packaged'].name}), teacher {teacher.name}"
+              f"{' with --swa-full' if args.swa_full else ''}")
     rounds = []
-    for r in range(1, args.repeat + 1):  # the runs interleave, so a slow stretch of the machine hits them all
-        rows = []
-        for name in names:
-            servers = {}
-            try:
-                ctx = 2048
-                servers["student"] = Server(binary, student[RUNS[name][5]], args.parallel, ctx,
-                                            workdir / f"{name}.{r}.student.log", args.swa_full)
-                servers["teacher"] = Server(binary, teacher, args.parallel, ctx, workdir / f"{name}.{r}.teacher.log",
-                                            args.swa_full)
-                row = run_one(name, servers, workdir, args)
-            finally:
-                for s in servers.values():
-                    s.close()
-            row["round"] = r
-            rows.append(row)
-            print(f"  round {r}, {name}: {row['samples']} samples in {row['wall_s']} s, {row['kept_tokens_per_s']} "
-                  f"kept tok/s, {row['generated_per_kept']} generated per kept, client CPU {row['client_cpu_s']} s",
-                  flush=True)
-        rounds.append(rows)
-    print(f"\nMeasured {started} on {machine} (real llama.cpp servers on CPU, not simulated):")
+    try:
+        for r in range(1, args.repeat + 1):  # the runs interleave, so a slow stretch of the machine hits them all
+            rows = []
+            for name in names:
+                servers = dict(shared)
+                try:
+                    if shared:
+                        for s in shared.values():
+                            s.reset_cache()
+                    else:
+                        ctx = 2048
+                        servers["student"] = Server.llama(binary, student[RUNS[name][5]], args.parallel, ctx,
+                                                          workdir / f"{name}.{r}.student.log", args.swa_full)
+                        servers["teacher"] = Server.llama(binary, teacher, args.parallel, ctx,
+                                                          workdir / f"{name}.{r}.teacher.log", args.swa_full)
+                    row = run_one(name, servers, workdir, args)
+                finally:
+                    if not shared:
+                        for s in servers.values():
+                            s.close()
+                row["round"] = r
+                rows.append(row)
+                print(f"  round {r}, {name}: {row['samples']} samples in {row['wall_s']} s, {row['kept_tokens_per_s']} "
+                      f"kept tok/s, {row['generated_per_kept']} generated per kept, client CPU {row['client_cpu_s']} s",
+                      flush=True)
+            rounds.append(rows)
+    finally:
+        for s in shared.values():
+            s.close()
+    print(f"\nMeasured {started} on {machine} (real {args.engine} servers, not simulated):")
     for r, rows in enumerate(rounds, 1):
         print(f"\nround {r} of {len(rounds)}:\n")
         print(table(rows, next((x for x in rows if x["run"] == "teacher-only"), None)))

@@ -17,7 +17,7 @@ OK = 0
 INCOMPLETE = 1  # merge: ids that no shard wrote, or wrote twice; show: no such record
 USAGE = 2  # a bad flag, config value or input file: refused before any work
 FAILED = 3  # synth and merge: ids that ended in an errors file; eval: samples that could not be graded;
-#   serve: llama-server exited with an error
+#   serve: the server exited with an error
 INTERRUPTED = 130  # Ctrl-C; a rerun of the same command resumes
 
 EXIT_CODES = {OK: "success", INCOMPLETE: "incomplete output", USAGE: "bad input, nothing run",
@@ -96,45 +96,60 @@ def cmd_synth(args) -> int:
 def cmd_serve(args) -> int:
     import shlex
     import signal
-    import subprocess
 
-    from tessy.serve import die_with_parent, f16_copy, find_llama_server, gguf_of, server_command, wait_until_healthy
+    from tessy.serve import ServerProcess
 
-    gguf = gguf_of(args.model, args.config)
-    binary = find_llama_server(args.llama_server)
     console = _console()
-    if args.f16:
-        console.print(f"the F16 copy of {gguf.name} (written once) ...", soft_wrap=True)
-        gguf = f16_copy(gguf)
-    cmd = server_command(binary, gguf, host=args.host, port=args.port, parallel=args.parallel,
-                         ctx_per_slot=args.ctx_per_slot, threads=args.threads,
-                         extra=tuple(shlex.split(args.server_args or "")))
+    if args.engine == "vllm":
+        from tessy.serve_vllm import find_vllm, model_for_vllm, vllm_command
+
+        vllm = find_vllm(args.python)
+        model, name = model_for_vllm(args.model, args.config)
+        cmd, env = vllm_command(vllm, model, served_name=name, host=args.host, port=args.port,
+                                parallel=args.parallel, max_model_len=args.max_model_len, dtype=args.dtype,
+                                kv_cache_gib=args.kv_cache_gib, extra=tuple(shlex.split(args.server_args or "")))
+        what, slots = f"vLLM {vllm.version}" + (" (CPU build)" if vllm.cpu_build else ""), "sequences"
+    else:
+        from tessy.serve import f16_copy, find_llama_server, gguf_of, server_command
+
+        gguf = gguf_of(args.model, args.config)
+        binary = find_llama_server(args.llama_server)
+        if args.f16:
+            console.print(f"the F16 copy of {gguf.name} (written once) ...", soft_wrap=True)
+            gguf = f16_copy(gguf)
+        cmd = server_command(binary, gguf, host=args.host, port=args.port, parallel=args.parallel,
+                             ctx_per_slot=args.ctx_per_slot, threads=args.threads,
+                             extra=tuple(shlex.split(args.server_args or "")))
+        env, name, what, slots = {}, gguf.name, "llama-server", "slots"
+    line = " ".join([*(f"{k}={shlex.quote(v)}" for k, v in env.items()), shlex.join(cmd)])
     if args.print_command:
-        print(shlex.join(cmd))
+        print(line)
         return OK
-    console.print(f"[bold]{shlex.join(cmd)}", soft_wrap=True)
+    console.print(f"[bold]{line}", soft_wrap=True)
 
     def stop(signum, frame):  # `kill`, or a job scheduler ending the job: stop the server as Ctrl-C does
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    proc = subprocess.Popen(cmd, preexec_fn=die_with_parent)
+    import os
+
     root = f"http://{args.host}:{args.port}"
+    server = ServerProcess(cmd, root, env={**os.environ, **env} if env else None)
     try:
-        if wait_until_healthy(root, proc):
-            console.print(f"[green]serving {gguf.name} at {root}/v1[/] ({args.parallel} slots); give it to "
+        server.start(echo=True)
+        if server.wait_until_healthy():
+            console.print(f"[green]serving {name} at {root}/v1[/] ({what}, {args.parallel} {slots}); give it to "
                           f"`tessy synth` as --student-url or --teacher-url {root}/v1; Ctrl-C stops it", soft_wrap=True)
-        code = proc.wait()
+        code = server.wait()
     except KeyboardInterrupt:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        console.print("llama-server stopped")
+        server.stop()
+        console.print(f"{what} stopped")
         return OK
-    console.print(f"[red]llama-server exited with code {code}" if code else "llama-server exited")
-    return FAILED if code else OK
+    if code:
+        console.print(f"[red]{what} exited with code {code}: {server.failure()}", soft_wrap=True)
+        return FAILED
+    console.print(f"{what} exited")
+    return OK
 
 
 def _failed_ids(n: int, where: str, allowed: bool) -> int:
@@ -430,13 +445,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("serve",
-                       help="serve a GGUF model with llama.cpp's llama-server, set up for turn-taking requests")
+                       help="serve a model with llama.cpp's llama-server or vLLM, set up for turn-taking requests")
     p.add_argument("model", help="student or teacher (that role's model in --config, default: the embedded one), "
-                   "an embedded model's name, or a .gguf file")
+                   "an embedded model's name, or a .gguf file; with --engine vllm also a Hugging Face directory or "
+                   "hub name")
+    p.add_argument("--engine", choices=["llama.cpp", "vllm"], default="llama.cpp",
+                   help="llama.cpp's llama-server for a GGUF (default), or vLLM's OpenAI server")
     p.add_argument("--config", help="the synth config whose role names the model")
     p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8010, help="(default: 8010)")
-    p.add_argument("--parallel", type=_count, default=8, help="slots: requests batched at once (default: 8)")
+    p.add_argument("--parallel", type=_count, default=8,
+                   help="requests batched at once: llama-server's slots, vLLM's --max-num-seqs (default: 8)")
     p.add_argument("--ctx-per-slot", type=_count, default=4096,
                    help="the context of each slot, in tokens: prompt plus what it writes (default: 4096)")
     p.add_argument("--threads", type=_count, help="CPU threads (default: llama-server's)")
@@ -445,8 +464,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "often faster on a CPU")
     p.add_argument("--llama-server", help="the binary (default: $TESSY_LLAMA_SERVER, the one beside this Python, "
                    "then PATH)")
-    p.add_argument("--server-args", help="more llama-server arguments, as one quoted string")
-    p.add_argument("--print-command", action="store_true", help="print the llama-server command line and exit")
+    p.add_argument("--python", help="vllm: the Python that has vLLM (default: $TESSY_VLLM_PYTHON, tessy's own, "
+                   "then .venv-vllm/bin/python)")
+    p.add_argument("--max-model-len", type=_count, default=4096,
+                   help="vllm: the longest sequence, prompt plus what it writes (default: 4096)")
+    p.add_argument("--dtype", help="vllm: the weights' dtype (default: float32 on a CPU without bfloat16 "
+                   "instructions, else vLLM's)")
+    p.add_argument("--kv-cache-gib", type=float, default=2.0,
+                   help="vllm on a CPU: the KV cache in GiB (VLLM_CPU_KVCACHE_SPACE; default: 2)")
+    p.add_argument("--server-args", help="more arguments for the server, as one quoted string")
+    p.add_argument("--print-command", action="store_true",
+                   help="print the server's command line (with its environment) and exit")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("merge", help="join shard outputs by id; report missing and duplicated ids")

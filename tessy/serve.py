@@ -194,6 +194,97 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+class ServerProcess:
+    """A model server (`llama-server`, vLLM's OpenAI server) that tessy starts, waits for and stops.
+
+    The server runs in a process group of its own, so a Ctrl-C in the terminal reaches tessy alone and
+    the stop is always tessy's: SIGTERM to the whole group (vLLM's engine runs in a child process),
+    then SIGKILL after `grace_s`. On Linux the server also ends when tessy dies (`die_with_parent`).
+    Its output goes to `log` (a path), or with `echo` to this process's stdout; either way the last
+    lines are kept for `failure`."""
+
+    def __init__(self, cmd: list[str], root: str, env: dict | None = None, log: Path | None = None,
+                 grace_s: float = 30.0):
+        self.cmd, self.root, self.env, self.log, self.grace_s = cmd, root, env, log, grace_s
+        self.proc = None
+        self.tail: list[str] = []
+        self._reader = None
+
+    def start(self, echo: bool = False) -> "ServerProcess":
+        import subprocess
+        import threading
+
+        out = open(self.log, "ab") if self.log is not None else subprocess.PIPE
+        try:
+            self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent)
+        finally:
+            if self.log is not None:
+                out.close()
+        if self.log is None:
+            self._reader = threading.Thread(target=self._read, args=(echo,), daemon=True)
+            self._reader.start()
+        return self
+
+    def _read(self, echo: bool) -> None:
+        for raw in self.proc.stdout:
+            line = raw.decode(errors="replace")
+            self.tail = (self.tail + [line.rstrip()])[-400:]
+            if echo:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+
+    def wait_until_healthy(self, timeout_s: float | None = None) -> bool:
+        return wait_until_healthy(self.root, self.proc, timeout_s)
+
+    def wait(self) -> int:
+        code = self.proc.wait()
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        return code
+
+    def output(self) -> list[str]:
+        """The server's last lines of output."""
+        if self.log is not None and Path(self.log).exists():
+            return Path(self.log).read_text(errors="replace").splitlines()[-400:]
+        return list(self.tail)
+
+    def failure(self) -> str:
+        """Why the server exited, as its output says it: its error lines (`SomeError: ...`), first to
+        last, without the tracebacks around them; else its last line."""
+        import re
+
+        lines = self.output()
+        errors = []
+        for line in lines:
+            m = re.search(r"\b([A-Z]\w*(?:Error|Exception)|error): (.+)$", line)
+            if m and m.group(0) not in errors:
+                errors.append(m.group(0))
+        if errors:
+            return "; ".join(errors[-3:])
+        return next((x.strip() for x in reversed(lines) if x.strip()), "no output")
+
+    def stop(self) -> None:
+        import os
+        import signal
+        import subprocess
+
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        for sig, wait_s in ((signal.SIGTERM, self.grace_s), (signal.SIGKILL, 10.0)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.proc.wait(timeout=wait_s)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+
+
 def gguf_of(model: str, config: str | Path | None = None) -> Path:
     """The GGUF file of `model`: `student` or `teacher` (that role's model in `config`, by default
     the embedded one), an embedded model's name, or a `.gguf` path."""

@@ -141,6 +141,8 @@ def synthesize(config: SynthConfig, prompts_path, out_path, limit: int | None = 
         summary["errors"] += 1
         bar.update(task, advance=1, info=f"error: {x.id}")
 
+    # The engines' own counters (vLLM's /metrics) before and after, where a backend reads them.
+    counted = {role: getattr(backends[role], "server_counters", lambda: None)() for role in (STUDENT, TEACHER)}
     try:
         with bar:
             task = bar.add_task("synth", total=len(todo), info="")
@@ -153,6 +155,7 @@ def synthesize(config: SynthConfig, prompts_path, out_path, limit: int | None = 
         writer.close()
         if error_writer is not None:
             error_writer.close()
+        counted = {role: (before, backends[role].server_counters()) for role, before in counted.items() if before}
         if opened:
             for backend in backends.values():
                 backend.close()
@@ -165,8 +168,21 @@ def synthesize(config: SynthConfig, prompts_path, out_path, limit: int | None = 
     if timing.calls:
         summary["timing"]["mean_batch_rows"] = round(timing.batch_rows / timing.calls, 2)
     summary["roles"] = {role: stats.summary(wall) for role, stats in timing.roles.items()}
+    for role, (before, after) in counted.items():
+        if after:
+            summary["roles"][role]["server"] = server_figures(before, after)
     summary["stream_cuts"] = {role: scheduler.streams(role) for role in (STUDENT, TEACHER)}
     return _finish(summary, records, wall, console)
+
+
+def server_figures(before: dict[str, float], after: dict[str, float]) -> dict:
+    """What a role's servers counted over the run, by their own `/metrics`: the prefix-cache hit rate
+    (cached prompt tokens over prompt tokens looked up), prompt and generated tokens."""
+    moved = {k: after[k] - before.get(k, 0.0) for k in after}
+    queries = moved.get("prefix_cache_queries", 0.0)
+    return {"prefix_cache_hit_rate": round(moved.get("prefix_cache_hits", 0.0) / queries, 3) if queries else None,
+            "prompt_tokens": int(moved.get("prompt_tokens", 0)),
+            "generated_tokens": int(moved.get("generated_tokens", 0))}
 
 
 def summarize(records: list[dict], wall_s: float) -> dict:
@@ -231,6 +247,8 @@ def _finish(summary: dict, records: list[dict], wall: float, console) -> dict:
                        if "prefix_cache_hit_rate" in r else "")
                 early = f", {r['stopped_at_cut']} stopped at their cut" if r.get("stopped_at_cut") else ""
                 warm = f", {r['warm_ups']} warm-ups" if r.get("warm_ups") else ""
+                if r.get("server", {}).get("prefix_cache_hit_rate") is not None:
+                    hit += f", the server's own prefix-cache hit rate {r['server']['prefix_cache_hit_rate']}"
                 table.add_row(f"{role} requests",
                               f"{r['requests']} (mean in flight {r['mean_in_flight']}{hit}{early}{warm})")
             table.add_row("predictor busy", f"{summary['timing']['predictor_busy_share']:.1%} of the run")

@@ -15,3 +15,9 @@ def servers():
     yield make
     for s in made:
         s.close()
+
+
+def pytest_collection_modifyitems(config, items):
+    # The real vLLM servers' tests first: their servers start (and on a machine's first run, compile)
+    # while the cores are idle, and stop before the rest of the suite runs.
+    items.sort(key=lambda item: item.get_closest_marker("vllm_server") is None)

@@ -133,8 +133,14 @@ def test_serve_runs_llama_server_on_the_f16_copy_until_ctrl_c(tmp_path):
             assert ".f16-" in json.loads(r.read())["model_path"]
         answer = _complete(root, {"prompt": "The capital of France is", "n_predict": 4, "temperature": 0})
         assert answer["tokens_predicted"] == 4 and answer["content"]
-        time.sleep(1.0)  # the "serving" line is printed after /health answers
-        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches tessy and its llama-server
+        # Ctrl-C in a terminal signals the terminal's process group: the server runs in a group of its
+        # own, so the signal reaches tessy alone and the stop is always tessy's, whatever the timing.
+        [server] = [int(pid) for pid in os.listdir("/proc") if pid.isdigit() and _parent(pid) == proc.pid]
+        assert os.getpgid(server) == server != os.getpgid(proc.pid)
+        deadline = time.time() + 30
+        while "serving " not in (tmp_path / "serve.log").read_text() and time.time() < deadline:
+            time.sleep(0.1)  # the "serving" line is printed after /health answers
+        os.killpg(proc.pid, signal.SIGINT)
         assert proc.wait(timeout=30) == 0
     finally:
         if proc.poll() is None:
@@ -180,7 +186,8 @@ def test_swa_full_keeps_a_turn_taking_teacher_cached(tmp_path, swa_full):
 def test_serve_says_when_llama_server_fails(capsys):
     _needs_server()
     assert main(["serve", "student", "--port", str(free_port()), "--server-args=--no-such-option"]) == 3
-    assert "llama-server exited with code" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "llama-server exited with code" in out and "--no-such-option" in out.splitlines()[-1]
 
 
 def _parent(pid: str) -> int | None:

@@ -57,6 +57,7 @@ import json
 import os
 import random
 import threading
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -75,6 +76,11 @@ NATIVE_SAMPLERS = ["penalties", "temperature", "top_k", "top_p", "min_p"]
 NATIVE_FIELDS = ["content", "tokens", "stop", "stop_type", "stopping_word", "tokens_predicted", "tokens_evaluated",
                  "tokens_cached", "timings", "truncated"]
 NATIVE_FINISH = {"eos": "eos", "word": "stop", "limit": "length"}
+# vLLM's `/metrics` counters that a run's summary reports beside tessy's own figures, by tessy's name.
+# Its prefix-cache counters count prompt tokens: looked up, and found cached.
+SERVER_COUNTERS = {"vllm:prefix_cache_queries_total": "prefix_cache_queries",
+                   "vllm:prefix_cache_hits_total": "prefix_cache_hits",
+                   "vllm:prompt_tokens_total": "prompt_tokens", "vllm:generation_tokens_total": "generated_tokens"}
 
 
 class RequestFailed(Exception):
@@ -606,6 +612,32 @@ class OpenAIBackend:
 
     def close(self) -> None:
         self.pool.close()
+
+    def server_counters(self) -> dict[str, float] | None:
+        """The engine's own counters (`SERVER_COUNTERS`) from each endpoint's `/metrics`, added up over
+        the endpoints (and over a counter's labels); None where no endpoint publishes them (only vLLM
+        does). They count every client of the servers, not only this run."""
+        out: dict[str, float] = {}
+        for ep in self.pool.endpoints:
+            try:
+                with urllib.request.urlopen(ep.root + "/metrics", timeout=5) as r:
+                    text = r.read().decode(errors="replace")
+            except (OSError, ValueError):
+                return None
+            found = {}
+            for line in text.splitlines():
+                name, _, value = line.rpartition(" ")
+                key = SERVER_COUNTERS.get(name.split("{", 1)[0])
+                if key:
+                    try:
+                        found[key] = found.get(key, 0.0) + float(value)
+                    except ValueError:
+                        continue
+            if len(found) < len(SERVER_COUNTERS):
+                return None
+            for key, value in found.items():
+                out[key] = out.get(key, 0.0) + value
+        return out or None
 
     # --- sessions (the same bookkeeping as the hf backend, plus the text) ------------------------
     def start(self, prompt: str, add_special_tokens: bool = False, key: str = "") -> Session:

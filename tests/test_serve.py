@@ -3,6 +3,7 @@
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -226,3 +227,79 @@ def test_a_killed_serve_leaves_no_server_behind(tmp_path, how):
         urllib.request.urlopen(root + "/health", timeout=2)
     if how == signal.SIGTERM:
         assert proc.returncode == 0 and "llama-server stopped" in (tmp_path / "serve.log").read_text()
+
+
+# --- vLLM (tessy/serve_vllm.py) ----------------------------------------------------------------------
+
+def _vllm_python() -> str:
+    from vllm_server import find
+
+    python, why = find()
+    if python is None:
+        pytest.skip(f"no vLLM: {why}")
+    return python
+
+
+def test_serve_vllm_prints_its_command_as_the_readme_shows(capsys):
+    from tessy.models import resolve
+    from tessy.serve_vllm import has_gpu
+
+    python = _vllm_python()
+    assert main(["serve", "teacher", "--engine", "vllm", "--port", "8000", "--parallel", "16", "--threads", "1",
+                 "--python", python, "--print-command"]) == 0
+    words = shlex.split(capsys.readouterr().out)
+    n = next(i for i, w in enumerate(words) if not re.match(r"[A-Z_]+=", w))  # the environment comes first
+    env, cmd = dict(w.split("=", 1) for w in words[:n]), words[n:]
+    assert cmd[:3] == [python, "-m", "vllm.entrypoints.openai.api_server"]
+    assert cmd[cmd.index("--model") + 1] == str(resolve(TEACHER_DEFAULT))
+    assert cmd[cmd.index("--served-model-name") + 1] == TEACHER_DEFAULT
+    assert cmd[cmd.index("--port") + 1] == "8000" and cmd[cmd.index("--max-num-seqs") + 1] == "16"
+    for flag in ("--enable-prefix-caching", "--enable-prompt-tokens-details"):
+        assert flag in cmd
+    assert cmd[cmd.index("--generation-config") + 1] == "vllm"
+    if not has_gpu():
+        assert cmd[cmd.index("--block-size") + 1] == "32" and "--no-enable-chunked-prefill" in cmd
+        assert env == {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+                       "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": "1"}
+
+
+def test_on_a_gpu_the_blocks_are_16_tokens_and_prompts_may_be_chunked():
+    from pathlib import Path
+
+    from tessy.serve_vllm import VLLM, vllm_command
+
+    cmd, env = vllm_command(VLLM(Path("/opt/py/bin/python"), "vllm", "0.33.0"), "Qwen/Qwen3-8B", parallel=256,
+                            max_model_len=40960, gpu=True, extra=("--tensor-parallel-size", "2"))
+    assert env == {} and cmd[cmd.index("--block-size") + 1] == "16" and "--no-enable-chunked-prefill" not in cmd
+    assert "--dtype" not in cmd and cmd[-2:] == ["--tensor-parallel-size", "2"]
+    assert cmd[cmd.index("--max-model-len") + 1] == "40960"
+
+
+@pytest.mark.parametrize("model, ok", [("Qwen/Qwen3-8B", True), ("./no/such/dir", False), ("/no/such", False),
+                                       ("weights.safetensors", False)])
+def test_vllm_takes_a_hub_name_and_refuses_a_path_that_is_not_there(model, ok):
+    from tessy.serve_vllm import model_for_vllm
+
+    if ok:
+        assert model_for_vllm(model) == (model, model)
+    else:
+        with pytest.raises(FileNotFoundError, match="neither a Hugging Face model directory"):
+            model_for_vllm(model)
+
+
+def test_engine_vllm_without_vllm_says_how_to_get_it(capsys, monkeypatch):
+    monkeypatch.delenv("TESSY_VLLM_PYTHON", raising=False)
+    assert main(["serve", "student", "--engine", "vllm", "--python", sys.executable, "--print-command"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a Python that has vLLM" in err and "make .venv-vllm" in err
+
+
+@pytest.mark.slow
+def test_a_model_vllm_cannot_load_exits_3_with_its_reason(tmp_path, capsys):
+    python = _vllm_python()
+    model = tmp_path / "broken"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    assert main(["serve", str(model), "--engine", "vllm", "--python", python, "--port", str(free_port())]) == 3
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "exited with code" in last and "no-such-architecture" in last and "Traceback" not in last

@@ -23,9 +23,9 @@ PYTHON, WHY = find()
 pytestmark = [pytest.mark.slow, pytest.mark.vllm_server,
               pytest.mark.skipif(PYTHON is None, reason=f"no vLLM: {WHY}")]
 
-# Contest-style prompts long enough that a batch of them does not fit one engine step: eight of
-# them, prefilled together, take several steps (the seeded requests that crash vLLM's CPU backend
-# when a prompt is split over steps).
+# Contest-style prompts long enough that a batch of them does not fit one engine step: eight of about
+# 900 tokens, sent together, take at least two steps of at most 4096 tokens to prefill (the seeded
+# requests that crash vLLM's CPU backend when it splits a prompt over steps).
 LONG = ("You are given an array of n integers and q queries. Each query gives l and r, and asks for the "
         "number of distinct values in the subarray from l to r. Constraints: n and q up to 200000. ")
 
@@ -48,7 +48,7 @@ def servers(tmp_path_factory):
 def write_prompts(path, n: int, long: bool = False) -> None:
     with open(path, "w") as f:
         for i in range(n):
-            text = (LONG * 6 if long else "") + f"Problem {i}: write a Python function that returns the sum of " \
+            text = (LONG * 20 if long else "") + f"Problem {i}: write a Python function that returns the sum of " \
                                                 f"the first {i + 3} odd numbers."
             f.write(json.dumps({"id": f"p{i}", "prompt": text}) + "\n")
 
@@ -108,7 +108,7 @@ def test_seeded_long_prompts_of_every_method_leave_the_engine_alive(servers, tmp
     write_prompts(tmp_path / "prompts.jsonl", 8, long=True)
     for method in ("teacher-only", "student-only", "tessy"):
         code, summary = synth(tmp_path, servers, method, method=method, think=40)
-        assert code == 0 and summary["written"] == 8 and summary["errors"] == 0, (method, summary)
+        assert code == 0 and summary["samples"] == 8 and summary["errors"] == 0, (method, summary)
     for s in servers.values():
         with urllib.request.urlopen(s.root + "/health", timeout=10) as r:
             assert r.status == 200
@@ -142,8 +142,9 @@ def test_tessy_s_cache_figures_and_token_counts_agree_with_vllm_s_counters(serve
         # probe's few tokens.
         assert queries and abs(mine["prefix_cache_hit_rate"] - hits / queries) <= 0.02, (role, mine, hits, queries)
         assert mine["server"]["prefix_cache_hit_rate"] == pytest.approx(hits / queries, abs=0.01)
-        assert moved(before[role], after[role], "generation_tokens_total") == pytest.approx(
-            mine["generated_tokens"], abs=3)
+        # vLLM also counts the EOS tokens that end answers (never part of a span) and the probe's token.
+        generated = moved(before[role], after[role], "generation_tokens_total")
+        assert mine["generated_tokens"] <= generated <= 1.02 * mine["generated_tokens"] + 2, (role, mine, generated)
 
     # Streamed cuts: a closed stream aborts the sequence on the server, so vLLM generates about what
     # tessy received, not k tokens per request.
@@ -154,8 +155,9 @@ def test_tessy_s_cache_figures_and_token_counts_agree_with_vllm_s_counters(serve
     for role in ("student", "teacher"):
         mine = streamed["roles"][role]
         generated = moved(before[role], after[role], "generation_tokens_total")
-        assert mine["generated_tokens"] <= generated <= mine["generated_tokens"] + 2 * mine.get("stopped_at_cut", 0) \
-            + 3, (role, mine, generated)
+        # A sequence aborted at a cut may have generated a token or two that never arrived.
+        assert mine["generated_tokens"] <= generated <= 1.02 * mine["generated_tokens"] + 2 \
+            + 2 * mine.get("stopped_at_cut", 0), (role, mine, generated)
         if mine.get("stopped_at_cut"):
             assert generated < 20 * mine["requests"] - 10 * mine["stopped_at_cut"]
         # Streams closed at a cut never read the answer's last usage, where vLLM puts the cached tokens:

@@ -46,7 +46,8 @@ class VLLMServer:
         self.root = f"http://127.0.0.1:{self.port}"
         self.url = self.root + "/v1"
         self.cmd = [sys.executable, "-m", "tessy.cli", "serve", role, "--engine", "vllm", "--port", str(self.port),
-                    "--parallel", str(parallel), "--max-model-len", "4096", "--kv-cache-gib", "1", *extra]
+                    "--parallel", str(parallel), "--max-model-len", "4096", "--kv-cache-gib", "1", "--threads", "1",
+                    *extra]
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> VLLMServer:

@@ -50,10 +50,21 @@ def cpu_dtype() -> str:
     return "auto" if "avx512_bf16" in flags or "amx_bf16" in flags else "float32"
 
 
-def cpu_environment(kv_cache_gib: float = 2.0) -> dict[str, str]:
-    """The environment vLLM's CPU backend reads: its KV cache in GiB, and no pinning of its threads
-    to cores (so several engines can share them)."""
-    return {"VLLM_CPU_KVCACHE_SPACE": f"{kv_cache_gib:g}", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+def cpu_environment(kv_cache_gib: int = 2, threads: int | None = None) -> dict[str, str]:
+    """The environment vLLM's CPU backend reads: its KV cache in GiB (a whole number), no pinning of
+    its threads to cores (so several engines can share them), `threads` OpenMP threads where given,
+    and the engine in the server's own process.
+
+    Both matter when two engines share a machine's cores, as a student's and a teacher's do: each
+    engine's OpenMP threads default to every core and spin while they wait, so two busy engines on
+    two cores each ran turn-taking requests about 12 times slower than alone (one thread each: 1.7
+    times); and in a process of its own vLLM's CPU worker busy-polls its message queue for a second
+    after every step, which with turn-taking requests is all the time."""
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(int(kv_cache_gib)), "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+           "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
 
 
 class VLLMBackend:
@@ -82,7 +93,7 @@ class VLLMBackend:
         if cpu:
             import os
 
-            for key, value in cpu_environment(1.0).items():
+            for key, value in cpu_environment(1).items():
                 os.environ.setdefault(key, value)
         dtype = "auto" if config.dtype == "float32" and not cpu else config.dtype
         llm = vllm.LLM(model=model, seed=config.seed or 0, **{**turn_taking_args(cpu, dtype=dtype), **llm_kwargs})

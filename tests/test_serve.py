@@ -248,7 +248,7 @@ def test_serve_vllm_prints_its_command_as_the_readme_shows(capsys):
     assert main(["serve", "teacher", "--engine", "vllm", "--port", "8000", "--parallel", "16", "--threads", "1",
                  "--python", python, "--print-command"]) == 0
     words = shlex.split(capsys.readouterr().out)
-    n = next(i for i, w in enumerate(words) if not re.match(r"[A-Z_]+=", w))  # the environment comes first
+    n = next(i for i, w in enumerate(words) if not re.match(r"[A-Z0-9_]+=", w))  # the environment comes first
     env, cmd = dict(w.split("=", 1) for w in words[:n]), words[n:]
     assert cmd[:3] == [python, "-m", "vllm.entrypoints.openai.api_server"]
     assert cmd[cmd.index("--model") + 1] == str(resolve(TEACHER_DEFAULT))

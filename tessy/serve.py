@@ -185,13 +185,29 @@ def server_command(binary: Path, gguf: Path, *, host: str = "127.0.0.1", port: i
 
 
 def die_with_parent() -> None:
-    """In the server's process before it starts: on Linux, ask the kernel to end it (SIGTERM) when
-    the process that started it dies, so a `tessy serve` killed outright leaves no server behind."""
+    """In the server's process before it starts: on Linux, ask the kernel to kill it when the process
+    that started it dies, so a `tessy serve` killed outright leaves no server behind. SIGKILL, not
+    SIGTERM: vLLM's server, told to stop while its client still holds requests open, waited for them
+    for good after its engine had gone, and kept its port (vLLM's engine process dies with it)."""
     if sys.platform.startswith("linux"):
         import ctypes
         import signal
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+# A watchdog beside the server: when the process that started it goes away (it is then re-parented),
+# it kills the server's whole process group. vLLM's engine runs in a child of its server, which no
+# parent-death signal of ours reaches.
+_WATCHDOG = """import os, signal, sys, time
+group, parent = int(sys.argv[1]), int(sys.argv[2])
+while os.getppid() == parent:
+    time.sleep(0.5)
+try:
+    os.killpg(group, signal.SIGKILL)
+except ProcessLookupError:
+    pass
+"""
 
 
 class ServerProcess:
@@ -199,14 +215,16 @@ class ServerProcess:
 
     The server runs in a process group of its own, so a Ctrl-C in the terminal reaches tessy alone and
     the stop is always tessy's: SIGTERM to the whole group (vLLM's engine runs in a child process),
-    then SIGKILL after `grace_s`. On Linux the server also ends when tessy dies (`die_with_parent`).
-    Its output goes to `log` (a path), or with `echo` to this process's stdout; either way the last
-    lines are kept for `failure`."""
+    then SIGKILL after `grace_s`. When tessy dies without stopping it (SIGKILL), a watchdog process
+    kills the group, and on Linux the server itself gets SIGKILL too (`die_with_parent`). Its output
+    goes to `log` (a path), or with `echo` to this process's stdout; either way the last lines are
+    kept for `failure`."""
 
     def __init__(self, cmd: list[str], root: str, env: dict | None = None, log: Path | None = None,
                  grace_s: float = 30.0):
         self.cmd, self.root, self.env, self.log, self.grace_s = cmd, root, env, log, grace_s
         self.proc = None
+        self.watchdog = None
         self.tail: list[str] = []
         self._reader = None
 
@@ -221,6 +239,10 @@ class ServerProcess:
         finally:
             if self.log is not None:
                 out.close()
+        import os
+
+        self.watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(self.proc.pid), str(os.getpid())],
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
         if self.log is None:
             self._reader = threading.Thread(target=self._read, args=(echo,), daemon=True)
             self._reader.start()
@@ -238,9 +260,9 @@ class ServerProcess:
         return wait_until_healthy(self.root, self.proc, timeout_s)
 
     def wait(self) -> int:
+        """Until the server exits by itself; its exit code."""
         code = self.proc.wait()
-        if self._reader is not None:
-            self._reader.join(timeout=5)
+        self._reap()
         return code
 
     def output(self) -> list[str]:
@@ -250,37 +272,69 @@ class ServerProcess:
         return list(self.tail)
 
     def failure(self) -> str:
-        """Why the server exited, as its output says it: its error lines (`SomeError: ...`), first to
-        last, without the tracebacks around them; else its last line."""
+        """Why the server exited, as its output says it: its last two error messages (a log line at
+        level ERROR, `SomeError: ...` with the line that goes on with it, llama.cpp's `error: ...`),
+        without the tracebacks around them; else its last line."""
         import re
 
         lines = self.output()
-        errors = []
-        for line in lines:
-            m = re.search(r"\b([A-Z]\w*(?:Error|Exception)|error): (.+)$", line)
-            if m and m.group(0) not in errors:
-                errors.append(m.group(0))
-        if errors:
-            return "; ".join(errors[-3:])
+        found: list[str] = []
+        for n, line in enumerate(lines):
+            logged = re.match(r"^(?:\(\w+ pid=\d+\) )?ERROR \S+ \S+ \[[^\]]*\] (.*)$", line)
+            raised = re.match(r"^(?:[\w.]+\.)?([A-Z]\w*(?:Error|Exception)|error): (.+)$", line)
+            if logged:
+                message = logged.group(1)
+                if message[:1].isspace() or message.startswith(("Traceback", "File ")):
+                    continue  # a frame of a logged traceback
+            elif raised:
+                message = f"{raised.group(1)}: {raised.group(2)}"
+                after = lines[n + 1] if n + 1 < len(lines) else ""
+                if after.startswith(" ") and not after.strip().startswith(("File ", "^", "For further")):
+                    message += " " + after.strip()
+            else:
+                continue
+            message = message.strip()[:400]
+            if message in found:
+                found.remove(message)
+            found.append(message)
+        if found:
+            return "; ".join(found[-2:])
         return next((x.strip() for x in reversed(lines) if x.strip()), "no output")
 
     def stop(self) -> None:
+        """SIGTERM to the server's group, SIGKILL after `grace_s`; then whatever of the group is left."""
         import os
         import signal
         import subprocess
 
-        if self.proc is None or self.proc.poll() is not None:
+        if self.proc is None:
             return
-        for sig, wait_s in ((signal.SIGTERM, self.grace_s), (signal.SIGKILL, 10.0)):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.proc.wait(timeout=wait_s)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        if self.proc.poll() is None:
+            for sig, wait_s in ((signal.SIGTERM, self.grace_s), (signal.SIGKILL, 10.0)):
+                try:
+                    os.killpg(self.proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    self.proc.wait(timeout=wait_s)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        self._reap()
+
+    def _reap(self) -> None:
+        """After the server's own process has ended: the rest of its group (vLLM's engine, if it
+        outlived its server), the watchdog and the output reader."""
+        import os
+        import signal
+
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if self.watchdog is not None and self.watchdog.poll() is None:
+            self.watchdog.kill()
+            self.watchdog.wait()
         if self._reader is not None:
             self._reader.join(timeout=5)
 

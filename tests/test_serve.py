@@ -136,7 +136,7 @@ def test_serve_runs_llama_server_on_the_f16_copy_until_ctrl_c(tmp_path):
         assert answer["tokens_predicted"] == 4 and answer["content"]
         # Ctrl-C in a terminal signals the terminal's process group: the server runs in a group of its
         # own, so the signal reaches tessy alone and the stop is always tessy's, whatever the timing.
-        [server] = [int(pid) for pid in os.listdir("/proc") if pid.isdigit() and _parent(pid) == proc.pid]
+        [server] = _servers_of(proc.pid)
         assert os.getpgid(server) == server != os.getpgid(proc.pid)
         deadline = time.time() + 30
         while "serving " not in (tmp_path / "serve.log").read_text() and time.time() < deadline:
@@ -191,6 +191,20 @@ def test_serve_says_when_llama_server_fails(capsys):
     assert "llama-server exited with code" in out and "--no-such-option" in out.splitlines()[-1]
 
 
+def _servers_of(pid: int) -> list[int]:
+    """The llama-server processes that process `pid` started (not its watchdog)."""
+    out = []
+    for child in os.listdir("/proc"):
+        if child.isdigit() and _parent(child) == pid:
+            try:
+                with open(f"/proc/{child}/cmdline", "rb") as f:
+                    if b"llama-server" in f.read():
+                        out.append(int(child))
+            except OSError:
+                pass
+    return out
+
+
 def _parent(pid: str) -> int | None:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -213,7 +227,7 @@ def test_a_killed_serve_leaves_no_server_behind(tmp_path, how):
                             stdout=open(tmp_path / "serve.log", "w"), stderr=subprocess.STDOUT, env=env)
     root = f"http://127.0.0.1:{port}"
     _health(root, proc)
-    children = [pid for pid in os.listdir("/proc") if pid.isdigit() and _parent(pid) == proc.pid]
+    children = [str(pid) for pid in _servers_of(proc.pid)]
     assert len(children) == 1, children
     proc.send_signal(how)
     proc.wait(timeout=30)

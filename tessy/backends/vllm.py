@@ -93,8 +93,11 @@ class VLLMBackend:
         if cpu:
             import os
 
+            # The engine stays in a process of its own (vLLM's default for `vllm.LLM`): in this one, its
+            # CPU worker would take over this process's torch threads.
             for key, value in cpu_environment(1).items():
-                os.environ.setdefault(key, value)
+                if key != "VLLM_ENABLE_V1_MULTIPROCESSING":
+                    os.environ.setdefault(key, value)
         dtype = "auto" if config.dtype == "float32" and not cpu else config.dtype
         llm = vllm.LLM(model=model, seed=config.seed or 0, **{**turn_taking_args(cpu, dtype=dtype), **llm_kwargs})
         tokenizer = load_tokenizer(config.model)

@@ -81,6 +81,13 @@ def moved(before: dict, after: dict, name: str) -> float:
     return after.get(f"vllm:{name}", 0.0) - before.get(f"vllm:{name}", 0.0)
 
 
+def hit_rate(before: dict, after: dict) -> float:
+    """vLLM's own prefix-cache hit rate between two readings: cached prompt tokens over those looked up."""
+    queries = moved(before, after, "prefix_cache_queries_total")
+    assert queries > 0
+    return moved(before, after, "prefix_cache_hits_total") / queries
+
+
 def test_the_probe_picks_ids_and_the_ids_are_the_sample_s_own(servers):
     from tessy.backends import make_backend
     from tessy.config import ModelConfig
@@ -135,13 +142,11 @@ def test_tessy_s_cache_figures_and_token_counts_agree_with_vllm_s_counters(serve
     after = counters(servers)
     assert code == 0
     for role in ("student", "teacher"):
-        mine = whole["roles"][role]
-        hits, queries = moved(before[role], after[role], "prefix_cache_hits_total"), \
-            moved(before[role], after[role], "prefix_cache_queries_total")
+        mine, theirs = whole["roles"][role], hit_rate(before[role], after[role])
         # Every answer of a whole turn reports its cached tokens: tessy's figure is vLLM's, up to the
         # probe's few tokens.
-        assert queries and abs(mine["prefix_cache_hit_rate"] - hits / queries) <= 0.02, (role, mine, hits, queries)
-        assert mine["server"]["prefix_cache_hit_rate"] == pytest.approx(hits / queries, abs=0.01)
+        assert abs(mine["prefix_cache_hit_rate"] - theirs) <= 0.02, (role, mine, theirs)
+        assert mine["server"]["prefix_cache_hit_rate"] == pytest.approx(theirs, abs=0.01)
         # vLLM also counts the EOS tokens that end answers (never part of a span) and the probe's token.
         generated = moved(before[role], after[role], "generation_tokens_total")
         assert mine["generated_tokens"] <= generated <= 1.02 * mine["generated_tokens"] + 2, (role, mine, generated)
@@ -162,9 +167,7 @@ def test_tessy_s_cache_figures_and_token_counts_agree_with_vllm_s_counters(serve
             assert generated < 20 * mine["requests"] - 10 * mine["stopped_at_cut"]
         # Streams closed at a cut never read the answer's last usage, where vLLM puts the cached tokens:
         # the summary gives the server's own figure beside tessy's.
-        hits, queries = moved(before[role], after[role], "prefix_cache_hits_total"), \
-            moved(before[role], after[role], "prefix_cache_queries_total")
-        assert mine["server"]["prefix_cache_hit_rate"] == pytest.approx(hits / queries, abs=0.01)
+        assert mine["server"]["prefix_cache_hit_rate"] == pytest.approx(hit_rate(before[role], after[role]), abs=0.01)
 
 
 def test_a_killed_server_ends_as_error_records_and_retry_errors_finishes_them(servers, tmp_path):

@@ -358,7 +358,9 @@ def test_a_stream_that_is_not_cut_gives_the_whole_answer(servers, kind):
     assert (streamed.ids, streamed.text, streamed.offsets, streamed.finish) == \
         (whole.ids, whole.text, whole.offsets, whole.finish)
     assert (streamed.prompt_tokens, streamed.cached_tokens) == (whole.prompt_tokens, whole.cached_tokens)
-    assert srv.streams and all(not r["gone"] for r in srv.streams)
+    # A text-mode server is sent no stop strings, so the client closes the stream itself at "</think>":
+    # whether the server had written its last events by then depends on timing. The others stop there.
+    assert srv.streams and all(not r["gone"] for r in srv.streams if kind != "text")
 
 
 def test_events_split_across_reads_are_put_together(servers):

@@ -94,6 +94,7 @@ def cmd_synth(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    import os
     import shlex
     import signal
 
@@ -132,8 +133,6 @@ def cmd_serve(args) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    import os
-
     root = f"http://{args.host}:{args.port}"
     server = ServerProcess(cmd, root, env={**os.environ, **env} if env else None)
     try:

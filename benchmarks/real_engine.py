@@ -17,11 +17,12 @@ the servers offer with `VLLM_SERVER_DEV_MODE=1`): as cold as a fresh server. Eve
 **llama.cpp** (the default):
 
 It starts two `llama-server` processes as `tessy serve` does (tessy/serve.py: continuous batching
-over `--parallel` slots, a prompt cache per slot, `--metrics`, one thread each): the student with an
-F16 copy of the embedded SmolLM2-135M GGUF (its packaged Q4_1 file reads prompts at half the speed on
-this CPU; the `streamed-q4_1` run serves that file) and the teacher with the embedded Gemma 3 270M
-GGUF, whose sliding-window layers get a full-size cache (`--swa-full`; without it every turn computes
-its last turn's tokens again). Then it runs `tessy synth` through them (the `openai`
+over `--parallel` slots, a prompt cache per slot, `--metrics`, one thread each): the embedded
+SmolLM2-135M student and Gemma 3 270M teacher, each in the form that `tessy serve --weights auto`
+serves on this machine (its GGUF or that file's F16 copy, whichever ran a short turn-taking workload
+faster here: tessy/serve_weights.py; the `streamed-q4_1` run serves the student's packaged Q4_1 file),
+the teacher's sliding-window layers with a full-size cache (`--swa-full`; without it every turn
+computes its last turn's tokens again). Then it runs `tessy synth` through them (the `openai`
 backend, which speaks llama.cpp's native `/completion` with exact token ids) over the same
 contest-style prompts as benchmarks/scale_sim.py, one run after the other. Each run gets two fresh
 servers: a server's prompt cache outlives a run (llama.cpp keeps evicted prompts in RAM,
@@ -42,8 +43,10 @@ generated a token or two more that never arrived, and llama.cpp's own `tokens_pr
 counts only the requests that ran to their end, so it is printed beside it as a floor), the
 cost per kept token against Teacher-Only (its seconds per kept token over Teacher-Only's), each
 server's prefix-cache hit rate (its `tokens_cached` over the prompt tokens, as tessy's per-role
-figures report them) and each server's busy share (the share of `/metrics` readings, ten a second,
-that show a request processing).
+figures report them), the share of each server's prompt tokens that it had seen before in the same
+sample (`reusable S/T`: the hit rate of a cache that forgot nothing, and so the most any engine's
+cache can reach on this workload) and each server's busy share (the share of `/metrics` readings,
+ten a second, that show a request processing).
 
 Runs of the same pair on two shared cores spread by ten to twenty percent; `--repeat N` runs every
 run N times, interleaved, prints each round's table and takes each target's median round.
@@ -73,19 +76,21 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scale_sim import free_port, write_prompts  # noqa: E402  (the same prompts as the simulated benchmark)
 
-from tessy.serve import ServerProcess, f16_copy, find_llama_server, server_command  # noqa: E402
+from tessy.serve import ServerProcess, find_llama_server, server_command  # noqa: E402
+from tessy.serve_weights import choose_weights  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = {
-    # name: (method, driver, student k, teacher k, stream_cuts, the student's GGUF: f16 or packaged)
-    "teacher-only": ("teacher-only", "events", 20, 20, False, "f16"),
-    "whole": ("tessy", "events", 20, 20, False, "f16"),
-    "streamed": ("tessy", "events", 20, 20, None, "f16"),
+    # name: (method, driver, student k, teacher k, stream_cuts, the student's GGUF: as `tessy serve` chooses
+    # it (`--weights auto`), or the packaged file)
+    "teacher-only": ("teacher-only", "events", 20, 20, False, "auto"),
+    "whole": ("tessy", "events", 20, 20, False, "auto"),
+    "streamed": ("tessy", "events", 20, 20, None, "auto"),
     "streamed-q4_1": ("tessy", "events", 20, 20, None, "packaged"),
-    "ticks": ("tessy", "ticks", 20, 20, False, "f16"),
-    "ticks-streamed": ("tessy", "ticks", 20, 20, None, "f16"),
-    "release": ("tessy", "events", 5, 10, False, "f16"),
-    "release-streamed": ("tessy", "events", 5, 10, None, "f16"),
+    "ticks": ("tessy", "ticks", 20, 20, False, "auto"),
+    "ticks-streamed": ("tessy", "ticks", 20, 20, None, "auto"),
+    "release": ("tessy", "events", 5, 10, False, "auto"),
+    "release-streamed": ("tessy", "events", 5, 10, None, "auto"),
 }
 
 
@@ -222,6 +227,7 @@ def run_one(name: str, servers: dict, workdir: Path, args) -> dict:
         "servers": {role: {**seen[role], "generated_tokens": summary.get("roles", {}).get(role, {}).get(
             "generated_tokens"), "tokens_predicted_total": seen[role]["generated_tokens"], "prefix_cache_hit_rate":
                            summary.get("roles", {}).get(role, {}).get("prefix_cache_hit_rate"),
+                           "reusable_prompt_share": summary.get("roles", {}).get(role, {}).get("reusable_prompt_share"),
                            "stopped_at_cut": summary.get("roles", {}).get(role, {}).get("stopped_at_cut", 0)}
                     for role in servers},
         "engine": next(iter(servers.values())).engine,
@@ -254,7 +260,8 @@ TARGETS = [
 
 def table(rows: list[dict], reference: dict | None) -> str:
     head = ["engine", "run", "driver", "k S/T", "samples", "wall s", "kept tok/s", "generated / kept",
-            "cost vs Teacher-Only", "cache hit S/T (tessy)", "cache hit S/T (engine)", "busy S/T", "stopped at cut S/T"]
+            "cost vs Teacher-Only", "cache hit S/T (tessy)", "cache hit S/T (engine)", "reusable S/T", "busy S/T",
+            "stopped at cut S/T"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
         cost = (f"{r['seconds_per_kept_token'] / reference['seconds_per_kept_token']:.2f}x"
@@ -265,6 +272,7 @@ def table(rows: list[dict], reference: dict | None) -> str:
             f"{r['samples']}+{r['errors']} err", f"{r['wall_s']:.1f}", r["kept_tokens_per_s"], r["generated_per_kept"],
             cost, f"{s['prefix_cache_hit_rate']} / {t['prefix_cache_hit_rate']}",
             f"{s.get('engine_cache_hit_rate', '-')} / {t.get('engine_cache_hit_rate', '-')}",
+            f"{s.get('reusable_prompt_share', '-')} / {t.get('reusable_prompt_share', '-')}",
             f"{s['busy_share']} / {t['busy_share']}", f"{s['stopped_at_cut']} / {t['stopped_at_cut']}"]) + " |")
     return "\n".join(lines)
 
@@ -289,7 +297,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds of all the runs, interleaved; the targets take the median round")
     args = parser.parse_args(argv)
-    default_runs = [n for n in RUNS if args.engine == "llama.cpp" or RUNS[n][5] == "f16"]
+    default_runs = [n for n in RUNS if args.engine == "llama.cpp" or RUNS[n][5] == "auto"]
     names = [n.strip() for n in args.runs.split(",") if n.strip()] if args.runs else default_runs
     unknown = [n for n in names if n not in default_runs]
     if unknown:
@@ -315,13 +323,16 @@ def main(argv=None) -> int:
         print(f"  both vLLM servers up in {time.perf_counter() - t:.0f} s", flush=True)
     else:
         binary = find_llama_server(args.llama_server)
-        student = {"packaged": EMBEDDED[STUDENT_DEFAULT]()}
-        student["f16"] = f16_copy(student["packaged"])
-        teacher = EMBEDDED[TEACHER_DEFAULT]()
+        # The weights `tessy serve ROLE --weights auto --threads 1` serves here, timed once per machine.
+        chosen = {role: choose_weights(binary, EMBEDDED[model](), threads=1, parallel=args.parallel, say=print)
+                  for role, model in (("student", STUDENT_DEFAULT), ("teacher", TEACHER_DEFAULT))}
+        student = {"packaged": EMBEDDED[STUDENT_DEFAULT](), "auto": chosen["student"]["path"]}
+        teacher = chosen["teacher"]["path"]
         print(f"real engine: llama-server ({binary}), {started}, {machine}; the client and both servers share "
               f"these cores; {args.prompts_n} prompts, {args.in_flight} in flight, --parallel {args.parallel}; "
-              f"student {student['f16'].name} (streamed-q4_1: {student['packaged'].name}), teacher {teacher.name}"
-              f"{' with --swa-full' if args.swa_full else ''}")
+              f"student {student['auto'].name} (streamed-q4_1: {student['packaged'].name}), teacher {teacher.name}"
+              f"{' with --swa-full' if args.swa_full else ''}; as `tessy serve --weights auto` chooses them here: "
+              + "; ".join(f"{role}: {c['why']}" for role, c in chosen.items()))
     rounds = []
     try:
         for r in range(1, args.repeat + 1):  # the runs interleave, so a slow stretch of the machine hits them all

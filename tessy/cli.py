@@ -98,9 +98,12 @@ def cmd_serve(args) -> int:
     import shlex
     import signal
 
+    from rich.console import Console
+
     from tessy.serve import ServerProcess
 
     console = _console()
+    notes = Console(stderr=True) if args.print_command else console  # stdout carries the command line alone
     if args.engine == "vllm":
         from tessy.serve_vllm import find_vllm, model_for_vllm, vllm_command
 
@@ -113,15 +116,26 @@ def cmd_serve(args) -> int:
         what, slots = f"vLLM {vllm.version}" + (" (CPU build)" if vllm.cpu_build else ""), "sequences"
     else:
         from tessy.serve import f16_copy, find_llama_server, gguf_of, server_command
+        from tessy.serve_weights import choose_weights
 
         gguf = gguf_of(args.model, args.config)
         binary = find_llama_server(args.llama_server)
-        if args.f16:
-            console.print(f"the F16 copy of {gguf.name} (written once) ...", soft_wrap=True)
+        extra = tuple(shlex.split(args.server_args or ""))
+        weights = "f16" if args.f16 else args.weights
+        if weights == "auto":
+            try:
+                chosen = choose_weights(binary, gguf, threads=args.threads, parallel=args.parallel, extra=extra,
+                                        say=lambda line: notes.print(line, soft_wrap=True))
+            except RuntimeError as e:
+                console.print(f"[red]{e}", soft_wrap=True)
+                return FAILED
+            notes.print(f"weights: {chosen['path'].name} ({chosen['why']})", soft_wrap=True)
+            gguf = chosen["path"]
+        elif weights == "f16":
+            notes.print(f"the F16 copy of {gguf.name} (written once) ...", soft_wrap=True)
             gguf = f16_copy(gguf)
         cmd = server_command(binary, gguf, host=args.host, port=args.port, parallel=args.parallel,
-                             ctx_per_slot=args.ctx_per_slot, threads=args.threads,
-                             extra=tuple(shlex.split(args.server_args or "")))
+                             ctx_per_slot=args.ctx_per_slot, threads=args.threads, extra=extra)
         env, name, what, slots = {}, gguf.name, "llama-server", "slots"
     line = " ".join([*(f"{k}={shlex.quote(v)}" for k, v in env.items()), shlex.join(cmd)])
     if args.print_command:
@@ -460,9 +474,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the context of each slot, in tokens: prompt plus what it writes (default: 4096)")
     p.add_argument("--threads", type=_count, help="CPU threads: llama-server's -t, vLLM's OMP_NUM_THREADS on a CPU "
                    "(default: the engine's, every core); give two servers on one machine their share each")
-    p.add_argument("--f16", action="store_true",
-                   help="serve an F16 copy of a quantized GGUF (written once under TESSY_CACHE): the same weights, "
-                   "often faster on a CPU")
+    p.add_argument("--weights", choices=["auto", "as-is", "f16"], default="auto",
+                   help="llama.cpp: serve the GGUF as it is, or an F16 copy of a quantized one (the same weights, "
+                   "dequantized once under TESSY_CACHE); auto (default) times both on this machine once, for files "
+                   "under 1 GiB, and serves the faster")
+    p.add_argument("--f16", action="store_true", help="the same as --weights f16")
     p.add_argument("--llama-server", help="the binary (default: $TESSY_LLAMA_SERVER, the one beside this Python, "
                    "then PATH)")
     p.add_argument("--python", help="vllm: the Python that has vLLM (default: $TESSY_VLLM_PYTHON, tessy's own, "

@@ -55,6 +55,8 @@ class RoleStats:
     reported: int = 0  # requests whose answer said how much of the prompt was cached
     stopped_at_cut: int = 0  # turns whose request stopped once its cut was final (tessy/streaming.py)
     warm_ups: int = 0  # one-token requests that computed a new sample's prompt ahead of its first turn
+    sent_prompt_tokens: int = 0  # every request's prompt, as tessy sent it
+    reusable_tokens: int = 0  # of those, the ids the engine had seen in the same session (`Scheduler._sent`)
     in_flight_s: float = 0.0  # the integral of requests in flight over time
 
     def summary(self, wall_s: float) -> dict:
@@ -64,6 +66,9 @@ class RoleStats:
             out["stopped_at_cut"] = self.stopped_at_cut
         if self.warm_ups:
             out["warm_ups"] = self.warm_ups
+        if self.sent_prompt_tokens:
+            # The hit rate of a prefix cache that kept everything: what the workload allows any engine.
+            out["reusable_prompt_share"] = round(self.reusable_tokens / self.sent_prompt_tokens, 3)
         if self.reported:
             out["prefix_cache_hit_rate"] = round(self.cached_tokens / max(self.prompt_tokens, 1), 3)
             computed = self.prompt_tokens - self.cached_tokens
@@ -110,6 +115,7 @@ class Scheduler:
         self._starts = iter(starts)
         self._t_last = time.perf_counter()
         self._in_flight = {role: 0 for role in self.backends}
+        self._opening: dict[str, list[int]] = {}  # role -> the last first request of a session it was sent
         self._batcher = None
         try:
             if self.driver_name() == "events":
@@ -191,6 +197,20 @@ class Scheduler:
         if role is not None:
             self._in_flight[role] += change
 
+    def _sent(self, role: str, session) -> None:
+        """Count a request's prompt and how much of it this role's engine has seen before: the common
+        prefix with the session's last request and its reply (`Session.seen`), or for a session's
+        first request, with the last first request the role was sent (the chat template's shared
+        beginning). An engine computes at least the prompt's last token, so that one never counts."""
+        stats = self.timing.roles[role]
+        ids, seen = session.ids, session.seen or self._opening.get(role, [])
+        if not session.seen:
+            self._opening[role] = list(ids)
+        n = min(len(ids) - 1, len(seen))
+        same = next((i for i in range(n) if ids[i] != seen[i]), max(n, 0))
+        stats.sent_prompt_tokens += len(ids)
+        stats.reusable_tokens += same
+
     def _record(self, role: str, span) -> None:
         stats = self.timing.roles[role]
         stats.requests += 1
@@ -225,6 +245,7 @@ class Scheduler:
                 item.held = True
                 return
             self._count_in_flight(r.role, +1)
+            self._sent(r.role, self._session(item))
             watch = self._watch(item)
             extra = {"watch": watch} if watch is not None else {}
             pending[self.backends[r.role].submit(self._session(item), r.max_new_tokens, r.stop, **extra)] = \
@@ -250,6 +271,8 @@ class Scheduler:
                     if kind == "warm":
                         item, role = what
                         self._record(role, future.result())
+                        session = item.transcript.parties[role].session
+                        session.seen = list(session.ids)
                         self.timing.roles[role].warm_ups += 1
                         del item.warming[role]
                         if item.held and item in flying and item.request is not None and item.request.role == role:
@@ -272,6 +295,7 @@ class Scheduler:
                             flying.remove(item)
                             self._fail(item, span)
                         else:
+                            self._session(item).seen = list(self._session(item).ids)  # the reply included
                             self._step(item, span, flying, dispatch)
                 refill()
 
@@ -282,6 +306,7 @@ class Scheduler:
         for role in self.warm_roles:
             backend = self.backends[role]
             if first is not None and role != first and hasattr(backend, "warm"):
+                self._sent(role, item.transcript.parties[role].session)
                 future = backend.warm(item.transcript.parties[role].session)
                 item.warming[role] = future
                 pending[future] = ("warm", item, role)
@@ -320,6 +345,8 @@ class Scheduler:
         asks = [min(n, self.chunk_tokens) for n in wants]
         t = time.perf_counter()
         self._count_in_flight(role, len(group))
+        for f in group:
+            self._sent(role, self._session(f))
         # A turn served whole in this tick may stop at its final cut; a longer request is served in pieces.
         watches = [self._watch(f) if ask == want else None for f, ask, want in zip(group, asks, wants)]
         extra = {"watch": watches} if any(w is not None for w in watches) else {}
@@ -334,6 +361,7 @@ class Scheduler:
             if failed(span):
                 self._fail(f, span)
                 continue
+            self._session(f).seen = list(self._session(f).ids)  # the reply included
             f.chunks.append(span)
             if ask < want and span.finish == "length" and len(span.ids) == ask:
                 continue  # the rest of this request in the next tick

@@ -11,7 +11,9 @@ settings decide what such a request costs on `llama-server`:
 
 `f16_copy` writes a quantized GGUF's weights as F16 (the same values, dequantized once, cached under
 `TESSY_CACHE`): on a CPU llama.cpp may read F16 faster than a 4-bit format. The embedded SmolLM2's
-Q4_1 file reads its prompts at about half the speed of its F16 copy on an AVX-512 machine.
+Q4_1 file reads its prompts at about half the speed of its F16 copy on one thread, on AVX-512 and on
+AVX2 machines alike. Which form is faster where tessy runs is measured, not assumed:
+tessy/serve_weights.py.
 """
 
 from __future__ import annotations

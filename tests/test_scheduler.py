@@ -86,6 +86,32 @@ def test_teacher_only_is_one_request_per_thinking_span_plus_one_for_the_answer()
             and x.text("answer") == "The answer is 7.")
 
 
+@pytest.mark.parametrize("driver", ["events", "ticks"])
+def test_the_reusable_share_counts_what_the_engine_saw_of_the_session(driver):
+    # Teacher-Only, one character per token. Sample a's first request "q" has nothing seen before it.
+    # Its second, "qx = 1 + 2 = 3. \n</think>\n\n" (27 tokens: the loop writes the close its own way),
+    # shares "qx = 1 + 2 = 3. " (16) with "q" plus the reply "x = 1 + 2 = 3. </think>". Sample b's first
+    # request "qr" shares "q" with a's first request, the last opening the teacher was sent; its second
+    # (28 tokens) shares 17 with "qr" and its reply.
+    student, teacher = ScriptedBackend([], "a"), ScriptedBackend(["x = 1 + 2 = 3. </think>", "Three.", EOS], "b")
+    s = loop_settings(max_think_tokens=1000, max_answer_tokens=300)
+
+    def start(i, prompt):
+        parties = {STUDENT: Party(student, PLAIN, student.start(prompt)),
+                   TEACHER: Party(teacher, PLAIN, teacher.start(prompt))}
+        x = Transcript(i, [{"role": "user", "content": prompt}], parties)
+        return x, teacher_only(x, s)
+
+    lexicon = LexiconPredictor()
+    scheduler = Scheduler({STUDENT: student, TEACHER: teacher}, {STUDENT: lexicon, TEACHER: lexicon}, driver=driver,
+                          max_in_flight=1, chunk_tokens=1000)
+    scheduler.run([lambda: start("a", "q"), lambda: start("b", "qr")], lambda x: None)
+    stats = scheduler.timing.roles[TEACHER]
+    assert stats.sent_prompt_tokens == 1 + 27 + 2 + 28 and stats.reusable_tokens == 0 + 16 + 1 + 17
+    assert stats.summary(1.0)["reusable_prompt_share"] == round(34 / 58, 3)
+    assert "reusable_prompt_share" not in scheduler.timing.roles[STUDENT].summary(1.0)
+
+
 def test_repetition_in_one_long_span_is_trimmed_at_the_first_k_token_point():
     looping = "The sum is 3. " + "abc = 1;\n" * 200
     x, _, teacher = solo_run(teacher_only, [], [looping, "Done.", EOS], "events", max_think_tokens=5000)

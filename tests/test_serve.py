@@ -18,6 +18,7 @@ from llama_server import find_binary, free_port, missing_reason
 from tessy.cli import main
 from tessy.models import EMBEDDED, STUDENT_DEFAULT, TEACHER_DEFAULT
 from tessy.serve import f16_copy, gguf_facts, gguf_of, server_command, wait_until_healthy
+from tessy.serve_weights import choose_weights
 
 
 def test_the_metadata_names_the_teacher_s_sliding_window():
@@ -54,14 +55,29 @@ def test_swa_full_goes_only_to_a_model_with_a_window():
     assert server_command("llama-server", teacher, extra=("--swa-full",)).count("--swa-full") == 1
 
 
-def test_serve_prints_its_command_as_the_readme_shows(capsys):
-    assert main(["serve", "teacher", "--parallel", "8", "--threads", "1", "--port", "8000", "--print-command"]) == 0
+def test_serve_prints_its_command(capsys):
+    assert main(["serve", "teacher", "--weights", "as-is", "--parallel", "8", "--threads", "1", "--port", "8000",
+                 "--print-command"]) == 0
     cmd = shlex.split(capsys.readouterr().out)
     assert cmd[cmd.index("-m") + 1] == str(EMBEDDED[TEACHER_DEFAULT]()) and "--swa-full" in cmd
-    assert main(["serve", "student", "--server-args", "--cache-ram 0", "--print-command"]) == 0
+    assert main(["serve", "student", "--weights", "as-is", "--server-args", "--cache-ram 0", "--print-command"]) == 0
     cmd = shlex.split(capsys.readouterr().out)
     assert cmd[cmd.index("-m") + 1] == str(EMBEDDED[STUDENT_DEFAULT]()) and "--swa-full" not in cmd
     assert cmd[-2:] == ["--cache-ram", "0"] and cmd[cmd.index("--port") + 1] == "8010"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("role", ["teacher", "student"])
+def test_serve_as_the_readme_shows_serves_the_faster_weights_here(role, capsys):
+    # The README's lines: the weights are auto, timed once on this machine and kept.
+    _needs_server()
+    assert main(["serve", role, "--port", "8000", "--parallel", "8", "--threads", "1", "--print-command"]) == 0
+    captured = capsys.readouterr()
+    cmd = shlex.split(captured.out)
+    chosen = choose_weights(find_binary(), EMBEDDED[TEACHER_DEFAULT if role == "teacher" else STUDENT_DEFAULT](),
+                            threads=1, parallel=8)
+    assert cmd[cmd.index("-m") + 1] == str(chosen["path"]) and cmd[cmd.index("-t") + 1] == "1"
+    assert f"weights: {chosen['path'].name} ({chosen['why']})" in " ".join(captured.err.split())
 
 
 def test_serve_takes_a_role_from_a_config_and_refuses_what_is_not_a_gguf(tmp_path, capsys):
@@ -186,7 +202,8 @@ def test_swa_full_keeps_a_turn_taking_teacher_cached(tmp_path, swa_full):
 
 def test_serve_says_when_llama_server_fails(capsys):
     _needs_server()
-    assert main(["serve", "student", "--port", str(free_port()), "--server-args=--no-such-option"]) == 3
+    assert main(["serve", "student", "--weights", "as-is", "--port", str(free_port()),
+                 "--server-args=--no-such-option"]) == 3
     out = capsys.readouterr().out
     assert "llama-server exited with code" in out and "--no-such-option" in out.splitlines()[-1]
 
@@ -222,8 +239,8 @@ def test_a_killed_serve_leaves_no_server_behind(tmp_path, how):
     _needs_server()
     port = free_port()
     env = {**os.environ, "TESSY_LLAMA_SERVER": str(find_binary())}
-    proc = subprocess.Popen([sys.executable, "-m", "tessy.cli", "serve", "student", "--port", str(port),
-                             "--parallel", "1", "--threads", "1", "--ctx-per-slot", "512"],
+    proc = subprocess.Popen([sys.executable, "-m", "tessy.cli", "serve", "student", "--weights", "as-is",
+                             "--port", str(port), "--parallel", "1", "--threads", "1", "--ctx-per-slot", "512"],
                             stdout=open(tmp_path / "serve.log", "w"), stderr=subprocess.STDOUT, env=env)
     root = f"http://127.0.0.1:{port}"
     _health(root, proc)

@@ -43,10 +43,10 @@ generated a token or two more that never arrived, and llama.cpp's own `tokens_pr
 counts only the requests that ran to their end, so it is printed beside it as a floor), the
 cost per kept token against Teacher-Only (its seconds per kept token over Teacher-Only's), each
 server's prefix-cache hit rate (its `tokens_cached` over the prompt tokens, as tessy's per-role
-figures report them), the share of each server's prompt tokens that it had seen before in the same
-sample (`reusable S/T`: the hit rate of a cache that forgot nothing, and so the most any engine's
-cache can reach on this workload) and each server's busy share (the share of `/metrics` readings,
-ten a second, that show a request processing).
+figures report them), the share of each server's prompt tokens that it had just seen in the same
+sample (`reusable S/T`: the hit rate of a cache that keeps each session's last request, which an
+engine's own rate passes only by matching other samples' prompts) and each server's busy share (the
+share of `/metrics` readings, ten a second, that show a request processing).
 
 Runs of the same pair on two shared cores spread by ten to twenty percent; `--repeat N` runs every
 run N times, interleaved, prints each round's table and takes each target's median round.

@@ -125,10 +125,10 @@ def cmd_serve(args) -> int:
         if weights == "auto":
             try:
                 chosen = choose_weights(binary, gguf, threads=args.threads, parallel=args.parallel, extra=extra,
+                                        measure=not args.print_command,
                                         say=lambda line: notes.print(line, soft_wrap=True))
-            except RuntimeError as e:
-                console.print(f"[red]{e}", soft_wrap=True)
-                return FAILED
+            except Exception as e:  # noqa: BLE001  (a failed measurement serves the file as it is)
+                chosen = {"path": gguf, "why": f"[yellow]the measurement failed ({e}); --weights chooses[/]"}
             notes.print(f"weights: {chosen['path'].name} ({chosen['why']})", soft_wrap=True)
             gguf = chosen["path"]
         elif weights == "f16":
@@ -474,11 +474,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the context of each slot, in tokens: prompt plus what it writes (default: 4096)")
     p.add_argument("--threads", type=_count, help="CPU threads: llama-server's -t, vLLM's OMP_NUM_THREADS on a CPU "
                    "(default: the engine's, every core); give two servers on one machine their share each")
-    p.add_argument("--weights", choices=["auto", "as-is", "f16"], default="auto",
-                   help="llama.cpp: serve the GGUF as it is, or an F16 copy of a quantized one (the same weights, "
-                   "dequantized once under TESSY_CACHE); auto (default) times both on this machine once, for files "
-                   "under 1 GiB, and serves the faster")
-    p.add_argument("--f16", action="store_true", help="the same as --weights f16")
+    weights = p.add_mutually_exclusive_group()
+    weights.add_argument("--weights", choices=["auto", "as-is", "f16"], default="auto",
+                         help="llama.cpp: serve the GGUF as it is, or an F16 copy of a quantized one (the same "
+                         "weights, dequantized once under TESSY_CACHE); auto (default) times both on this machine "
+                         "once, for files under 1 GiB, and serves the faster (with --print-command it uses a kept "
+                         "verdict and measures nothing)")
+    weights.add_argument("--f16", action="store_true", help="the same as --weights f16")
     p.add_argument("--llama-server", help="the binary (default: $TESSY_LLAMA_SERVER, the one beside this Python, "
                    "then PATH)")
     p.add_argument("--python", help="vllm: the Python that has vLLM (default: $TESSY_VLLM_PYTHON, tessy's own, "

@@ -56,7 +56,7 @@ class RoleStats:
     stopped_at_cut: int = 0  # turns whose request stopped once its cut was final (tessy/streaming.py)
     warm_ups: int = 0  # one-token requests that computed a new sample's prompt ahead of its first turn
     sent_prompt_tokens: int = 0  # every request's prompt, as tessy sent it
-    reusable_tokens: int = 0  # of those, the ids the engine had seen in the same session (`Scheduler._sent`)
+    reusable_tokens: int = 0  # of those, the ids the engine had seen just before (`Scheduler._sent`)
     in_flight_s: float = 0.0  # the integral of requests in flight over time
 
     def summary(self, wall_s: float) -> dict:
@@ -67,7 +67,8 @@ class RoleStats:
         if self.warm_ups:
             out["warm_ups"] = self.warm_ups
         if self.sent_prompt_tokens:
-            # The hit rate of a prefix cache that kept everything: what the workload allows any engine.
+            # The hit rate of a prefix cache that keeps each session's last request and reply: a reference
+            # for the engine's own rate (which may pass it a little, matching other sessions' prompts).
             out["reusable_prompt_share"] = round(self.reusable_tokens / self.sent_prompt_tokens, 3)
         if self.reported:
             out["prefix_cache_hit_rate"] = round(self.cached_tokens / max(self.prompt_tokens, 1), 3)
@@ -269,10 +270,11 @@ class Scheduler:
                 for future in done:
                     kind, *what = pending.pop(future)
                     if kind == "warm":
-                        item, role = what
-                        self._record(role, future.result())
-                        session = item.transcript.parties[role].session
-                        session.seen = list(session.ids)
+                        item, role, sent = what
+                        span = future.result()
+                        self._record(role, span)
+                        if not failed(span):  # the engine saw the prompt as sent (the session may have grown since)
+                            item.transcript.parties[role].session.seen = sent
                         self.timing.roles[role].warm_ups += 1
                         del item.warming[role]
                         if item.held and item in flying and item.request is not None and item.request.role == role:
@@ -306,10 +308,11 @@ class Scheduler:
         for role in self.warm_roles:
             backend = self.backends[role]
             if first is not None and role != first and hasattr(backend, "warm"):
-                self._sent(role, item.transcript.parties[role].session)
-                future = backend.warm(item.transcript.parties[role].session)
+                session = item.transcript.parties[role].session
+                self._sent(role, session)
+                future = backend.warm(session)
                 item.warming[role] = future
-                pending[future] = ("warm", item, role)
+                pending[future] = ("warm", item, role, list(session.ids))
 
     def _step(self, item: _InFlight, result, flying: list[_InFlight], dispatch) -> None:
         if self._advance(item, result):

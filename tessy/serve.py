@@ -133,7 +133,7 @@ def f16_copy(path: Path) -> Path:
 
     path = Path(path)
     stat = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
     out = cache_dir() / "gguf" / f"{path.stem}.f16-{key}.gguf"
     if out.exists():
         return out

@@ -4,9 +4,9 @@ On a CPU the answer depends on the instructions the CPU has, the model's size an
 so it is measured rather than guessed. `choose_weights` starts `llama-server` on each form in turn
 and times the same short turn-taking workload on both: `parallel` sessions at once, each a fresh
 prompt, then turns that extend it by a few tokens and generate a few more, as TESSY's requests do.
-The F16 copy is chosen where it is at least `MARGIN` faster (it takes about four times the memory of a
-4-bit file). The verdict is kept under `TESSY_CACHE`/weights, keyed by the file, the binary, the CPU
-and the thread count, so the measurement runs once per machine.
+The F16 copy is chosen where it takes at most `MARGIN` of the file's time (it takes about four times
+the memory of a 4-bit file). The verdict is kept under `TESSY_CACHE`/weights, keyed by the file, the binary, the CPU,
+the threads, the slots and the server's extra arguments, so the measurement runs once per machine.
 
 Only small files are measured (`MEASURED_UP_TO`): an F16 copy of a large model costs more memory and
 disk than a CPU server should spend, and on a GPU the quantized file is the usual choice.
@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import socket
+import tempfile
 import threading
 import time
 import urllib.request
@@ -98,42 +100,68 @@ def _machine() -> str:
         return f"{platform.machine()}|{platform.processor()}"
 
 
+def _kept(path: Path) -> dict | None:
+    """A kept verdict, or None where there is none or it cannot be read (then it is measured again)."""
+    try:
+        verdict = json.loads(path.read_text())
+        return verdict if {"as-is", "f16"} <= set(verdict.get("seconds", {})) else None
+    except (OSError, ValueError):
+        return None
+
+
 def choose_weights(binary: Path, gguf: Path, *, threads: int | None, parallel: int = 8,
-                   extra: tuple[str, ...] = (), say=print) -> dict:
-    """The faster form of `gguf` on this machine, served with `threads` and `extra` server arguments,
-    measured once and kept: {"path": the file to serve,
-    "form": "as-is" | "f16", "why": one line, "seconds": {"as-is": s, "f16": s} where measured}."""
+                   extra: tuple[str, ...] = (), measure: bool = True, say=print) -> dict:
+    """The faster form of `gguf` on this machine, served with `threads` and `extra` server arguments:
+    {"path": the file to serve, "form": "as-is" | "f16", "why": one line, "seconds": {"as-is": s,
+    "f16": s} where measured}. A verdict is measured once and kept; with `measure` false, only a kept
+    one is used (else the file as it is), so a command printed on one machine does not time another's.
+    Measurements run one at a time (a lock under `TESSY_CACHE`/weights): two at once would time each
+    other."""
+    import fcntl
+
     from tessy.models import cache_dir
 
     gguf = Path(gguf)
     types = set(gguf_facts(gguf)["tensor_types"])
     if types <= UNQUANTIZED:
         return {"path": gguf, "form": "as-is", "why": "not quantized", "seconds": {}}
-    size = gguf.stat().st_size
-    if size > MEASURED_UP_TO:
+    stat = gguf.stat()
+    if stat.st_size > MEASURED_UP_TO:
         return {"path": gguf, "form": "as-is", "seconds": {},
-                "why": f"{size / (1 << 30):.1f} GiB, too large to try an F16 copy (--weights f16 makes one)"}
+                "why": f"{stat.st_size / (1 << 30):.1f} GiB, too large to try an F16 copy (--weights f16 makes one)"}
     parallel = max(1, min(parallel, 8))
-    binary_stat = Path(binary).stat()
-    key = hashlib.sha256("\n".join([str(gguf.resolve()), str(size), str(Path(binary).resolve()),
-                                    str(binary_stat.st_size), str(int(binary_stat.st_mtime)), _machine(),
-                                    str(threads), str(parallel), *extra]).encode()).hexdigest()[:16]
-    kept = cache_dir() / "weights" / f"{gguf.stem}-{key}.json"
-    if kept.exists():
-        verdict = json.loads(kept.read_text())
-        seconds = verdict["seconds"]
-    else:
-        say(f"timing {gguf.name} and its F16 copy on this machine (once; kept in {kept.parent}) ...")
-        copy = f16_copy(gguf)
-        seconds = {form: round(probe_seconds(binary, path, threads=threads, parallel=parallel, extra=extra), 3)
-                   for form, path in (("as-is", gguf), ("f16", copy))}
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        verdict = {"file": str(gguf), "threads": threads, "parallel": parallel, "seconds": seconds,
-                   "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        kept.write_text(json.dumps(verdict, indent=1) + "\n")
+    binary = Path(binary)
+    key = hashlib.sha256("\n".join([
+        str(gguf.resolve()), str(stat.st_size), str(stat.st_mtime_ns), str(binary.resolve()),
+        str(binary.stat().st_size), _machine(), str(threads), str(parallel), *extra,
+        f"{FIRST}/{STEP}/{TURNS}"]).encode()).hexdigest()[:16]
+    folder = cache_dir() / "weights"
+    kept = folder / f"{gguf.stem}-{key}.json"
+    verdict = _kept(kept)
+    if verdict is None and not measure:
+        return {"path": gguf, "form": "as-is", "seconds": {},
+                "why": "not measured on this machine yet: `tessy serve` without --print-command measures it"}
+    if verdict is None:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            verdict = _kept(kept)  # another tessy serve may have measured it meanwhile
+            if verdict is None:
+                say(f"timing {gguf.name} and its F16 copy on this machine (once; kept in {folder}) ...")
+                copy = f16_copy(gguf)
+                seconds = {form: round(probe_seconds(binary, path, threads=threads, parallel=parallel,
+                                                     extra=extra), 3)
+                           for form, path in (("as-is", gguf), ("f16", copy))}
+                verdict = {"file": str(gguf), "threads": threads, "parallel": parallel, "extra": list(extra),
+                           "seconds": seconds, "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                fd, part = tempfile.mkstemp(dir=folder, suffix=".part")
+                with os.fdopen(fd, "w") as f:
+                    f.write(json.dumps(verdict, indent=1) + "\n")
+                os.replace(part, kept)
+    seconds = verdict["seconds"]
     faster = seconds["f16"] <= MARGIN * seconds["as-is"]
     why = (f"the same workload took {seconds['f16']:.1f} s on the F16 copy and {seconds['as-is']:.1f} s on "
            f"{gguf.name} ({'threads ' + str(threads) if threads else 'the default threads'}, measured "
-           f"{verdict['measured']})")
+           f"{verdict['measured']}; the copy is served where it takes at most {MARGIN:.0%} of the time)")
     return {"path": f16_copy(gguf) if faster else gguf, "form": "f16" if faster else "as-is", "why": why,
             "seconds": seconds}

@@ -250,7 +250,7 @@ def _finish(summary: dict, records: list[dict], wall: float, console) -> dict:
                 if r.get("server", {}).get("prefix_cache_hit_rate") is not None:
                     hit += f", the server's own prefix-cache hit rate {r['server']['prefix_cache_hit_rate']}"
                 if r.get("reusable_prompt_share") is not None and (hit or r.get("server")):
-                    hit += f" (at most {r['reusable_prompt_share']}: the prompt tokens it had seen before)"
+                    hit += f" (reusable {r['reusable_prompt_share']}: the prompt tokens it had just seen)"
                 table.add_row(f"{role} requests",
                               f"{r['requests']} (mean in flight {r['mean_in_flight']}{hit}{early}{warm})")
             table.add_row("predictor busy", f"{summary['timing']['predictor_busy_share']:.1%} of the run")

@@ -16,7 +16,7 @@ PIPELINE = [
     "tessy.models", "tessy.profiles",
     "tessy.backends.protocol", "tessy.backends.openai", "tessy.backends.hf", "tessy.backends.vllm", "tessy.backends",
     "tessy.predictors.eq5", "tessy.predictors.lexicon", "tessy.predictors.scoring", "tessy.predictors.learned",
-    "tessy.predictors", "tessy.config", "tessy.serve", "tessy.serve_vllm",
+    "tessy.predictors", "tessy.config", "tessy.serve", "tessy.serve_weights", "tessy.serve_vllm",
     "tessy.transcript", "tessy.loop", "tessy.methods", "tessy.streaming", "tessy.scheduler", "tessy.shards",
     "tessy.variety", "tessy.synth", "tessy.export", "tessy.show", "tessy.annotate", "tessy.plots", "tessy.analysis",
     "tessy.eval.verdicts", "tessy.eval.sandbox", "tessy.eval.checkers", "tessy.eval.livecodebench",

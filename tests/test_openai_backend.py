@@ -645,10 +645,7 @@ def test_synth_through_a_real_server_gives_true_provenance(llama, tmp_path, monk
     # the server really wrote the spans, and said how much of each prompt its cache held
     assert sum(len(s.sampled) for per in sessions.values() for s in per.values()) >= 6
     assert all(0 < summary["roles"][role]["prefix_cache_hit_rate"] <= 1 for role in (STUDENT, TEACHER)), summary
-    # ... never more than the share of its prompts it had seen before (the rate of a cache that forgets nothing)
-    for role in (STUDENT, TEACHER):
-        figures = summary["roles"][role]
-        assert figures["prefix_cache_hit_rate"] <= figures["reusable_prompt_share"] + 0.02, (role, figures)
+    assert all(0 < summary["roles"][role]["reusable_prompt_share"] < 1 for role in (STUDENT, TEACHER)), summary
     # the run streams its turns (tessy/streaming.py): the lexicon promises final cuts, llama-server streams
     assert summary["stream_cuts"] == {STUDENT: True, TEACHER: True}
     assert all(recorded[role].watched > 0 for role in (STUDENT, TEACHER))

@@ -58,7 +58,9 @@ def test_swa_full_goes_only_to_a_model_with_a_window():
 def test_serve_prints_its_command(capsys):
     assert main(["serve", "teacher", "--weights", "as-is", "--parallel", "8", "--threads", "1", "--port", "8000",
                  "--print-command"]) == 0
-    cmd = shlex.split(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1  # the command line alone, for a job script
+    cmd = shlex.split(out)
     assert cmd[cmd.index("-m") + 1] == str(EMBEDDED[TEACHER_DEFAULT]()) and "--swa-full" in cmd
     assert main(["serve", "student", "--weights", "as-is", "--server-args", "--cache-ram 0", "--print-command"]) == 0
     cmd = shlex.split(capsys.readouterr().out)
@@ -69,14 +71,17 @@ def test_serve_prints_its_command(capsys):
 @pytest.mark.slow
 @pytest.mark.parametrize("role", ["teacher", "student"])
 def test_serve_as_the_readme_shows_serves_the_faster_weights_here(role, capsys):
-    # The README's lines: the weights are auto, timed once on this machine and kept.
+    # The README's lines: the weights are auto, timed once on this machine (here by `choose_weights`, as
+    # `tessy serve` does on its first start) and kept; --print-command uses the kept verdict.
     _needs_server()
+    chosen = choose_weights(find_binary(), EMBEDDED[TEACHER_DEFAULT if role == "teacher" else STUDENT_DEFAULT](),
+                            threads=1, parallel=8, say=lambda line: None)
     assert main(["serve", role, "--port", "8000", "--parallel", "8", "--threads", "1", "--print-command"]) == 0
     captured = capsys.readouterr()
+    assert captured.out.count("\n") == 1
     cmd = shlex.split(captured.out)
-    chosen = choose_weights(find_binary(), EMBEDDED[TEACHER_DEFAULT if role == "teacher" else STUDENT_DEFAULT](),
-                            threads=1, parallel=8)
-    assert cmd[cmd.index("-m") + 1] == str(chosen["path"]) and cmd[cmd.index("-t") + 1] == "1"
+    assert cmd[0] == str(find_binary()) and cmd[cmd.index("-t") + 1] == "1"
+    assert cmd[cmd.index("-m") + 1] == str(chosen["path"])
     assert f"weights: {chosen['path'].name} ({chosen['why']})" in " ".join(captured.err.split())
 
 

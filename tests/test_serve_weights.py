@@ -2,12 +2,14 @@
 `llama-server`s, keeps the verdict per machine, and serves the faster."""
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
-from llama_server import find_binary, missing_reason
+from llama_server import find_binary, free_port, missing_reason
 
 from tessy import serve_weights
+from tessy.cli import main
 from tessy.models import EMBEDDED, STUDENT_DEFAULT
 from tessy.serve import f16_copy
 from tessy.serve_weights import choose_weights, probe_seconds
@@ -20,6 +22,7 @@ def _binary() -> Path:
     return Path(binary)
 
 
+@pytest.mark.slow  # the F16 copy, written once
 def test_an_unquantized_file_is_served_as_it_is():
     copy = f16_copy(EMBEDDED[STUDENT_DEFAULT]())
     chosen = choose_weights(Path("/nonexistent/llama-server"), copy, threads=1)
@@ -61,3 +64,42 @@ def test_auto_times_both_forms_once_and_serves_the_faster(monkeypatch, tmp_path)
 
     monkeypatch.setattr(serve_weights, "probe_seconds", measured_again)
     assert choose_weights(binary, source, threads=1, parallel=4, say=said.append) == chosen and len(said) == 1
+
+
+def test_print_command_measures_nothing_and_says_so(monkeypatch, tmp_path, capsys):
+    # A job script's command may be printed on another machine than the server's: nothing is timed here.
+    binary = _binary()
+    monkeypatch.setenv("TESSY_CACHE", str(tmp_path))
+    monkeypatch.setattr(serve_weights, "probe_seconds", lambda *a, **k: pytest.fail("measured"))
+    assert main(["serve", "student", "--threads", "1", "--print-command"]) == 0
+    captured = capsys.readouterr()
+    cmd = shlex.split(captured.out)
+    assert cmd[0] == str(binary) and cmd[cmd.index("-m") + 1] == str(EMBEDDED[STUDENT_DEFAULT]())
+    assert "not measured on this machine yet" in captured.err and not (tmp_path / "weights").exists()
+
+
+@pytest.mark.slow
+def test_a_failed_measurement_serves_the_file_as_it_is(monkeypatch, tmp_path, capsys):
+    # A server that will not start times nothing: tessy serve says so, serves the file as it is, and that
+    # server's own failure is the exit (3) and its reason.
+    _binary()
+    monkeypatch.setenv("TESSY_CACHE", str(tmp_path))
+    assert main(["serve", "student", "--threads", "1", "--port", str(free_port()),
+                 "--server-args=--no-such-option"]) == 3
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"weights: {EMBEDDED[STUDENT_DEFAULT]().name} (the measurement failed" in out
+    assert "llama-server exited with code" in out and not list((tmp_path / "weights").glob("*.json"))
+
+
+@pytest.mark.slow
+def test_a_kept_verdict_that_cannot_be_read_is_measured_again(monkeypatch, tmp_path):
+    binary = _binary()
+    monkeypatch.setenv("TESSY_CACHE", str(tmp_path))
+    source = EMBEDDED[STUDENT_DEFAULT]()
+    times = iter([4.0, 1.0, 1.0, 4.0])
+    monkeypatch.setattr(serve_weights, "probe_seconds", lambda *a, **k: next(times))
+    assert choose_weights(binary, source, threads=1, parallel=2)["form"] == "f16"  # 1.0 s on the copy, 4.0 as is
+    [kept] = (tmp_path / "weights").glob("*.json")
+    kept.write_text("{ cut short")
+    again = choose_weights(binary, source, threads=1, parallel=2)
+    assert again["form"] == "as-is" and again["seconds"] == {"as-is": 1.0, "f16": 4.0}

@@ -35,7 +35,7 @@ class Session:
     n_cached: int = 0  # ids[:n_cached] have cached state in the engine
     state: Any = None  # engine-specific (the hf backend keeps per-layer key/value tensors)
     seed: int | None = None  # the session's seed stream (tessy/seeds.py); None samples unseeded
-    # The ids of this session's last request and what came back: all an engine's prefix cache can
+    # The ids of this session's last request and what came back: what an engine's prefix cache may
     # hold of it when the next request comes (the scheduler keeps it, for `reusable_prompt_share`).
     seen: list[int] = field(default_factory=list, repr=False, compare=False)
 

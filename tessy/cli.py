@@ -99,6 +99,7 @@ def cmd_serve(args) -> int:
     import signal
 
     from rich.console import Console
+    from rich.markup import escape
 
     from tessy.serve import ServerProcess
 
@@ -128,7 +129,8 @@ def cmd_serve(args) -> int:
                                         measure=not args.print_command,
                                         say=lambda line: notes.print(line, soft_wrap=True))
             except Exception as e:  # noqa: BLE001  (a failed measurement serves the file as it is)
-                chosen = {"path": gguf, "why": f"[yellow]the measurement failed ({e}); --weights chooses[/]"}
+                chosen = {"path": gguf, "why": f"[yellow]the measurement failed ({escape(str(e))}); --weights "
+                                               "chooses[/]"}
             notes.print(f"weights: {chosen['path'].name} ({chosen['why']})", soft_wrap=True)
             gguf = chosen["path"]
         elif weights == "f16":

@@ -86,6 +86,19 @@ class Timing:
     roles: dict[str, RoleStats] = field(default_factory=lambda: {STUDENT: RoleStats(), TEACHER: RoleStats()})
 
 
+def _common_prefix(a: list[int], b: list[int], most: int) -> int:
+    """How many leading ids `a` and `b` share, at most `most`: a bisection over slice comparisons, which
+    run in C, so a long session costs the driver thread little on every request."""
+    lo, hi = 0, min(len(a), len(b), most)  # a[:lo] == b[:lo] holds; more than hi cannot
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 @dataclass
 class Scheduler:
     backends: dict  # role -> Backend
@@ -207,10 +220,8 @@ class Scheduler:
         ids, seen = session.ids, session.seen or self._opening.get(role, [])
         if not session.seen:
             self._opening[role] = list(ids)
-        n = min(len(ids) - 1, len(seen))
-        same = next((i for i in range(n) if ids[i] != seen[i]), max(n, 0))
         stats.sent_prompt_tokens += len(ids)
-        stats.reusable_tokens += same
+        stats.reusable_tokens += _common_prefix(ids, seen, max(len(ids) - 1, 0))
 
     def _record(self, role: str, span) -> None:
         stats = self.timing.roles[role]

@@ -45,6 +45,15 @@ def find_llama_server(given: str | None = None) -> Path:
     raise FileNotFoundError(f"no llama-server binary: {BUILD_HINT}")
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on `host` that nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
 def wait_until_healthy(root: str, proc, timeout_s: float | None = None) -> bool:
     """Poll `root`/health until the server answers 200 (True), or until `proc` (its process) exits or
     `timeout_s` passes (False)."""

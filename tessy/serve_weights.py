@@ -5,8 +5,9 @@ so it is measured rather than guessed. `choose_weights` starts `llama-server` on
 and times the same short turn-taking workload on both: `parallel` sessions at once, each a fresh
 prompt, then turns that extend it by a few tokens and generate a few more, as TESSY's requests do.
 The F16 copy is chosen where it takes at most `MARGIN` of the file's time (it takes about four times
-the memory of a 4-bit file). The verdict is kept under `TESSY_CACHE`/weights, keyed by the file, the binary, the CPU,
-the threads, the slots and the server's extra arguments, so the measurement runs once per machine.
+the memory of a 4-bit file). The verdict is kept under `TESSY_CACHE`/weights, keyed by the file, the
+binary, the CPU, the threads, the slots and the server's extra arguments, so the measurement runs once
+per machine.
 
 Only small files are measured (`MEASURED_UP_TO`): an F16 copy of a large model costs more memory and
 disk than a CPU server should spend, and on a GPU the quantized file is the usual choice.
@@ -18,14 +19,13 @@ import hashlib
 import json
 import os
 import platform
-import socket
 import tempfile
 import threading
 import time
 import urllib.request
 from pathlib import Path
 
-from tessy.serve import ServerProcess, f16_copy, gguf_facts, server_command
+from tessy.serve import ServerProcess, f16_copy, free_port, gguf_facts, server_command
 
 MARGIN = 0.9  # the F16 copy's seconds over the file's, at most
 MEASURED_UP_TO = 1 << 30  # bytes of the quantized file; larger files are served as they are
@@ -34,12 +34,6 @@ UNQUANTIZED = {"F32", "F16", "BF16"}
 # The workload, in tokens: each session's first prompt, then `TURNS` turns that add `STEP` prompt
 # tokens and generate `STEP` each.
 FIRST, STEP, TURNS = 128, 16, 3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _complete(root: str, body: dict) -> dict:
@@ -53,7 +47,7 @@ def probe_seconds(binary: Path, gguf: Path, *, threads: int | None, parallel: in
                   extra: tuple[str, ...] = ()) -> float:
     """Seconds that `llama-server` on `gguf` (with `extra` arguments, such as a GPU's `-ngl`) takes
     for the workload above, its start not counted."""
-    port = _free_port()
+    port = free_port()
     root = f"http://127.0.0.1:{port}"
     cmd = server_command(binary, gguf, port=port, parallel=parallel, ctx_per_slot=FIRST + 2 * STEP * (TURNS + 1),
                          threads=threads, extra=(*extra, "--cache-ram", "0"))

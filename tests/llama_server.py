@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
-from tessy.serve import find_llama_server, wait_until_healthy
+from tessy.serve import find_llama_server, free_port, wait_until_healthy  # noqa: F401  (free_port: for the tests)
 
 
 def find_binary() -> Path | None:
@@ -35,12 +34,6 @@ def missing_reason() -> str:
     except FileNotFoundError as e:
         return str(e)
     return ""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LlamaServer:

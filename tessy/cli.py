@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 OK = 0
-INCOMPLETE = 1  # merge: ids that no shard wrote, or wrote twice; show: no such record
+INCOMPLETE = 1  # merge: ids that no shard wrote, or wrote twice; show: no such record; filter: no record kept
 USAGE = 2  # a bad flag, config value or input file: refused before any work
 FAILED = 3  # synth and merge: ids that ended in an errors file; eval: samples that could not be graded;
 #   serve: the server exited with an error
@@ -202,15 +202,55 @@ def cmd_merge(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from tessy.export import export
+    from tessy.export import PushError, check_push, export, push_to_hub
 
-    summary = export(args.records, args.format, args.out)
+    hub = args.format == "hub"
+    for flag, value in (("--push-to-hub", args.push_to_hub), ("--license", args.license)):
+        if value and not hub:
+            raise ValueError(f"{flag} goes with --format hub (a folder with a dataset card)")
+    if args.public and not args.push_to_hub:
+        raise ValueError("--public goes with --push-to-hub")
+    if args.push_to_hub:
+        check_push(args.push_to_hub)  # a bad name or no token: refused before anything is written
+    summary = export(args.records, args.format, args.out, **({"license": args.license, "repo": args.push_to_hub}
+                                                              if hub else {}))
     skipped = summary["skipped"]
     line = f"wrote {summary['written']} records to {summary['out']} ({summary['format']})"
     if skipped:
         line += (f"; skipped {len(skipped)} with an error: {', '.join(skipped[:10])}"
                  + (" ..." if len(skipped) > 10 else ""))
     print(line)
+    if not hub:
+        return OK
+    print(f"  files: {', '.join(summary['files'])} (README.md is the dataset card)")
+    for warning in summary["warnings"]:
+        print(f"  card warning: {warning}")
+    if not args.push_to_hub:
+        print(f"  not pushed; to push: tessy export {args.records} --format hub --out {args.out} "
+              "--push-to-hub USER/NAME")
+        return OK
+    try:
+        url = push_to_hub(Path(args.out), args.push_to_hub, args.public)
+    except PushError as e:
+        print(f"tessy: error: not pushed: {e}\n  the folder stays at {args.out}; push it later with this command "
+              f"again, or `hf upload {args.push_to_hub} {args.out} . --repo-type dataset"
+              f"{'' if args.public else ' --private'}`", file=sys.stderr)
+        return FAILED
+    print(f"  pushed to {url} ({'public' if args.public else 'private'} if it was new; an existing repo keeps "
+          "its visibility)")
+    return OK
+
+
+def cmd_filter(args) -> int:
+    from tessy.filter import FilterJob, filter_path_for, run_filter
+    from tessy.typed import load
+
+    job = load(FilterJob, {}, "tessy filter", {**given(args, FilterJob), "records": args.records})
+    report = run_filter(job, console=_console())
+    if not report["counts"]["kept"]:
+        print(f"tessy: no record of {job.records} was kept, so {job.out} is not written (the reasons are in "
+              f"{filter_path_for(job.out)}); exit status {INCOMPLETE}", file=sys.stderr)
+        return INCOMPLETE
     return OK
 
 
@@ -430,6 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     from tessy.config import ModelConfig, SynthConfig
     from tessy.eval.evaluate import EvalConfig
     from tessy.export import FORMATS as EXPORT_FORMATS  # light: json and pathlib only
+    from tessy.filter import FilterJob
     from tessy.predictors.learned import TrainConfig
     from tessy.sft import SFTRunConfig
 
@@ -510,9 +551,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("records", help="records JSONL (tessy synth or merge output)")
     p.add_argument("--format", required=True, choices=EXPORT_FORMATS,
                    help="dialogs: JSONL {id_ddm, dialogs}; sharegpt: JSONL {conversations, system, id}; "
-                   "parquet: columns id, messages, prompt, answer, method")
-    p.add_argument("--out", required=True, help="file to write")
+                   "parquet: columns id, messages, prompt, answer, method; hub: a folder for the Hugging Face Hub "
+                   "(that Parquet under data/, a dataset card README.md, the config, the filter report)")
+    p.add_argument("--out", required=True, help="file to write (hub: folder)")
+    p.add_argument("--license", help="hub: the card's license, a Hub license id such as apache-2.0 (default: other, "
+                   "with a note that the models' licenses apply)")
+    p.add_argument("--push-to-hub", metavar="REPO", help="hub: then upload the folder to this dataset repo "
+                   "(USER/NAME), with the token in HF_TOKEN; private unless --public")
+    p.add_argument("--public", action="store_true", help="with --push-to-hub: create the repo public")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("filter", help="choose the records to publish: passed, not in a benchmark, not duplicated; "
+                       "kept lines unchanged, every drop counted in KEPT.filter.json")
+    p.add_argument("records", help="records JSONL (tessy synth or merge output)")
+    add_fields(p, FilterJob, skip=("records", "decontaminate", "verdicts", "grade"), required=("out",))
+    correct = p.add_mutually_exclusive_group()
+    for name in ("verdicts", "grade"):
+        f = next(f for f in dataclasses.fields(FilterJob) if f.name == name)
+        correct.add_argument("--" + name, dest=name, metavar="RESULTS" if name == "verdicts" else "BENCHMARK",
+                             help=f.metadata["help"])
+    p.add_argument("--decontaminate", nargs="+", metavar="BENCHMARK",
+                   help=next(f for f in dataclasses.fields(FilterJob) if f.name == "decontaminate").metadata["help"])
+    p.set_defaults(func=cmd_filter)
 
     p = sub.add_parser("analyze",
                        help="compare datasets on their shared prompts: lengths, teacher share, TF-IDF, student NLL")

@@ -36,6 +36,20 @@ TRANSPORT_FIELDS = ("urls", "api_key_env", "timeout_s", "max_retries", "concurre
 SCHEDULING_FIELDS = ("driver", "batch_size", "in_flight", "stream_every", "warm_prompts")
 # The sections that `tessy annotate` and `tessy predictor train` read from the same file.
 RECIPE_FIELDS = ("annotator", "annotate", "predictor_train")
+# What a role's requests cost is not what they write.
+COST_FIELDS = ("price_per_million_tokens",)
+
+
+@dataclass
+class Price:
+    """A hosted endpoint's price in money per million tokens (the currency is the user's): `input` for
+    prompt tokens, `output` for generated ones, and `cached_input` for prompt tokens the server
+    reports as read from its prefix cache (null: charged as `input`)."""
+
+    input: float = field(metadata={"min": 0, "help": "per million prompt tokens"})
+    output: float = field(metadata={"min": 0, "help": "per million generated tokens"})
+    cached_input: float | None = field(
+        default=None, metadata={"min": 0, "help": "per million cached prompt tokens; null is the input price"})
 
 
 @dataclass
@@ -109,6 +123,11 @@ class ModelConfig:
         default=None,
         metadata={"help": "stop a turn's request as soon as the predictor's cut is final (the kept text is the "
                           "same); null is on where the backend can (hf, openai) and the predictor can promise it"},
+    )
+    price_per_million_tokens: Price | None = field(
+        default=None,
+        metadata={"help": "what this role's endpoint charges per million tokens, {input, output, cached_input}: "
+                          "tessy synth shows the money spent so far and the projected total"},
     )
 
 
@@ -256,7 +275,7 @@ class SynthConfig:
         for name in SCHEDULING_FIELDS:
             data.pop(name, None)
         for role in ("student", "teacher"):
-            for name in TRANSPORT_FIELDS:
+            for name in TRANSPORT_FIELDS + COST_FIELDS:
                 data[role].pop(name, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 

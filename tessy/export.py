@@ -7,6 +7,10 @@
   prompt in a top-level `system` (empty when there is none) and the record's `id`.
 - `parquet`: columns id, messages (role/content structs), prompt, answer, method; TRL's SFTTrainer
   trains on the `messages` column.
+- `hub`: a folder that `datasets.load_dataset(DIR)` reads and the Hugging Face Hub shows: that Parquet
+  as `data/train-00000-of-00001.parquet`, the dataset card `README.md` (`tessy.card`), the run's config
+  as `tessy_config.yaml` and `tessy filter`'s report as `filter.json` when there is one.
+  `push_to_hub` uploads it.
 
 Every record's id is written as a string, so a loader sees one type. Records with an `error` field
 are skipped. `stats` and `segments` are left out: they describe how a sample was made, not what to
@@ -16,11 +20,12 @@ train on.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
-from tessy.records import json_lines
+from tessy.records import filter_path_for, json_lines
 
-FORMATS = ("dialogs", "sharegpt", "parquet")
+FORMATS = ("dialogs", "sharegpt", "parquet", "hub")
 SHAREGPT_ROLES = {"user": "human", "assistant": "gpt"}
 
 
@@ -69,18 +74,23 @@ def write_parquet(rows: list[dict], out: Path) -> None:
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), out)
 
 
-def export(records: str | Path, fmt: str, out: str | Path) -> dict:
-    """Write the records of `records` (tessy synth JSONL) to `out` in format `fmt`.
-    Returns {"written": n, "skipped": ids with an error, "format": fmt, "out": path}."""
+def export(records: str | Path, fmt: str, out: str | Path, license: str | None = None,
+           repo: str | None = None) -> dict:
+    """Write the records of `records` (tessy synth JSONL) to `out` in format `fmt` (`license` and
+    `repo`: the hub card's). Returns {"written": n, "skipped": ids with an error, "format": fmt,
+    "out": path}, and for `hub` also "files" (written, relative to `out`) and "warnings" (the card's)."""
     if fmt == "dialogs":
         convert = dialogs_row
     elif fmt == "sharegpt":
         convert = sharegpt_row
-    elif fmt == "parquet":
+    elif fmt in ("parquet", "hub"):
         convert = table_row
     else:
         raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
-    rows, skipped = [], []
+    out = Path(out)
+    if fmt == "hub":
+        check_hub_folder(out)
+    rows, kept, skipped = [], [], []
     for n, record in json_lines(records):
         if "error" in record:
             skipped.append(str(record.get("id", f"line {n}")))
@@ -88,10 +98,108 @@ def export(records: str | Path, fmt: str, out: str | Path) -> dict:
         if "id" not in record:
             raise ValueError(f"{records}:{n}: missing field 'id'")
         rows.append(convert(record, f"{records}:{n}"))
-    out = Path(out)
+        kept.append(record)
+    summary = {"written": len(rows), "skipped": skipped, "format": fmt, "out": str(out)}
+    if fmt == "hub":
+        summary.update(write_hub_folder(Path(records), kept, rows, skipped, out, license, repo))
+        return summary
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "parquet":
         write_parquet(rows, out)
     else:
         out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return {"written": len(rows), "skipped": skipped, "format": fmt, "out": str(out)}
+    return summary
+
+
+def hub_files() -> tuple[str, ...]:
+    from tessy.card import CONFIG_FILE, DATA_FILE, FILTER_FILE
+
+    return ("README.md", DATA_FILE, CONFIG_FILE, FILTER_FILE)
+
+
+def check_hub_folder(out: Path) -> None:
+    """The folder is uploaded whole, so it may hold only what an export writes (a file of someone
+    else's would go public with it)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file; --format hub writes a folder")
+    if not out.is_dir():
+        return
+    ours = set(hub_files())
+    found = (p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    # The Hub client keeps its own bookkeeping in .cache/huggingface and never uploads it.
+    other = sorted(str(p) for p in found if str(p) not in ours and p.parts[:2] != (".cache", "huggingface"))
+    if other:
+        raise ValueError(f"{out} holds files an export did not write ({', '.join(other[:5])}"
+                         f"{' ...' if len(other) > 5 else ''}); it is uploaded whole: choose a new or empty --out")
+
+
+def write_hub_folder(records_path: Path, records: list[dict], rows: list[dict], skipped: list[str], out: Path,
+                     license: str | None, repo: str | None) -> dict:
+    """The Parquet, the card, the config and the filter report in `out`; {"files", "warnings"}."""
+    from tessy.card import CONFIG_FILE, DATA_FILE, FILTER_FILE, dataset_card
+    from tessy.synth import config_path_for
+
+    card, warnings = dataset_card(records_path, records, skipped, license, repo)  # first: it may refuse the input
+    (out / DATA_FILE).parent.mkdir(parents=True, exist_ok=True)
+    write_parquet(rows, out / DATA_FILE)
+    (out / "README.md").write_text(card, encoding="utf-8")
+    files = ["README.md", DATA_FILE]
+    for source, name in ((config_path_for(records_path), CONFIG_FILE), (filter_path_for(records_path), FILTER_FILE)):
+        if source.is_file():
+            shutil.copyfile(source, out / name)
+            files.append(name)
+        else:  # an earlier export's copy would describe another run
+            (out / name).unlink(missing_ok=True)
+    return {"files": files, "warnings": warnings}
+
+
+class PushError(Exception):
+    """The folder is written but did not reach the Hub."""
+
+
+def check_push(repo: str) -> None:
+    """Refuse a bad repo name or a missing token before any work (ValueError)."""
+    try:
+        from huggingface_hub import get_token
+        from huggingface_hub.utils import validate_repo_id
+    except ImportError:
+        raise ValueError("--push-to-hub needs huggingface_hub (pip install huggingface_hub; `datasets` brings it)") \
+            from None
+    try:
+        validate_repo_id(repo)
+    except ValueError as e:  # HFValidationError
+        raise ValueError(f"--push-to-hub {repo!r} is not a repo name (USER/NAME): {e}") from None
+    if get_token() is None:
+        raise ValueError("--push-to-hub: no Hugging Face token; set HF_TOKEN (a token with write access) or run "
+                         "`hf auth login`")
+
+
+def push_to_hub(folder: Path, repo: str, public: bool = False) -> str:
+    """Create the dataset repo (private unless `public`; an existing one is kept as it is) and upload
+    `folder` in one commit; return the repo's URL. Raises PushError, saying whether the Hub could not
+    be reached or answered with an error."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    api = HfApi()
+    try:
+        url = api.create_repo(repo, repo_type="dataset", private=not public, exist_ok=True)
+        api.upload_folder(repo_id=repo, repo_type="dataset", folder_path=str(folder),
+                          commit_message=f"tessy export ({folder.name})")
+    except Exception as e:  # whatever the client raised, the folder is written and stays: say why, go on
+        where = getattr(api, "endpoint", "the Hub")
+        if unreachable(e):
+            raise PushError(f"the Hub ({where}) cannot be reached: {e}") from e
+        if isinstance(e, HfHubHTTPError):
+            raise PushError(f"the Hub ({where}) refused: {e}") from e
+        raise PushError(f"the upload to {where} failed: {type(e).__name__}: {e}") from e
+    return str(url)
+
+
+def unreachable(error: BaseException) -> bool:
+    """No answer from the Hub (offline, refused, timed out), not an answer with an error.
+    huggingface_hub's HTTP client changed with its versions (requests, httpx, httpx2), so the
+    transport errors are known by their class names."""
+    names = {c.__name__ for c in type(error).__mro__}
+    return isinstance(error, (ConnectionError, TimeoutError)) or bool(
+        names & {"TransportError", "ConnectError", "ConnectionError", "Timeout", "TimeoutException"})

@@ -71,6 +71,12 @@ def errors_path_for(out: Path) -> Path:
     return out.with_name(out.stem + ".errors.jsonl")
 
 
+def filter_path_for(out: Path) -> Path:
+    """`tessy filter`'s report beside its output: `<stem>.filter.json`."""
+    out = Path(out)
+    return out.with_name(out.stem + ".filter.json")
+
+
 def read_errors(path: Path) -> dict[str, dict]:
     """The error records in `path`, the last one for each id (a retry appends a newer one)."""
     if not Path(path).exists():

@@ -10,6 +10,7 @@ from pathlib import Path
 from tessy import methods
 from tessy.config import SynthConfig, load_config
 from tessy.loop import LoopSettings
+from tessy.meter import Meter
 from tessy.predictors import load_predictor
 from tessy.profiles import get_profile, render_prompt
 from tessy.prompts import Prompt, read_prompts
@@ -80,6 +81,7 @@ def synthesize(config: SynthConfig, prompts_path, out_path, limit: int | None = 
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
+    from rich.table import Column
 
     prompts = read_prompts(prompts_path)[:limit] if limit else read_prompts(prompts_path)
     out = Path(out_path)
@@ -121,13 +123,19 @@ def synthesize(config: SynthConfig, prompts_path, out_path, limit: int | None = 
     config_hash = config.hash()
     t0 = time.perf_counter()
     bar = Progress(TextColumn("[bold]synth"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console, disable=not progress)
+                   TimeRemainingColumn(),
+                   # the live figures fold onto more lines in a narrow terminal, leaving the bar and ETA whole
+                   TextColumn("{task.fields[info]}", table_column=Column(ratio=1, overflow="fold")),
+                   console=console, disable=not progress)
+    meter = Meter(len(todo), {role: getattr(config, role).price_per_million_tokens for role in (STUDENT, TEACHER)},
+                  scheduler.timing.roles)
 
     def on_done(x: Transcript) -> None:
         record = x.record(config.method, config_hash)
         writer.write(record)
         records.append(record)
-        bar.update(task, advance=1, info=f"last: {x.id} ({record['stats']['stop_reason']})")
+        meter.add(record)
+        bar.update(task, advance=1, info=meter.line())
 
     error_writer = None
 
@@ -139,7 +147,8 @@ def synthesize(config: SynthConfig, prompts_path, out_path, limit: int | None = 
                             "endpoint": error.endpoint,
                             "rounds": x.rounds, "method": config.method, "config_hash": config_hash})
         summary["errors"] += 1
-        bar.update(task, advance=1, info=f"error: {x.id}")
+        meter.add(None)
+        bar.update(task, advance=1, info=meter.line())
 
     # The engines' own counters (vLLM's /metrics) before and after, where a backend reads them.
     counted = {role: getattr(backends[role], "server_counters", lambda: None)() for role in (STUDENT, TEACHER)}
@@ -171,7 +180,13 @@ def synthesize(config: SynthConfig, prompts_path, out_path, limit: int | None = 
     for role, (before, after) in counted.items():
         if after:
             summary["roles"][role]["server"] = server_figures(before, after)
+    for role in summary["roles"]:  # how the servers held a role back, where its backend says (openai)
+        throttling = getattr(backends[role], "throttling", lambda: None)()
+        if throttling is not None:
+            summary["roles"][role]["throttling"] = throttling
     summary["stream_cuts"] = {role: scheduler.streams(role) for role in (STUDENT, TEACHER)}
+    if meter.cost():
+        summary["cost"] = meter.cost()
     return _finish(summary, records, wall, console)
 
 
@@ -239,6 +254,10 @@ def _finish(summary: dict, records: list[dict], wall: float, console) -> dict:
             table.add_row("generated per kept token",
                           ", ".join(f"{k} {v}" for k, v in summary["generated_per_kept"].items() if v is not None))
         table.add_row("stop reasons", ", ".join(f"{k}: {v}" for k, v in summary["stop_reasons"].items()) or "-")
+        if "cost" in summary:
+            table.add_row("cost", f"{summary['cost']['spent']:.4g} (" + ", ".join(
+                f"{role} {r['cost']:.4g}: {r['input_tokens']} input tokens, {r['cached_input_tokens']} of them cached, "
+                f"{r['output_tokens']} output" for role, r in summary["cost"]["roles"].items()) + ")")
         if "driver" in summary:
             table.add_row("driver", summary["driver"])
             for role, r in summary.get("roles", {}).items():
@@ -253,6 +272,11 @@ def _finish(summary: dict, records: list[dict], wall: float, console) -> dict:
                     hit += f" (reusable {r['reusable_prompt_share']}: the prompt tokens it had just seen)"
                 table.add_row(f"{role} requests",
                               f"{r['requests']} (mean in flight {r['mean_in_flight']}{hit}{early}{warm})")
+                if r.get("throttling", {}).get("throttled"):
+                    t = r["throttling"]
+                    table.add_row(f"{role} throttled", f"{t['throttled']} 429/503 answers, waited "
+                                  f"{t['retry_after_wait_s']:g} s on Retry-After, concurrency went down to "
+                                  f"{t['lowest_limit']} of {t['concurrency']}")
             table.add_row("predictor busy", f"{summary['timing']['predictor_busy_share']:.1%} of the run")
         table.add_row("records", summary["out"])
         table.add_row("config", summary["config"])

@@ -141,6 +141,8 @@ def _typed(value, hint, where: str):
             try:
                 return _typed(value, arg, where)
             except ConfigError:
+                if isinstance(value, dict) and dataclasses.is_dataclass(arg):
+                    raise  # the mapping's own error (an unknown key, a value out of range) says more
                 continue
         raise ConfigError(f"{where} is {_show(value)}: expected {' or '.join(_name(a) for a in args)}")
     if hint is type(None):
@@ -177,6 +179,8 @@ def _typed(value, hint, where: str):
     elif dataclasses.is_dataclass(hint):
         if isinstance(value, hint):
             return value
+        if isinstance(value, dict):  # a mapping in a file: the nested dataclass, checked field by field
+            return build(hint, value, where)
     else:
         return value
     raise ConfigError(f"{where} is {_show(value)}: expected {_name(hint)}")
@@ -190,7 +194,7 @@ def _name(hint) -> str:
         args = typing.get_args(hint)
         plural = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
         return f"a list of {plural.get(args[0], _name(args[0]))}" if args else "a list"
-    if origin is dict or hint is dict:
+    if origin is dict or hint is dict or dataclasses.is_dataclass(hint):
         return "a mapping"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(hint, str(hint))
 

@@ -18,7 +18,10 @@ llama.cpp's own (`content`, `tokens`, `tokens_predicted`, and a last event with 
 `streams` records how many events each stream wrote before it ended or the client went away.
 
 For the scheduler's tests it can also hold a request (`hold_if`) until `release` is set, which
-another server's `on_request` hook may do when a request reaches it.
+another server's `on_request` hook may do when a request reaches it. For throttling, the faults "429"
+and "503" carry `Retry-After: <retry_after>` where that is set; `refuse_above` answers 429 (with the
+same header) to every request beyond that many in flight, and `refuse_next` to the next that many
+requests of any kind (the mode probe's too), counting them in `refused`.
 """
 
 from __future__ import annotations
@@ -41,7 +44,12 @@ class FakeServer:
         self.native = native
         self.alphabet = alphabet
         self.delay_s = delay_s
-        self.faults: deque[str] = deque()  # one per /completions request: "500", "400", "json", "shape", "slow", "ok"
+        # one per /completions request: "500", "400", "429", "503", "json", "shape", "slow", "ok"
+        self.faults: deque[str] = deque()
+        self.retry_after: str | None = None  # the Retry-After header of a 429 or 503, where set
+        self.refuse_above: int | None = None  # more requests than this in flight: 429
+        self.refuse_next = 0  # the next this many POSTs: 429
+        self.refused = 0
         self.always: str | None = None  # a fault for every request
         self.poison: str | None = None  # fail (500) every request whose prompt contains this text
         self.requests: list[dict] = []
@@ -113,6 +121,8 @@ class FakeServer:
             return 500, b'{"error": "internal"}'
         if fault == "400":
             return 400, b'{"error": "bad request"}'
+        if fault in ("429", "503"):
+            return int(fault), b'{"error": "overloaded"}'
         if fault == "json":
             return 200, b"<html>not json"
         if fault == "shape":
@@ -183,6 +193,8 @@ class FakeServer:
             def _send(self, status: int, payload: bytes) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
+                if status in (429, 503) and server.retry_after is not None:
+                    self.send_header("Retry-After", server.retry_after)
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 try:
@@ -241,10 +253,16 @@ class FakeServer:
                     server.headers.append(dict(self.headers))
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                    refuse = server.refuse_next > 0 or (server.refuse_above is not None
+                                                        and server.in_flight > server.refuse_above)
+                    server.refuse_next = max(server.refuse_next - 1, 0)
+                    server.refused += refuse
                 try:
-                    if server.delay_s:
+                    if server.delay_s and not refuse:
                         time.sleep(server.delay_s)
-                    if self.path.endswith("/chat/completions"):
+                    if refuse:
+                        status, payload = 429, b'{"error": "too many requests"}'
+                    elif self.path.endswith("/chat/completions"):
                         content = (server.chat_reply(body) if server.chat_reply is not None
                                    else "ok: " + body["messages"][-1]["content"])
                         message = {"role": "assistant", "content": content}

@@ -14,14 +14,17 @@ ROOT = Path(__file__).resolve().parents[1] / "tessy"
 PIPELINE = [
     "tessy", "tessy.roles", "tessy.typed", "tessy.seeds", "tessy.records", "tessy.segments", "tessy.prompts",
     "tessy.models", "tessy.profiles",
-    "tessy.backends.protocol", "tessy.backends.openai", "tessy.backends.hf", "tessy.backends.vllm", "tessy.backends",
+    "tessy.backends.protocol", "tessy.backends.limit", "tessy.backends.openai", "tessy.backends.hf",
+    "tessy.backends.vllm", "tessy.backends",
     "tessy.predictors.eq5", "tessy.predictors.lexicon", "tessy.predictors.scoring", "tessy.predictors.learned",
     "tessy.predictors", "tessy.config", "tessy.serve", "tessy.serve_weights", "tessy.serve_vllm",
-    "tessy.transcript", "tessy.loop", "tessy.methods", "tessy.streaming", "tessy.scheduler", "tessy.shards",
-    "tessy.variety", "tessy.synth", "tessy.export", "tessy.show", "tessy.annotate", "tessy.plots", "tessy.analysis",
+    "tessy.transcript", "tessy.loop", "tessy.methods", "tessy.streaming", "tessy.scheduler", "tessy.meter",
+    "tessy.shards",
+    "tessy.variety", "tessy.synth", "tessy.card", "tessy.export", "tessy.show", "tessy.annotate", "tessy.plots",
+    "tessy.analysis",
     "tessy.eval.verdicts", "tessy.eval.sandbox", "tessy.eval.checkers", "tessy.eval.livecodebench",
     "tessy.eval.mathcheck", "tessy.eval.evaluate", "tessy.eval",
-    "tessy.sft", "tessy.cli",
+    "tessy.sft", "tessy.filter", "tessy.cli",
 ]
 
 

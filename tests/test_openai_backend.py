@@ -620,7 +620,8 @@ def test_synth_through_a_real_server_gives_true_provenance(llama, tmp_path, monk
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(p) + "\n" for p in LLAMA_PROMPTS[:3]))
-    config = served_config(llama.url)
+    price = {"input": 1, "output": 4, "cached_input": 0}
+    config = served_config(llama.url, teacher={"price_per_million_tokens": price})
     backends = load_backends(config)
     sessions = {}
     real_start = synth.start_sample
@@ -631,6 +632,8 @@ def test_synth_through_a_real_server_gives_true_provenance(llama, tmp_path, monk
         return x, steps
 
     monkeypatch.setattr(synth, "start_sample", start)
+    lines = []  # the progress line's live figures (tessy/meter.py)
+    monkeypatch.setattr(synth.Meter, "line", lambda self, line=synth.Meter.line: lines.append(line(self)) or lines[-1])
     recorded = {r: Recorded(b) for r, b in backends.items()}
     summary = synthesize(config, prompts, tmp_path / "out.jsonl", backends=recorded, progress=False)
     records = read_records(tmp_path / "out.jsonl")
@@ -646,6 +649,15 @@ def test_synth_through_a_real_server_gives_true_provenance(llama, tmp_path, monk
     assert sum(len(s.sampled) for per in sessions.values() for s in per.values()) >= 6
     assert all(0 < summary["roles"][role]["prefix_cache_hit_rate"] <= 1 for role in (STUDENT, TEACHER)), summary
     assert all(0 < summary["roles"][role]["reusable_prompt_share"] < 1 for role in (STUDENT, TEACHER)), summary
+    # As samples finish: kept tokens per second, generated per kept, the hit rates llama-server reported, money.
+    assert len(lines) == 3 and all(" kept tok/s · " in line and "hit S " in line and "spent " in line
+                                   for line in lines), lines
+    # The teacher's bill: fresh prompt tokens at 1, cached ones free, generated ones at 4 per million.
+    bill = summary["cost"]["roles"][TEACHER]
+    assert bill["output_tokens"] == summary["roles"][TEACHER]["generated_tokens"]
+    assert 0 < bill["cached_input_tokens"] < bill["input_tokens"]
+    fresh = bill["input_tokens"] - bill["cached_input_tokens"]
+    assert bill["cost"] == pytest.approx((fresh + 4 * bill["output_tokens"]) / 1e6)
     # the run streams its turns (tessy/streaming.py): the lexicon promises final cuts, llama-server streams
     assert summary["stream_cuts"] == {STUDENT: True, TEACHER: True}
     assert all(recorded[role].watched > 0 for role in (STUDENT, TEACHER))

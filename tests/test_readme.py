@@ -274,7 +274,8 @@ def completed(command: Command, commands: list[Command]) -> list[str]:
 COMMANDS, FRAGMENTS = readme_commands()
 # The subcommands the README documents: the test must find a full command line for each.
 DOCUMENTED = {("synth",), ("show",), ("export",), ("merge",), ("annotate",), ("predictor", "train"),
-              ("predictor", "eval"), ("analyze",), ("sft",), ("eval",), ("plot-loss",), ("config",), ("serve",)}
+              ("predictor", "eval"), ("analyze",), ("sft",), ("eval",), ("plot-loss",), ("config",), ("serve",),
+              ("filter",)}
 
 
 def test_collector_finds_the_readme_commands():
@@ -472,6 +473,51 @@ def test_export(work, records, fmt):
         table = pq.read_table(out)
         assert {"id", "messages", "prompt", "answer", "method"} <= set(table.column_names)
         assert table.column("id").to_pylist() == ids
+
+
+@pytest.fixture(scope="module")
+def kept(work, records) -> Path:
+    """`tessy filter out/records.jsonl --out out/kept.jsonl --decontaminate humaneval lcb.jsonl --dedup near`,
+    with lcb.jsonl a LiveCodeBench row that asks the second prompt's question."""
+    write_jsonl(work / "lcb.jsonl", [{"question_id": "lcb-1", "question_content": "Given s: " + PROMPTS[1]["prompt"]}])
+    tessy(work, readme_argv("filter", "--decontaminate"))
+    return work / "out" / "kept.jsonl"
+
+
+@pytest.mark.slow
+def test_filter(work, records, kept):
+    lines = (work / "out" / "records.jsonl").read_bytes().splitlines(keepends=True)
+    assert kept.read_bytes() == lines[0]  # the first record, byte for byte; the second asked lcb-1's question
+    report = json.loads((work / "out" / "kept.filter.json").read_text())
+    assert report["counts"]["read"] == 2 and report["counts"]["kept"] == 1
+    assert report["counts"]["dropped"] == {"contaminated": 1}
+    [dropped] = report["dropped"]
+    assert dropped["id"] == records[1]["id"] and "lcb.jsonl" in json.dumps(dropped["detail"])
+    assert (work / "out" / "kept.config.yaml").read_text() == (work / "out" / "records.config.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_export_hub_folder_of_the_filtered_records(work, records, kept):
+    """`tessy export runs/demo/records.jsonl --format hub --out runs/demo/hub`, given the filter's output."""
+    import datasets
+    import yaml
+
+    from tessy.config import load_config
+
+    argv = readme_argv("export", "--format hub", "--license")
+    argv[argv.index("runs/demo/records.jsonl")] = "out/kept.jsonl"
+    tessy(work, argv)
+    out = work / argv[argv.index("--out") + 1]
+    rows = datasets.load_dataset(str(out), split="train")
+    assert rows["id"] == [records[0]["id"]] and rows["messages"] == [records[0]["messages"]]
+    card = (out / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["license"] == argv[argv.index("--license") + 1] and front["size_categories"] == ["n<1K"]
+    # the hash of the config saved beside the records, the one every record carries
+    assert load_config(work / "out" / "kept.config.yaml").hash() == records[0]["config_hash"]
+    assert records[0]["config_hash"] in card and "warning" not in card.lower()
+    assert "contaminated" in card  # the filter's report
+    assert json.loads((out / "filter.json").read_text())["counts"]["kept"] == 1
 
 
 @pytest.mark.slow

@@ -30,11 +30,17 @@ Special tokens are kept in both directions where the server allows (`add_special
 `skip_special_tokens=false`; native mode sends ids and reads ids), so think markers survive. `submit`
 sends one session's request and returns a future at once (the scheduler's event driver keeps many in
 flight, both roles together); `generate` sends one request per session, all at once, and waits for
-all. At most `concurrency` requests are in flight per endpoint. A request that fails (no connection,
-a timeout, HTTP 5xx or 429, a malformed answer, a stream that breaks off) is tried again from the
-start with exponential backoff and the same seed, on the next endpoint when there are several; after
-the last try that row is a `SampleError`, which the scheduler writes as an error record while the run
-goes on.
+all. A request that fails (no connection, a timeout, HTTP 5xx or 429, a malformed answer, a stream
+that breaks off) is tried again from the start with the same seed, on the next endpoint when there
+are several; after the last try that row is a `SampleError`, which the scheduler writes as an error
+record while the run goes on. Before a retry it waits with exponential backoff, or where a 429 or
+503 says `Retry-After` (seconds or an HTTP date), as long as that says, at most `timeout_s`.
+
+**Throttling.** At most `concurrency` requests are in flight per endpoint, and fewer while its server
+refuses them as overloaded (429, or 503 with `Retry-After`): each endpoint's limit halves on such a
+refusal and climbs back by one after a run of successes (AIMD, tessy/backends/limit.py). A shrink
+lets the requests in flight finish. `throttling()` reports the refusals, the time spent waiting on
+`Retry-After` and how low each endpoint's limit went.
 
 **Streaming and early stops.** With a `watch` (a callable that takes the span so far and returns
 True to stop), the request streams (server-sent events) and the backend calls the watch after every
@@ -62,6 +68,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from tessy.backends.limit import AdaptiveLimit, retry_after
 from tessy.backends.protocol import DECODE_CONTEXT, SampleError, Sampling, Session, Span, span_from_ids
 from tessy.seeds import request_seed, stream_seed
 
@@ -85,12 +92,21 @@ SERVER_COUNTERS = {"vllm:prefix_cache_queries_total": "prefix_cache_queries",
 
 class RequestFailed(Exception):
     """One request that failed; `retry` says whether trying again may help, `status` is the HTTP
-    status when the server answered at all."""
+    status when the server answered at all, `retry_after` the seconds its `Retry-After` header asked
+    to wait (429 and 503 only)."""
 
-    def __init__(self, message: str, retry: bool = True, status: int | None = None):
+    def __init__(self, message: str, retry: bool = True, status: int | None = None,
+                 retry_after: float | None = None):
         super().__init__(message)
         self.retry = retry
         self.status = status
+        self.retry_after = retry_after
+
+    @property
+    def throttled(self) -> bool:
+        """The server refused the request as overloaded: 429, or 503 with `Retry-After` (a 503 without
+        it is a server that fails, not one that asks for fewer requests)."""
+        return self.status == 429 or (self.status == 503 and self.retry_after is not None)
 
 
 class WatchFailed(Exception):
@@ -100,7 +116,7 @@ class WatchFailed(Exception):
 @dataclass
 class Endpoint:
     url: str  # base URL ending in /v1
-    limit: asyncio.Semaphore
+    limit: AdaptiveLimit  # how many requests may be in flight here now
     model: str | None = None  # the served model's name (GET /models)
     mode: str | None = None  # one of MODES once probed
     sessions: int = 0  # sessions assigned here
@@ -152,9 +168,11 @@ class SSEDecoder:
         return bool(self._buffer.strip() or self._data)
 
 
-def _failure(status: int, raw: bytes) -> RequestFailed:
+def _failure(status: int, raw: bytes, headers=None) -> RequestFailed:
     retry = status in (408, 429) or status >= 500
-    return RequestFailed(f"HTTP {status}: {raw[:300].decode(errors='replace')}", retry=retry, status=status)
+    wait = retry_after((headers or {}).get("Retry-After")) if status in (429, 503) else None
+    return RequestFailed(f"HTTP {status}: {raw[:300].decode(errors='replace')}", retry=retry, status=status,
+                         retry_after=wait)
 
 
 def _event(data: str) -> dict:
@@ -186,6 +204,8 @@ class EndpointPool:
             raise ValueError("the openai backend needs at least one URL "
                              "(`urls:` in the config, or --student-url/--teacher-url)")
         self.max_retries, self.backoff_s, self.timeout_s = max_retries, backoff_s, timeout_s
+        self.throttled = 0  # answers that refused a request as overloaded (429, or 503 with Retry-After)
+        self.retry_after_wait_s = 0.0  # time spent waiting as their Retry-After said
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = None
         self._loop = asyncio.new_event_loop()
@@ -205,7 +225,7 @@ class EndpointPool:
             headers=self.headers,
             json_serialize=compact_json,  # a session's ids are most of each body: no spaces between them
         )
-        return [Endpoint(u, asyncio.Semaphore(concurrency)) for u in urls]
+        return [Endpoint(u, AdaptiveLimit(concurrency)) for u in urls]
 
     def run(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
@@ -235,21 +255,21 @@ class EndpointPool:
         return await self.post_url(ep.url + path, body)
 
     async def post_url(self, url: str, body: dict) -> dict:
-        status, raw = await self._send("POST", url, body)
+        status, raw, headers = await self._send("POST", url, body)
         if status != 200:
-            raise _failure(status, raw)
+            raise _failure(status, raw, headers)
         try:
             return json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise RequestFailed(f"malformed answer (not JSON): {raw[:120]!r}") from e
 
-    async def _send(self, method: str, url: str, body: dict | None = None) -> tuple[int, bytes]:
-        """One HTTP exchange: (status, body bytes), or `RequestFailed` when no answer came."""
+    async def _send(self, method: str, url: str, body: dict | None = None) -> tuple[int, bytes, Any]:
+        """One HTTP exchange: (status, body bytes, headers), or `RequestFailed` when no answer came."""
         import aiohttp
 
         try:
             async with self._client.request(method, url, json=body) as response:
-                return response.status, await response.read()
+                return response.status, await response.read(), response.headers
         except (TimeoutError, asyncio.TimeoutError) as e:  # aiohttp's own timeouts are TimeoutErrors too
             raise RequestFailed(f"timed out after {self.timeout_s:g} s ({type(e).__name__})") from e
         except aiohttp.ClientError as e:
@@ -267,7 +287,7 @@ class EndpointPool:
         try:
             async with self._client.post(url, json=body) as response:
                 if response.status != 200:
-                    raise _failure(response.status, await response.read())
+                    raise _failure(response.status, await response.read(), response.headers)
                 if response.content_type == "application/json":  # a server that ignores "stream"
                     raw = await response.read()
                     try:
@@ -295,32 +315,62 @@ class EndpointPool:
             raise RequestFailed(f"{type(e).__name__}: {e}") from e
 
     async def call(self, start: int, attempt_once: Callable[[Endpoint], Any]) -> tuple[Any, int, int]:
-        """Run `attempt_once(endpoint)` with retries and backoff, moving to the next endpoint after
-        each failure. Returns (result, attempts, endpoint index), or raises `SampleError`."""
+        """Run `attempt_once(endpoint)` with retries, moving to the next endpoint after each failure
+        and waiting before it: as long as the failure's `Retry-After` said (at most `timeout_s`), else
+        exponential backoff with jitter. Returns (result, attempts, endpoint index), or raises
+        `SampleError`."""
         i, error = start, ""
         tries = self.max_retries + 1
         for attempt in range(1, tries + 1):
             ep = self.endpoints[i]
+            wait = self.backoff_s * 2 ** (attempt - 1) * (0.5 + random.random())
             try:
-                async with ep.limit:
-                    return await attempt_once(ep), attempt, i
+                return await self.attempt(ep, attempt_once), attempt, i
             except RequestFailed as e:
                 error = f"{ep.url}: {e}"
                 if not e.retry or attempt == tries:
                     raise SampleError(error, attempts=attempt, endpoint=ep.url) from e
+                if e.retry_after is not None:
+                    wait = min(e.retry_after, self.timeout_s)  # a server's word, but not hours of it
+                    self.retry_after_wait_s += wait
             except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
                 error = f"{ep.url}: malformed answer ({type(e).__name__}: {e})"
                 if attempt == tries:
                     raise SampleError(error, attempts=attempt, endpoint=ep.url) from e
             i = (i + 1) % len(self.endpoints)
-            await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1) * (0.5 + random.random()))
+            await asyncio.sleep(wait)
         raise SampleError(error, attempts=tries)  # not reached
+
+    async def attempt(self, ep: Endpoint, attempt_once: Callable[[Endpoint], Any]) -> Any:
+        """`attempt_once(ep)` once, in one of the endpoint's places, telling its limit how it went."""
+        async with ep.limit as epoch:
+            try:
+                result = await attempt_once(ep)
+            except RequestFailed as e:
+                if e.throttled:
+                    self.throttled += 1
+                    ep.limit.throttled(epoch)
+                raise
+            ep.limit.succeeded()
+            return result
+
+    def throttling(self) -> dict:
+        """How the servers held this pool back: {"throttled": answers that refused a request as
+        overloaded (429, or 503 with Retry-After), "retry_after_wait_s": seconds waited as their
+        Retry-After said (summed over requests), "concurrency": the configured limit per endpoint,
+        "lowest_limit": the lowest any endpoint's limit went, "endpoints": {url: {"limit": now,
+        "lowest_limit": lowest}}}."""
+        limits = [ep.limit for ep in self.endpoints]
+        return {"throttled": self.throttled, "retry_after_wait_s": round(self.retry_after_wait_s, 3),
+                "concurrency": limits[0].ceiling, "lowest_limit": min(x.lowest for x in limits),
+                "endpoints": {ep.url: {"limit": ep.limit.limit, "lowest_limit": ep.limit.lowest}
+                              for ep in self.endpoints}}
 
     async def served_model(self, ep: Endpoint, fallback: str) -> str:
         """The name the server serves its model under (vLLM checks it); `fallback` if it won't say."""
         if ep.model is None:
             try:
-                status, raw = await self._send("GET", ep.url + "/models")
+                status, raw, _ = await self._send("GET", ep.url + "/models")
             except RequestFailed as e:
                 raise RequestFailed(f"GET /models: {e}") from e
             try:
@@ -639,6 +689,10 @@ class OpenAIBackend:
                 out[key] = out.get(key, 0.0) + value
         return out or None
 
+    def throttling(self) -> dict:
+        """How the servers held this role back (`EndpointPool.throttling`)."""
+        return self.pool.throttling()
+
     # --- sessions (the same bookkeeping as the hf backend, plus the text) ------------------------
     def start(self, prompt: str, add_special_tokens: bool = False, key: str = "") -> Session:
         ids = self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
@@ -714,8 +768,7 @@ class OpenAIBackend:
     async def _warm(self, session: Session) -> Span | SampleError:
         ep = self.pool.endpoints[session.state.endpoint]
         try:
-            async with ep.limit:
-                return await self._complete(ep, session, 1, (), None)
+            return await self.pool.attempt(ep, lambda ep: self._complete(ep, session, 1, (), None))
         except (RequestFailed, KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
             return SampleError(f"{ep.url}: warm-up: {e}", endpoint=ep.url)
 
@@ -861,8 +914,8 @@ class OpenAIBackend:
                     ep.mode = "ids"
                     return
             except RequestFailed as e:
-                if e.status is None:
-                    raise  # no answer at all (down, timed out): decide on a later try
+                if e.status is None or e.throttled:
+                    raise  # no answer at all (down, timed out), or not now (429): decide on a later try
                 refused = True  # llama-cpp-python's server answers 500 to a token-id prompt
             except (KeyError, IndexError, TypeError, AttributeError):
                 pass
@@ -882,8 +935,8 @@ class OpenAIBackend:
         try:
             answer = await self.pool.post_url(ep.root + "/completion", body)
         except RequestFailed as e:
-            if e.status is None or e.status >= 500:
-                raise  # no answer, or a failing server: decide on a later try
+            if e.status is None or e.status >= 500 or e.throttled:
+                raise  # no answer, a failing server, or not now (429): decide on a later try
             return False  # no such route (404), or it refuses token ids
         tokens = answer.get("tokens") if isinstance(answer, dict) else None
         return isinstance(tokens, list) and all(isinstance(t, int) for t in tokens)
@@ -960,6 +1013,10 @@ class ChatClient:
             return (await self.pool.call(start, attempt))[0]
         except SampleError as e:
             return e
+
+    def throttling(self) -> dict:
+        """How the servers held this client back (`EndpointPool.throttling`)."""
+        return self.pool.throttling()
 
     def close(self) -> None:
         self.pool.close()

@@ -553,12 +553,13 @@ def read_record_answers(path: str) -> list[dict]:
     return rows
 
 
-def evaluate(config: EvalConfig, out: str | Path | None = None, console=None) -> dict:
+def evaluate(config: EvalConfig, out: str | Path | None = None, console=None, progress=None) -> dict:
     """Generate (or read) samples, score them in the sandbox, write `out/results.jsonl` and
     `out/summary.json`, print a table. Returns the summary dict: `pass@1` is in [0, 1] and `pass@1_se`
     its standard error over problems (None for one problem); `failures` counts the failed samples by
     verdict kind, and `ungraded` the samples that could not be graded (a generation error, a sandbox
-    refusal or a checker error; they count as failed in pass@1)."""
+    refusal or a checker error; they count as failed in pass@1). `progress(done, total)`, if given,
+    is called as each sample's grade is collected (`tessy filter --grade` shows a bar with it)."""
     from tessy.profiles import get_profile
 
     t0 = time.monotonic()
@@ -606,7 +607,11 @@ def evaluate(config: EvalConfig, out: str | Path | None = None, console=None) ->
     # Code runs in threads; math is graded here, in the main thread, where math-verify's timeouts work.
     with ThreadPoolExecutor(max_workers=workers) as pool:
         running = {i: pool.submit(grade, s) for i, s in enumerate(samples) if by_id[s["task_id"]].kind != "math"}
-        grades = [running[i].result() if i in running else grade(s) for i, s in enumerate(samples)]
+        grades = []
+        for i, s in enumerate(samples):
+            grades.append(running[i].result() if i in running else grade(s))
+            if progress is not None:
+                progress(i + 1, len(samples))
     results = [{"task_id": s["task_id"], "sample": s["sample"], **g, "completion": s["completion"]}
                for s, g in zip(samples, grades)]
 

@@ -17,11 +17,11 @@ OK = 0
 INCOMPLETE = 1  # merge: ids that no shard wrote, or wrote twice; show: no such record; filter: no record kept
 USAGE = 2  # a bad flag, config value or input file: refused before any work
 FAILED = 3  # synth and merge: ids that ended in an errors file; eval: samples that could not be graded;
-#   serve: the server exited with an error
+#   serve: the server exited with an error; export --push-to-hub: the folder did not reach the hub
 INTERRUPTED = 130  # Ctrl-C; a rerun of the same command resumes
 
 EXIT_CODES = {OK: "success", INCOMPLETE: "incomplete output", USAGE: "bad input, nothing run",
-              FAILED: "samples failed (see the errors file)", INTERRUPTED: "interrupted"}
+              FAILED: "samples failed (see the errors file), or a server or the hub failed", INTERRUPTED: "interrupted"}
 
 
 def _console():

@@ -434,7 +434,7 @@ def run_filter(job: FilterJob, console=None) -> dict:
                                                       "failures", "ungraded", "isolation", "records_without_problem")},
         "dropped": [{"id": line.id, "line": line.n, "reason": reason, "detail": detail}
                     for line, reason, detail in sorted(dropped, key=lambda d: d[0].n)],
-    }  # fmt: skip
+    }
     filter_path_for(out_path).write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
     if console is not None:
         print_report(report, console)

@@ -118,7 +118,7 @@ def parse_stop_reasons(spec: str) -> frozenset[str] | None:
     unknown = [s for s in names if s not in STOP_REASONS]
     if unknown or not names:
         raise ValueError(f"--keep-stop-reasons: {', '.join(map(repr, unknown)) or 'nothing given'}; "
-                         f"give all, or a comma list of {', '.join(STOP_REASONS)}")  # fmt: skip
+                         f"give all, or a comma list of {', '.join(STOP_REASONS)}")
     return frozenset(names)
 
 
@@ -148,7 +148,7 @@ def load_examples(path: str | Path, system_prompt: str | None = None) -> list[di
             prompt = [{"role": "system", "content": system_prompt}] + [m for m in prompt if m["role"] != "system"]
         stats = row.get("stats") if isinstance(row.get("stats"), dict) else {}
         examples.append({"prompt": prompt, "completion": [{"role": "assistant", "content": completion[0]["content"]}],
-                         "stop_reason": stats.get("stop_reason")})  # fmt: skip
+                         "stop_reason": stats.get("stop_reason")})
     if not examples:
         raise ValueError(f"{path}: no training examples")
     return examples
@@ -176,7 +176,7 @@ def _as_text(examples: list[dict], tokenizer) -> list[dict]:
     for ex in examples:
         user = "\n\n".join(m["content"] for m in ex["prompt"])
         out.append({"prompt": PLAIN.fallback_template.format(prompt=user),
-                    "completion": ex["completion"][0]["content"] + (tokenizer.eos_token or "")})  # fmt: skip
+                    "completion": ex["completion"][0]["content"] + (tokenizer.eos_token or "")})
     return out
 
 
@@ -264,12 +264,12 @@ def fit(data, max_length: int, too_long: str, tokenizer):
     lengths = list(data["length"])
     n_long = sum(n > max_length for n in lengths)
     report = {"examples": len(lengths), "max_length": max_length, "too_long": n_long,
-              "longest": max(lengths, default=0), "policy": too_long, "truncated": 0, "dropped": 0}  # fmt: skip
+              "longest": max(lengths, default=0), "policy": too_long, "truncated": 0, "dropped": 0}
     if not n_long:
         return data, report
     if too_long == "error":
         raise ValueError(f"{n_long} of {len(lengths)} examples are longer than --max-length {max_length} tokens "
-                         f"(longest {report['longest']}); choose --too-long drop or truncate-left")  # fmt: skip
+                         f"(longest {report['longest']}); choose --too-long drop or truncate-left")
     if too_long == "truncate-left":
         data = data.map(lambda row: cut_thinking(row, max_length, tokenizer) if row["length"] > max_length else row)
         report["truncated"] = n_long - sum(n > max_length for n in data["length"])
@@ -281,7 +281,7 @@ def write_sft_record(directory: str | Path, config: SFTRunConfig) -> Path:
     """`tessy_sft.json` beside a model or in a checkpoint: what `tessy eval` needs to know about it."""
     path = Path(directory) / "tessy_sft.json"
     path.write_text(json.dumps({"system_prompt": config.system_prompt, "base_model": config.model,
-                                "lora": config.lora, "data": config.data}, indent=2))  # fmt: skip
+                                "lora": config.lora, "data": config.data}, indent=2))
     return path
 
 
@@ -309,7 +309,7 @@ def train(config: SFTRunConfig, console=None) -> dict:
     if dropped:
         say(f"dropped {sum(dropped.values())} of {len(records)} records by how their thinking ended: "
             + ", ".join(f"{reason} {n}" for reason, n in dropped.most_common())
-            + f" (--keep-stop-reasons {config.keep_stop_reasons})")  # fmt: skip
+            + f" (--keep-stop-reasons {config.keep_stop_reasons})")
     if not examples:
         raise ValueError(f"{config.data}: no records left after --keep-stop-reasons {config.keep_stop_reasons}")
     path = resolve(config.model)
@@ -323,11 +323,11 @@ def train(config: SFTRunConfig, console=None) -> dict:
     data, fitted = fit(data, config.max_length, config.too_long, tokenizer)  # refuses here, before the model loads
     if fitted["truncated"]:
         say(f"cut the start of the thinking of {fitted['truncated']} of {fitted['examples']} examples to fit "
-            f"--max-length {config.max_length} tokens (longest was {fitted['longest']})")  # fmt: skip
+            f"--max-length {config.max_length} tokens (longest was {fitted['longest']})")
     if fitted["dropped"]:
         why = "their prompt and answer alone do not fit" if config.too_long == "truncate-left" else "--too-long drop"
         say(f"dropped {fitted['dropped']} of {fitted['examples']} examples longer than --max-length "
-            f"{config.max_length} tokens (longest {fitted['longest']}; {why})")  # fmt: skip
+            f"{config.max_length} tokens (longest {fitted['longest']}; {why})")
     if not len(data):
         raise ValueError(f"{config.data}: no examples fit --max-length {config.max_length}")
     data = data.remove_columns("length")
@@ -339,7 +339,7 @@ def train(config: SFTRunConfig, console=None) -> dict:
         from peft import LoraConfig
 
         peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
-                                 target_modules="all-linear", task_type="CAUSAL_LM")  # fmt: skip
+                                 target_modules="all-linear", task_type="CAUSAL_LM")
     args = SFTConfig(
         output_dir=str(out / "checkpoints"),
         num_train_epochs=config.epochs,
@@ -362,7 +362,7 @@ def train(config: SFTRunConfig, console=None) -> dict:
     )
     started = time.time()
     log = {"config": dataclasses.asdict(config), "model_path": str(path), "examples": len(data), "log_history": [],
-           "data": {"records": len(records), "dropped_by_stop_reason": dict(dropped), **fitted}}  # fmt: skip
+           "data": {"records": len(records), "dropped_by_stop_reason": dict(dropped), **fitted}}
 
     class JsonLog(TrainerCallback):  # rewritten at every log event, so a killed run keeps its curve
         def on_log(self, _args, state, _control, logs=None, **_):
@@ -381,7 +381,7 @@ def train(config: SFTRunConfig, console=None) -> dict:
                 write_sft_record(checkpoint, config)
 
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
-                         peft_config=peft_config, callbacks=[JsonLog(), RecordInCheckpoints()])  # fmt: skip
+                         peft_config=peft_config, callbacks=[JsonLog(), RecordInCheckpoints()])
     # The loss covers completion tokens only; record their share, as a check anyone can read.
     labels = trainer.train_dataset["labels"]  # TRL sets the prompt's labels to -100
     log["completion_token_share"] = sum(t != -100 for row in labels for t in row) / max(1, sum(map(len, labels)))
@@ -391,7 +391,7 @@ def train(config: SFTRunConfig, console=None) -> dict:
     result = trainer.train()
     log.update(log_history=trainer.state.log_history, wall_s=round(time.time() - started, 2),
                steps=trainer.state.global_step, train_loss=result.training_loss,
-               checkpoints=sorted(str(p) for p in (out / "checkpoints").glob("checkpoint-*")))  # fmt: skip
+               checkpoints=sorted(str(p) for p in (out / "checkpoints").glob("checkpoint-*")))
     if not config.lora:
         trainer.save_model(str(out))  # on every process: under FSDP or ZeRO-3 the weights are gathered from all
     if not trainer.is_world_process_zero():
@@ -403,7 +403,7 @@ def train(config: SFTRunConfig, console=None) -> dict:
     write_sft_record(out, config)
     log_path.write_text(json.dumps(log, indent=2))
     say(f"done: {log['steps']} steps in {log['wall_s']} s, train loss {result.training_loss:.4f}; "
-        f"model in {out}, log in {log_path}")  # fmt: skip
+        f"model in {out}, log in {log_path}")
     return log
 
 

@@ -37,7 +37,7 @@ SOLUTIONS = {  # task id: (accepted, rejected, why the rejected one is rejected:
                            "test 0: checker says '0 + 10 is not a split of 10"),
     "split-cpp-judge": ("n = int(input())\nprint(n - 1, 1)\n", "n = int(input())\nprint(n, 0)\n",
                         "test 0: checker says '10 + 0 is not a split of 10"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("task", list(SOLUTIONS))
@@ -64,7 +64,7 @@ def test_the_default_line_comparison_would_reject_what_the_checker_accepts(probl
      ("1000002", "1000000", {"abs": 1e-6, "rel": 1e-6}, False), ("1e-7", "0", {}, True),
      ("YES 0.5", "YES 0.5000001", {}, True), ("NO 0.5", "YES 0.5", {}, False), ("0.5", "0.5 0.5", {}, False),
      ("nan", "1", {}, False), ("inf", "inf", {}, True)],
-)  # fmt: skip
+)
 def test_float_checker(output, answer, tolerance, accepted):
     checker = parse_checker({"type": "float", **tolerance})
     verdict = check(checker, "", output, answer, LIMITS)
@@ -77,7 +77,7 @@ def test_float_checker(output, answer, tolerance, accepted):
      (None, "1\n2\n", "1 2\n", verdicts.Verdict("wrong answer", "line 1 is '1', expected '1 2'")),
      (None, "  3  \n\n", "3", verdicts.OK), ({"type": "tokens"}, "1\n2\n", "1 2\n", verdicts.OK),
      ({"type": "tokens"}, "1 2 3", "1 2", verdicts.Verdict("wrong answer", "3 tokens, expected 2"))],
-)  # fmt: skip
+)
 def test_lines_and_tokens(checker, output, answer, verdict):
     assert check(parse_checker(checker), "", output, answer, LIMITS) == verdict
 
@@ -87,7 +87,7 @@ def test_lines_and_tokens(checker, output, answer, verdict):
     [({"type": "regex"}, "type in"), ({"type": "float", "abs": -1}, "abs and rel"), ("tokens", "must be an object"),
      ({"type": "program", "language": "rust", "source": "fn main() {}"}, "python or cpp"),
      ({"type": "program", "language": "python"}, "python or cpp")],
-)  # fmt: skip
+)
 def test_bad_checkers_are_refused_when_the_benchmark_loads(tmp_path, spec, message):
     bench = tmp_path / "b.jsonl"
     bench.write_text(json.dumps({"task_id": "x", "question": "q", "checker": spec,
@@ -101,7 +101,7 @@ def test_bad_checkers_are_refused_when_the_benchmark_loads(tmp_path, spec, messa
     [("cpp", "int main( {", "the checker does not build (compile error:"),
      ("python", "import sys\nsys.exit(3)", "runtime error: exit status 3"),
      ("python", "while True: pass", "time limit: ")],
-)  # fmt: skip
+)
 def test_a_broken_checker_is_a_checker_error_not_a_wrong_answer(language, source, why):
     checker = parse_checker({"type": "program", "language": language, "source": source})
     verdict = check(checker, "1", "1", "1", Limits(timeout_s=2, cpu_s=1))
@@ -125,7 +125,7 @@ def test_a_special_judge_runs_in_the_sandbox_too(tmp_path):
 def test_checkers_through_evaluate(tmp_path, problems):
     samples = tmp_path / "s.jsonl"
     samples.write_text("".join(json.dumps({"task_id": t, "completion": reply(c)}) + "\n"
-                               for t, (good, bad, _) in SOLUTIONS.items() for c in (good, bad)))  # fmt: skip
+                               for t, (good, bad, _) in SOLUTIONS.items() for c in (good, bad)))
     summary = evaluate(EvalConfig(benchmark=str(DATA / "checker_problems.jsonl"), samples=str(samples)))
     assert summary["pass@1"] == 0.5 and summary["samples"] == 8 and summary["failures"] == {"wrong answer": 4}
     assert summary["ungraded"] == 0 and summary["languages"] == {"python": 8}
@@ -135,7 +135,7 @@ def test_a_broken_checker_leaves_the_sample_ungraded(tmp_path):
     bench = tmp_path / "b.jsonl"
     bench.write_text(json.dumps({"task_id": "x", "question": "q", "tests": [{"input": "", "output": "1"}],
                                  "checker": {"type": "program", "language": "python",
-                                             "source": "import sys\nsys.exit(3)"}}) + "\n")  # fmt: skip
+                                             "source": "import sys\nsys.exit(3)"}}) + "\n")
     samples = tmp_path / "s.jsonl"
     samples.write_text(json.dumps({"task_id": "x", "completion": reply("print(1)\n")}) + "\n")
     summary = evaluate(EvalConfig(benchmark=str(bench), samples=str(samples)), out=tmp_path / "out")

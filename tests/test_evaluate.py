@@ -51,7 +51,7 @@ def test_humaneval_canonical_solutions_pass_through_the_cli(tmp_path, humaneval)
     assert summary["problems"] == len(humaneval) == 164 and len(results) == 164
     assert summary["pass@1"] >= 0.99, [r for r in results if not r["passed"]]
     assert all(isinstance(r["passed"], bool) and set(r) >= {"task_id", "passed", "verdict", "detail", "language"}
-               for r in results)  # fmt: skip
+               for r in results)
     assert all(r["language"] == "python" and r["passed"] == (r["verdict"] == "accepted") for r in results)
     assert summary["ungraded"] == 0 and set(summary["failures"]) <= {"wrong answer", "runtime error"}
 
@@ -90,7 +90,7 @@ def test_pass_at_1_is_averaged_over_samples(tmp_path, humaneval):
     rows = [{"task_id": t0, "completion": humaneval[t0]["canonical_solution"]},
             {"task_id": t0, "completion": "    return None\n"},
             {"task_id": t1, "completion": humaneval[t1]["canonical_solution"]},
-            {"task_id": t1, "completion": humaneval[t1]["canonical_solution"]}]  # fmt: skip
+            {"task_id": t1, "completion": humaneval[t1]["canonical_solution"]}]
     summary = evaluate(EvalConfig(samples=str(write_jsonl(tmp_path / "s.jsonl", rows)), limit=2))
     assert summary["pass@1"] == pytest.approx((0.5 + 1.0) / 2) and summary["samples"] == 4
     # Standard error over problems: sd(0.5, 1.0) / sqrt(2) = 0.25.
@@ -98,7 +98,7 @@ def test_pass_at_1_is_averaged_over_samples(tmp_path, humaneval):
 
 
 @pytest.mark.parametrize("rates, mean, se", [([], 0.0, None), ([1.0], 1.0, None), ([0.0, 1.0], 0.5, 0.5),
-                                             ([0.5, 0.5, 0.5], 0.5, 0.0)])  # fmt: skip
+                                             ([0.5, 0.5, 0.5], 0.5, 0.0)])
 def test_mean_and_standard_error(rates, mean, se):
     m, e = mean_and_standard_error(rates)
     assert m == pytest.approx(mean) and (e is None if se is None else e == pytest.approx(se))
@@ -118,7 +118,7 @@ def test_model_reply_with_thinking_and_markdown(humaneval):
     "text, expected",
     [("no thinking", "no thinking"), ("<think>\na\n</think>\n\nB", "\n\nB"), ("<think>\nstill going", None),
      ("<think>a</think>b</think>c", "c")],
-)  # fmt: skip
+)
 def test_strip_thinking(text, expected):
     assert strip_thinking(text) == expected
 
@@ -141,7 +141,7 @@ def test_extract_code_takes_the_last_block_in_the_language():
      ("```cpp\nint main() {}\n```\nor in Python:\n```python3\nprint(1)\n```", "python"),
      ("```cxx\nint main() {}\n```\nOutput:\n```\n42\n```\n```text\n42\n```", "cpp"),
      ("```\nprint(1)\n```", None), ("no code at all", None), ("```rust\nfn main() {}\n```", None)],
-)  # fmt: skip
+)
 def test_the_answers_last_block_in_a_language_tessy_runs_names_its_language(answer, language):
     assert answer_language(answer) == language
 
@@ -157,7 +157,7 @@ def _stdio_and_functional(tmp_path):
          "public_test_cases": json.dumps([{"input": "3", "output": "6", "testtype": "functional"},
                                           {"input": "[1]", "output": "[1, 1]", "testtype": "functional"}])},
         {"task_id": "aime-1", "question": "What is 6 * 7?", "answer": "042"},
-    ])  # fmt: skip
+    ])
 
 
 @pytest.mark.parametrize(
@@ -169,7 +169,7 @@ def _stdio_and_functional(tmp_path):
         ({"add": "```python\nprint(3)\n```", "twice": "```python\ndef twice(x):\n    return x + x\n```",
           "aime-1": "The answer is 42."}, {"add": False, "twice": True, "aime-1": False}),
     ],
-)  # fmt: skip
+)
 def test_jsonl_benchmark_stdio_functional_and_math(tmp_path, completions, passed):
     bench = _stdio_and_functional(tmp_path)
     kinds = {p.task_id: p.kind for p in load_benchmark(str(bench))}
@@ -190,7 +190,7 @@ def test_jsonl_benchmark_stdio_functional_and_math(tmp_path, completions, passed
     "line, message",
     [("{not json", "not a benchmark problem"), ('{"task_id": "x"}', "not a benchmark problem"),
      ('{"task_id": "x", "question": "q", "tests": []}', "not a benchmark problem")],
-)  # fmt: skip
+)
 def test_bad_benchmark_lines_are_reported(tmp_path, line, message):
     bench = tmp_path / "bad.jsonl"
     bench.write_text(line + "\n")
@@ -229,7 +229,7 @@ MATH = [Problem("m1", "math", "What is 6 * 7?", {"answer": "42"})]
      (["x" * 10, "y" * 10, "the answer", EOS], True, "x" * 10 + "yy", "the answ"),
      (["x" * 10, "y" * 10, "the answer", EOS], False, "x" * 10 + "yy", None),  # the paper's protocol: no answer
      (["short", EOS, "\\boxed{42}", EOS], False, "short", "\\boxed{4")],  # ends its turn inside the thinking
-)  # fmt: skip
+)
 def test_generate_closes_the_thinking_and_answers(script, force, think, answer):
     config = EvalConfig(max_think_tokens=12, max_answer_tokens=8, chunk_tokens=64, force_close_thinking=force)
     [row] = generate(config, MATH, backend=ScriptedBackend(script))
@@ -302,7 +302,7 @@ def test_a_failed_server_request_is_scored_as_failed(tmp_path, monkeypatch):
     bench = write_jsonl(tmp_path / "m.jsonl", [{"task_id": "m1", "question": "6*7?", "answer": "42"}])
     summary = evaluate(EvalConfig(benchmark=str(bench), model=ModelConfig("scripted"), max_think_tokens=8,
                                   max_answer_tokens=8),
-                       out=tmp_path / "out")  # fmt: skip
+                       out=tmp_path / "out")
     [result] = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     assert summary["pass@1"] == 0 and not result["passed"] and "server gave up" in result["detail"]
     assert result["verdict"] == "generation error" and summary["ungraded"] == 1
@@ -325,7 +325,7 @@ CPP = {
     "kind, verdict, detail",
     [("right", "accepted", ""), ("compile error", "compile error", "main.cpp:3"),
      ("wrong", "wrong answer", "test 1: line 1 is '-1294967296'")],
-)  # fmt: skip
+)
 def test_cpp_answers_compile_and_run_in_the_sandbox(kind, verdict, detail, fence):
     [p] = load_benchmark(str(DATA / "cpp_problems.jsonl"))
     assert p.data["language"] == "cpp" and "```cpp" in p.prompt
@@ -348,7 +348,7 @@ def test_parallel_cpp_samples_do_not_starve_each_others_process_limit(tmp_path, 
     samples = write_jsonl(tmp_path / "s.jsonl",
                           [{"task_id": "cpp-total", "completion": f"```cpp\n{CPP['right']}```"}] * 16)
     summary = evaluate(EvalConfig(benchmark=str(DATA / "cpp_problems.jsonl"), samples=str(samples),
-                                  compile_timeout_s=120, timeout_s=60))  # fmt: skip
+                                  compile_timeout_s=120, timeout_s=60))
     assert summary["passed"] == 16, summary["failures"]
 
 
@@ -356,7 +356,7 @@ def test_functional_tests_in_cpp_are_refused(tmp_path):
     bench = write_jsonl(tmp_path / "b.jsonl", [
         {"task_id": "f", "question": "q", "language": "cpp", "fn_name": "f",
          "tests": [{"input": "1", "output": "1", "testtype": "functional"}]},
-    ])  # fmt: skip
+    ])
     with pytest.raises(ValueError, match="functional tests call a Python function"):
         load_benchmark(str(bench))
 
@@ -367,7 +367,7 @@ def test_records_are_scored_against_the_problems_with_their_ids(tmp_path):
         return {"id": rid, "prompt": "q", "answer": answer, "method": "tessy",
                 "messages": [{"role": "user", "content": "q"},
                              {"role": "assistant", "content": f"<think>\nt\n</think>\n\n{answer}"}],
-                **extra}  # fmt: skip
+                **extra}
 
     records = write_jsonl(tmp_path / "tessy.jsonl", [
         record("cpp-total", f"Here:\n```cpp\n{CPP['right']}```"),
@@ -375,7 +375,7 @@ def test_records_are_scored_against_the_problems_with_their_ids(tmp_path):
         record("lcb-best-stretch", "```python\ninput()\nprint(sum(map(int, input().split())))\n```"),
         record("not-a-benchmark-problem", "```python\nprint(1)\n```"),
         {"id": "lcb-triangle", "error": "teacher server gave up", "attempts": 3},
-    ])  # fmt: skip
+    ])
     bench = tmp_path / "bench.jsonl"
     bench.write_text((DATA / "cpp_problems.jsonl").read_text() + (DATA / "lcb_problems.jsonl").read_text())
     # The record with an error is not graded: the run says so in its exit status.
@@ -406,7 +406,7 @@ def test_records_sharing_no_id_with_the_benchmark_are_an_error(tmp_path, capsys)
 SUM_ROW = {"question_id": "sum", "question_content": "Read N and then N integers. Print their sum.",
            "public_test_cases": json.dumps([{"input": "3\n1 2 3\n", "output": "6\n", "testtype": "stdin"}]),
            "private_test_cases": json.dumps([{"input": "2\n2000000000 2000000000\n", "output": "4000000000\n",
-                                             "testtype": "stdin"}])}  # fmt: skip
+                                             "testtype": "stdin"}])}
 PY_SUM = "input()\nprint(sum(map(int, input().split())))\n"
 BOTH = f"Python:\n```python\n{PY_SUM}```\nand in C++ (it overflows):\n```cpp\n{CPP['wrong']}```\n"
 
@@ -449,7 +449,7 @@ def test_language_forces_one_through_the_config_and_the_flag(tmp_path, pinned, f
     summary = evaluate(EvalConfig(benchmark=str(bench), samples=str(samples), language=forced), out=tmp_path / "a")
     assert summary["languages"] == {forced: 1} and summary["passed"] == (verdict == "accepted")
     assert main(["eval", "--benchmark", str(bench), "--samples", str(samples), "--language", forced,
-                 "--out", str(tmp_path / "b")]) == 0  # fmt: skip
+                 "--out", str(tmp_path / "b")]) == 0
     [row] = [json.loads(line) for line in (tmp_path / "b" / "results.jsonl").read_text().splitlines()]
     assert (row["verdict"], row["language"]) == (verdict, forced)
 
@@ -489,7 +489,7 @@ def _stdin_problem(language):
      ("cpp", "int main() { return undefined_name; }\n", "compile error", "main.cpp:1")],
     ids=["py-accepted", "py-wrong", "py-time", "py-runtime", "py-memory", "py-output", "cpp-accepted", "cpp-wrong",
          "cpp-time", "cpp-runtime", "cpp-compile"],
-)  # fmt: skip
+)
 def test_each_verdict_comes_from_its_case(language, code, verdict, detail):
     limits = Limits(timeout_s=3, cpu_s=1, memory_mb=256, file_size_mb=1)
     graded = score(_stdin_problem(language), f"```{language}\n{code}```", limits)
@@ -577,7 +577,7 @@ def test_eval_config_bounds(key, value):
     from tessy.typed import ConfigError, build
 
     assert build(EvalConfig, {key: 1 if key not in ("language", "window") else "cpp" if key == "language" else "v5"},
-                 "eval", {"model": ModelConfig})  # fmt: skip
+                 "eval", {"model": ModelConfig})
     with pytest.raises(ConfigError, match=key):
         build(EvalConfig, {key: value}, "eval", {"model": ModelConfig})
 

@@ -22,7 +22,7 @@ def record(rid, prompt="Say hi.", reply="hi", stop="student_closed", **extra) ->
     return {"id": rid, "prompt": prompt,
             "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}],
             "segments": [], "answer": reply, "method": "tessy", "stats": {"stop_reason": stop},
-            "config_hash": "abc", **extra}  # fmt: skip
+            "config_hash": "abc", **extra}
 
 
 def write_jsonl(path: Path, rows) -> Path:
@@ -55,7 +55,7 @@ def dropped_by_id(report: dict) -> dict[str, dict]:
 def test_errors_and_stop_reasons_as_tessy_sft_keeps_them(tmp_path):
     rows = [record("a"), record("loop", stop="repetition"), record("rounds", stop="max_rounds"),
             record("budget", stop="think_budget"), {"id": "failed", "error": "teacher server gave up"},
-            {**record("plain"), "stats": {}}]  # fmt: skip
+            {**record("plain"), "stats": {}}]
     code, report, out = run(tmp_path, rows)
     assert code == 0 and kept_ids(out) == ["a", "budget", "plain"]  # no stop reason: kept, as tessy sft does
     assert report["counts"] == {"read": 6, "kept": 3, "dropped": {"error": 1, "stop reason": 2}}
@@ -121,7 +121,7 @@ def test_a_filter_that_drops_everything_says_so_and_writes_only_the_report(tmp_p
 @pytest.mark.parametrize("flags, message", [
     (["--out", "records.jsonl"], "RECORDS and --out are the same file"),
     (["--out", "kept.jsonl", "--dropped", "kept.jsonl"], "--out and --dropped are the same file"),
-])  # fmt: skip
+])
 def test_the_filter_never_writes_over_its_input(tmp_path, monkeypatch, capsys, flags, message):
     write_jsonl(tmp_path / "records.jsonl", [record("a")])
     before = (tmp_path / "records.jsonl").read_bytes()
@@ -166,7 +166,7 @@ def test_a_repeated_id_is_joined_sample_by_sample(tmp_path):
     ([verdict("other", True)], "no task_id is a record id"),
     (['{"task_id": "a", "passed": true}', "{oops"], "results.jsonl:2: malformed JSON"),
     ([{"task_id": "a", "passed": "yes"}], "results.jsonl:1: a verdict needs `task_id` and a true/false `passed`"),
-])  # fmt: skip
+])
 def test_bad_verdicts_are_bad_input(tmp_path, capsys, rows, message):
     results = write_jsonl(tmp_path / "results.jsonl", rows)
     code, report, out = run(tmp_path, [record("a")], "--verdicts", results)
@@ -184,7 +184,7 @@ def test_verdicts_and_grade_exclude_each_other(tmp_path, capsys):
 def test_decontamination_names_the_benchmark_and_the_ngram(tmp_path):
     bench = write_jsonl(tmp_path / "lcb.jsonl", [
         {"question_id": "abc123", "question_content": "You are given N cities. " + LONG + ".", "contest_date": "x"},
-        {"question_id": "abc124", "question_content": "Print hello."}])  # fmt: skip
+        {"question_id": "abc124", "question_content": "Print hello."}])
     rows = [record("leaked", prompt="Solve this:\n\n" + LONG.upper().replace(" ", "  ")),  # case and spaces fold
             record("clean", prompt="Write a function that returns the number of vowels in a string of text."),
             record("short", prompt="Print hello.")]  # fewer words than the n-gram: never matched
@@ -221,7 +221,7 @@ def test_several_benchmarks_and_each_question_field(tmp_path):
     ('{"question": "q one two"}\n{"question": \n', "{bench}:2: malformed JSON"),
     ('{"question": "q"}\n{"answer": "4"}\n', "{bench}:2: no question field (question, question_content"),
     ("", "--decontaminate {bench}: no problems in it"),
-])  # fmt: skip
+])
 def test_a_bad_benchmark_file_is_bad_input_naming_it(tmp_path, capsys, content, message):
     bench = tmp_path / "bench.jsonl"
     if content is not None:
@@ -276,7 +276,7 @@ def test_near_dedup_catches_a_one_word_paraphrase_but_not_another_prompt(tmp_pat
             record("paraphrase", prompt=LONG.replace("deleting", "removing")),
             record("different", prompt="Given a string, return the number of distinct palindromic substrings it "
                                        "contains, counting each distinct substring once however often it appears"),
-            record("again", prompt=LONG.replace("integers", "numbers"))]  # fmt: skip
+            record("again", prompt=LONG.replace("integers", "numbers"))]
     code, report, out = run(tmp_path, rows, "--dedup", "near", "--dropped", tmp_path / "d.jsonl")
     assert code == 0 and kept_ids(out) == ["first", "different"]
     for rid in ("paraphrase", "again"):
@@ -315,7 +315,7 @@ def test_grade_humaneval_keeps_the_answer_that_passes(tmp_path):
     rows = [record("HumanEval/0", reply=right, answer=right),
             record("HumanEval/2", reply="```python\ndef truncate_number(number):\n    return 0.25\n```",
                    answer="```python\ndef truncate_number(number):\n    return 0.25\n```"),
-            record("not-a-problem", answer="hello")]  # fmt: skip
+            record("not-a-problem", answer="hello")]
     code, report, out = run(tmp_path, rows, "--grade", "humaneval")
     assert code == 0 and kept_ids(out) == ["HumanEval/0"]
     dropped = dropped_by_id(report)

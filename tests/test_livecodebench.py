@@ -63,7 +63,7 @@ def test_rows_load_with_public_and_private_tests():
     problems = {p.task_id: p for p in load_benchmark(str(LCB))}
     assert {t: p.kind for t, p in problems.items()} == {"lcb-best-stretch": "stdio", "lcb-count-pairs": "functional",
                                                          "lcb-distinct-letters": "stdio",
-                                                         "lcb-triangle": "stdio"}  # fmt: skip
+                                                         "lcb-triangle": "stdio"}
     kinds = {t: [x["kind"] for x in p.data["tests"]] for t, p in problems.items()}
     assert kinds["lcb-best-stretch"] == ["public"] * 2 + ["private"] * 3
     # plain-JSON private tests, as older rows keep them
@@ -110,7 +110,7 @@ def test_right_solutions_pass_and_wrong_ones_pass_public_but_fail_private(tmp_pa
      (None, "2025-06-07", None, {"lcb-triangle"}),  # the first day is in
      (None, None, "2024-05-20", set()),  # the last day is out
      ("v5", "2024-05-01", None, {"lcb-distinct-letters", "lcb-best-stretch"})],  # an explicit end replaces the window's
-)  # fmt: skip
+)
 def test_windows_and_dates_select_by_contest_date(window, since, until, ids):
     assert {p.task_id for p in load_benchmark(str(LCB), None, *date_range(window, since, until))} == ids
 
@@ -175,7 +175,7 @@ def test_a_pickle_naming_a_class_is_refused_and_nothing_runs(tmp_path, monkeypat
      (base64.b64encode(zlib.compress(b"not a pickle")).decode(), "not a pickle"),
      (base64.b64encode(b"not zlib").decode(), "not zlib data"),
      ("%%% not base64 %%%", "neither JSON nor base64")],
-)  # fmt: skip
+)
 def test_private_tests_that_are_not_a_pickled_string_are_refused(field, message):
     with pytest.raises(ValueError, match=message):
         decode_private_tests(field)

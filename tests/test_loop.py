@@ -151,9 +151,15 @@ def test_samples_are_batched_across_the_scheduler():
 def test_provenance_of_scripted_run():
     [x], student, teacher = run_scripted(["Okay, so compute", "Hmm right x", "</think>", *ANSWER],
                                          ["x = 3. Wait", "done"], same_vocab=False)
+    # Each segment is the start of its source's next sampled span, in turn order: the student's first
+    # span cut before "compute", the teacher's before "Wait", and so on.
+    spans = {"student": iter(student.sampled), "teacher": iter(teacher.sampled)}
     for seg in x.segments:
-        sampled = "".join((student if seg["source"] == "student" else teacher).sampled)
-        assert seg["text"] in sampled
+        span = next(spans[seg["source"]])
+        assert span.startswith(seg["text"]), (seg, span)
+    assert [(seg["source"], seg["part"], seg["text"]) for seg in x.segments] == [
+        ("student", "think", "Okay, so "), ("teacher", "think", "x = 3. "), ("student", "think", "Hmm right "),
+        ("teacher", "think", "done"), ("student", "answer", "</think>")]
 
 
 # --- the repetition guard ------------------------------------------------------------------------

@@ -31,7 +31,7 @@ def test_the_paper_examples():
     "raw, cleaned",
     [("$ \\text{33}. $", "33"), ("1\\,000\\,000", "1000000"), ("\\mathrm{e}", "e"), ("\\textbf{(C)}", "(C)"),
      ("x  =   3", "x = 3")],
-)  # fmt: skip
+)
 def test_clean_answer_does_only_what_math_verify_does_not(raw, cleaned):
     assert clean_answer(raw) == cleaned
 
@@ -46,7 +46,7 @@ def test_a_huge_expression_gives_up_in_time():
     "text, boxed",
     [("so \\boxed{\\frac{1}{2}} done", "\\frac{1}{2}"), ("\\boxed{1} then \\boxed{2}", "2"), ("no box", None),
      ("\\boxed{unbalanced", None), ("\\fbox{7}", "7")],
-)  # fmt: skip
+)
 def test_extract_boxed(text, boxed):
     assert extract_boxed(text) == boxed
 
@@ -58,7 +58,7 @@ def test_math_benchmark_through_evaluate(tmp_path):
     samples = tmp_path / "s.jsonl"
     samples.write_text("".join(json.dumps({"task_id": f"m{i}",
                                            "completion": f"<think>\nhm\n</think>\n\nSo \\boxed{{{p['got']}}}."}) + "\n"
-                               for i, p in enumerate(PAIRS)))  # fmt: skip
+                               for i, p in enumerate(PAIRS)))
     evaluate(EvalConfig(benchmark=str(bench), samples=str(samples)), out=tmp_path / "out")
     results = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     assert [r["passed"] for r in results] == [p["equal"] for p in PAIRS]

@@ -670,7 +670,7 @@ def test_eval_scores_a_completions_file(work):
     problems = read_problems()
     write_jsonl(work / "completions.jsonl", [
         {"task_id": "HumanEval/0", "completion": problems["HumanEval/0"]["canonical_solution"]},
-        {"task_id": "HumanEval/1", "completion": "    return []\n"}])  # fmt: skip
+        {"task_id": "HumanEval/1", "completion": "    return []\n"}])
     argv = readme_argv("eval", "--samples completions.jsonl", "humaneval")
     tessy(work, argv)
     out = work / argv[argv.index("--out") + 1]

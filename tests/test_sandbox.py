@@ -94,7 +94,7 @@ def test_normal_program_passes_and_sees_stdin():
     ("python", "raise AssertionError('wrong answer')", "exit status 1: AssertionError: wrong answer"),
     ("cpp", '#include <cstdio>\nint main() { fputs("gave up\\n", stderr); return 3; }', "exit status 3: gave up"),
     ("cpp", "#include <cstdlib>\nint main() { std::abort(); }", "killed by signal SIGABRT"),
-])  # fmt: skip
+])
 def test_failing_program_is_a_runtime_error_with_its_last_stderr_line(lang, code, status):
     r = run(code, lang)
     assert not r.passed and r.verdict.kind == verdicts.RUNTIME_ERROR and r.verdict.detail.startswith(status), r
@@ -104,7 +104,7 @@ def test_failing_program_is_a_runtime_error_with_its_last_stderr_line(lang, code
                                         ("python", "import time\nwhile True: time.sleep(1)"),
                                         ("cpp", "int main() { volatile long x = 0; while (true) x++; }"),
                                         ("cpp", "#include <unistd.h>\nint main() { while (true) sleep(1); }")],
-                         ids=["busy", "sleeping", "busy-cpp", "sleeping-cpp"])  # fmt: skip
+                         ids=["busy", "sleeping", "busy-cpp", "sleeping-cpp"])
 def test_infinite_loop_is_stopped(lang, code):
     t = time.monotonic()
     r = run(code, lang, limits=Limits(timeout_s=2, cpu_s=1))
@@ -158,7 +158,7 @@ def _cmdline(pid: str) -> str:
      ("cpp", "#include <string>\n#include <vector>\nint main() { std::vector<std::string> v; "
              "while (true) v.emplace_back(10000000, ' '); }")],
     ids=["one-block", "growing", "one-block-cpp", "growing-cpp"],
-)  # fmt: skip
+)
 def test_memory_bomb_is_contained(lang, code):
     r = run(code, lang, limits=Limits(timeout_s=10, cpu_s=5, memory_mb=256))
     assert not r.passed and r.verdict.kind == verdicts.MEMORY_LIMIT, r.verdict
@@ -277,7 +277,7 @@ def test_an_interpreter_under_tmp_is_bound_back_into_the_private_tmp(monkeypatch
                                          ('#include "/dev/zero"\nint main() {}', "memory"),
                                          ("template <int N> struct F { enum { v = F<N - 1>::v + F<N - 2>::v }; };\n"
                                           "int main() { return F<100000>::v; }", "")],
-                         ids=["undeclared", "include-dev-zero", "template-explosion"])  # fmt: skip
+                         ids=["undeclared", "include-dev-zero", "template-explosion"])
 def test_a_bad_cpp_source_is_a_compile_error_and_nothing_runs(source, why):
     t = time.monotonic()
     binary, r = compile_cpp(source, Limits(timeout_s=10, cpu_s=5, memory_mb=512))

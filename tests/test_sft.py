@@ -38,7 +38,7 @@ def tessy_records(n: int, stop_reason: str = "student_closed", thinking_words: i
                     "segments": segments, "answer": a, "method": "tessy",
                     "stats": {"teacher_token_share": 0.5, "switches": 1, "rounds": 2, "stop_reason": stop_reason,
                               "wall_s": 0.1},
-                    "config_hash": "test"})  # fmt: skip
+                    "config_hash": "test"})
     return out
 
 
@@ -48,7 +48,7 @@ MAX_LENGTH = 96  # the short records are 51-67 tokens with SmolLM2's template
 def mixed_records() -> list[dict]:
     """Two short records, one over MAX_LENGTH, and one each stopped by the repetition and the rounds guard."""
     return [*tessy_records(2), *tessy_records(1, thinking_words=60), *tessy_records(1, "repetition"),
-            *tessy_records(1, "max_rounds")]  # fmt: skip
+            *tessy_records(1, "max_rounds")]
 
 
 def write_jsonl(path, rows):
@@ -75,7 +75,7 @@ def test_system_prompt_isolation_replaces_any_system_message(tmp_path):
     "row, message",
     [({"id": 1, "messages": [{"role": "user", "content": "q"}]}, "must end with the assistant"),
      ({"id": 1, "text": "q"}, "expected a tessy record"), ({"id": 1, "messages": []}, "must end with the assistant")],
-)  # fmt: skip
+)
 def test_bad_records_are_reported(tmp_path, row, message):
     with pytest.raises(ValueError, match=message):
         load_examples(write_jsonl(tmp_path / "r.jsonl", [row]))
@@ -112,7 +112,7 @@ def test_default_drops_the_guards_that_stop_a_loop(tmp_path):
 @pytest.mark.parametrize(
     "spec, keep",
     [("all", None), ("repetition", {"repetition"}), (" student_closed , max_rounds", {"student_closed", "max_rounds"})],
-)  # fmt: skip
+)
 def test_keep_stop_reasons_spec(spec, keep):
     assert parse_stop_reasons(spec) == keep
 
@@ -136,7 +136,7 @@ def tokenizer():
 def long_example(thinking_words=40, answer="The answer is 5.", question="Add 2 and 3."):
     thinking = " ".join(f"step{i}" for i in range(thinking_words))
     return {"prompt": [{"role": "user", "content": question}],
-            "completion": [{"role": "assistant", "content": f"<think>\n{thinking}\n</think>\n\n{answer}"}]}  # fmt: skip
+            "completion": [{"role": "assistant", "content": f"<think>\n{thinking}\n</think>\n\n{answer}"}]}
 
 
 def test_tokenized_as_trained_masks_the_prompt(tokenizer):
@@ -167,7 +167,7 @@ def test_truncate_left_cuts_the_start_of_the_thinking_only(tokenizer):
      long_example(answer="x " * 60),  # so is the answer
      {"prompt": [{"role": "user", "content": "q"}],
       "completion": [{"role": "assistant", "content": "word " * 90}]}],  # no thinking at all
-)  # fmt: skip
+)
 def test_what_cannot_be_cut_is_dropped_and_counted(tokenizer, example):
     from datasets import Dataset
 
@@ -193,7 +193,7 @@ def test_fit_refuses_with_the_count_or_drops(tokenizer):
 def test_over_long_record_is_refused_with_its_count(tmp_path, capsys):
     data = write_jsonl(tmp_path / "r.jsonl", mixed_records())
     argv = ["sft", "--data", str(data), "--model", "smollm2-135m-instruct", "--out", str(tmp_path / "out"),
-            "--max-length", str(MAX_LENGTH)]  # fmt: skip
+            "--max-length", str(MAX_LENGTH)]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert f"1 of 3 examples are longer than --max-length {MAX_LENGTH} tokens" in err and "--too-long drop" in err
@@ -226,7 +226,7 @@ def test_command_line_overrides_the_config(tmp_path):
     # through the command: the config's too_long: error stops an over-long record; model and length from flags
     data = write_jsonl(tmp_path / "r.jsonl", mixed_records())
     assert main(["sft", "--config", str(CONFIGS / "sft-qwen3-8b.yaml"), "--data", str(data), "--out", str(tmp_path),
-                 "--model", "smollm2-135m-instruct", "--max-length", str(MAX_LENGTH)]) == 2  # fmt: skip
+                 "--model", "smollm2-135m-instruct", "--max-length", str(MAX_LENGTH)]) == 2
 
 
 @pytest.mark.parametrize(
@@ -236,7 +236,7 @@ def test_command_line_overrides_the_config(tmp_path):
      ("batch_size: 1.5\n", "batch_size is 1.5 \\(float\\): expected an integer"),
      ("too_long: cut\n", "too_long is 'cut': choose one of error, drop, truncate-left"), ("- data\n", "mapping"),
      ("keep_stop_reasons: [repetition, loops]\n", "keep-stop-reasons"), ("model: m\n", "needs --data, --out")],
-)  # fmt: skip
+)
 def test_bad_sft_configs_are_refused(tmp_path, text, message):
     (tmp_path / "c.yaml").write_text(text)
     overrides = {} if text.startswith("model") else {"data": "d", "model": "m", "out": "o"}
@@ -282,9 +282,9 @@ def sft_runs(tmp_path_factory):
     for mode in ("lora", "full"):
         out = root / mode
         argv = ["sft", "--data", str(data), "--model", "smollm2-135m-instruct", "--out", str(out),
-                "--batch-size", "4", "--max-length", str(MAX_LENGTH), "--epochs", str(EPOCHS[mode])]  # fmt: skip
+                "--batch-size", "4", "--max-length", str(MAX_LENGTH), "--epochs", str(EPOCHS[mode])]
         argv += (["--lora", "--system-prompt", SYSTEM, "--too-long", "truncate-left"] if mode == "lora"
-                 else ["--learning-rate", "1e-5", "--too-long", "drop"])  # fmt: skip
+                 else ["--learning-rate", "1e-5", "--too-long", "drop"])
         with contextlib.redirect_stdout(io.StringIO()) as console:
             assert main(argv) == 0
         runs[mode] = out
@@ -322,7 +322,7 @@ def test_every_checkpoint_carries_tessy_sft_json(sft_runs, mode):
     "mode, examples, truncated, dropped, said",
     [("lora", 3, 1, 0, f"cut the start of the thinking of 1 of 3 examples to fit --max-length {MAX_LENGTH} tokens"),
      ("full", 2, 0, 1, f"dropped 1 of 3 examples longer than --max-length {MAX_LENGTH} tokens")],
-)  # fmt: skip
+)
 def test_sft_says_what_it_left_out(sft_runs, mode, examples, truncated, dropped, said):
     log = json.loads((sft_runs[mode] / "train_log.json").read_text())
     assert log["examples"] == examples
@@ -348,7 +348,7 @@ def test_sft_then_eval_on_five_humaneval_problems(sft_runs, tmp_path):
     assert recorded_system_prompt(str(model)) == SYSTEM  # evaluation uses the isolation prompt too
     out = tmp_path / "eval"
     assert main(["eval", "--model", str(model), "--benchmark", "humaneval", "--limit", "5", "--out", str(out),
-                 "--max-think-tokens", "4", "--max-answer-tokens", "16", "--batch-size", "5"]) == 0  # fmt: skip
+                 "--max-think-tokens", "4", "--max-answer-tokens", "16", "--batch-size", "5"]) == 0
     results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     summary = json.loads((out / "summary.json").read_text())
     assert [r["task_id"] for r in results] == [f"HumanEval/{i}" for i in range(5)]

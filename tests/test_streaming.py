@@ -183,36 +183,42 @@ def test_a_verdict_holds_only_for_the_text_it_was_made_on():
 
 
 def test_the_batcher_reads_streams_in_micro_batches_and_stops_them_once_final():
+    """While the predictor reads one batch, the spans handed over pile up and are read together in the
+    next one. The predictor's call is held open by a gate, so the order is fixed, with no timing."""
+    import threading
+
     from tessy.streaming import WatchBatcher
 
-    class Counting(LexiconPredictor):
+    class Gated(LexiconPredictor):
         inline = False
-        calls: list[int] = []
+
+        def __init__(self):
+            super().__init__()
+            self.calls: list[int] = []
+            self.entered = [threading.Event() for _ in range(3)]
+            self.gate = threading.Event()
 
         def cuts(self, texts, contexts, role):
-            import time
-
             self.calls.append(len(texts))
-            time.sleep(0.02)  # a forward pass: spans pile up while it runs
+            self.entered[len(self.calls) - 1].set()
+            self.gate.wait()  # a forward pass
             return super().cuts(texts, contexts, role)
 
-    predictor = Counting()
+    predictor = Gated()
     batcher = WatchBatcher()
     try:
-        watches = [CutWatch(predictor, STUDENT, "", "</think>", every=1) for _ in range(3)]
-        calls = [batcher.watch(w) for w in watches]
+        calls = [batcher.watch(CutWatch(predictor, STUDENT, "", "</think>", every=1)) for _ in range(4)]
         text = "Okay, x = 2 and so on "
-        verdicts = []
-        for n in range(1, len(text) + 1):
-            verdicts.append([call(span(text[:n])) for call in calls])
-        import time
-
-        deadline = time.time() + 5
-        while not all(call(span(text)) for call in calls) and time.time() < deadline:
-            time.sleep(0.01)
-        assert all(call(span(text)) for call in calls)
-        assert not any(verdicts[0])  # nothing is final after one character
-        # Read together, not once per stream per token: 3 streams x 22 tokens handed over.
-        assert max(predictor.calls) > 1 and len(predictor.calls) < 3 * len(text) / 2
+        assert not calls[0](span(text[:1]))  # handed over; the worker starts reading it
+        assert predictor.entered[0].wait(5)
+        assert not any(call(span(text)) for call in calls[:3])  # these wait while the first read runs
+        predictor.gate.set()
+        assert predictor.entered[1].wait(5)  # the second read took all three
+        calls[3](span(text))  # read after the second batch is through
+        assert predictor.entered[2].wait(5)
+        assert predictor.calls == [1, 3, 1]
+        # Each of the three found its cut final in the second read, and stops its stream now.
+        assert all(call(span(text)) for call in calls[:3])
     finally:
+        predictor.gate.set()
         batcher.close()

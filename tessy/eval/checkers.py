@@ -49,7 +49,7 @@ def parse_checker(spec) -> dict | None:
 
 
 def check(checker: dict | None, test_input: str, output: str, answer: str, limits: Limits,
-          compile_timeout_s: float = 30.0) -> Verdict:  # fmt: skip
+          compile_timeout_s: float = 30.0) -> Verdict:
     """Judge one test: accepted, wrong answer (the detail says where), or checker error when a
     special judge itself failed."""
     kind = (checker or {}).get("type", "lines")
@@ -106,7 +106,7 @@ def _judge_program(language: str, source: str, compile_timeout_s: float) -> Prog
 
 
 def _special_judge(checker: dict, test_input: str, output: str, answer: str, limits: Limits,
-                   compile_timeout_s: float) -> Verdict:  # fmt: skip
+                   compile_timeout_s: float) -> Verdict:
     judge = _judge_program(checker["language"], checker["source"], compile_timeout_s)
     if isinstance(judge, Result):
         if judge.verdict.kind == SANDBOX_REFUSAL:

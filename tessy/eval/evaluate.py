@@ -190,7 +190,7 @@ def load_benchmark(spec: str, limit: int | None = None, since: date | None = Non
 
 def _humaneval_problem(p: dict) -> Problem:
     text = ("Complete the following Python function. Reply with the whole function in a ```python code block."
-            f"\n\n```python\n{p['prompt']}```")  # fmt: skip
+            f"\n\n```python\n{p['prompt']}```")
     return Problem(p["task_id"], "humaneval", text, p)
 
 
@@ -224,10 +224,10 @@ def _jsonl_problem(row: dict, force: str | None = None) -> Problem:
     data = {"tests": tests, "language": language, "checker": parse_checker(row.get("checker"))}
     if language == "cpp":
         text = (f"{question}\n\nWrite a C++ program (g++, C++20) that reads standard input and writes the answer to "
-                "standard output. Put the program in a ```cpp code block.")  # fmt: skip
+                "standard output. Put the program in a ```cpp code block.")
     else:
         text = (f"{question}\n\nWrite a Python program that reads standard input and writes the answer to standard "
-                "output. Put the program in a ```python code block.")  # fmt: skip
+                "output. Put the program in a ```python code block.")
     return Problem(task_id, "stdio", text, data, day)
 
 
@@ -279,7 +279,7 @@ def graded(verdict: Verdict, isolation: str = NO_CODE_RUN, language: str | None 
 
 
 def score(problem: Problem, completion: str, limits: Limits, think_open: str = "<think>", think_close: str = "</think>",
-          compile_timeout_s: float = 30.0) -> dict:  # fmt: skip
+          compile_timeout_s: float = 30.0) -> dict:
     """Grade one sample. Returns `graded(...)`: {"passed", "verdict", "detail", "isolation", "language"}."""
     answer = strip_thinking(completion, think_open, think_close)
     if answer is None:
@@ -300,7 +300,7 @@ def score(problem: Problem, completion: str, limits: Limits, think_open: str = "
         # status 0) has not passed them.
         done = f"tessy-tests-done-{secrets.token_hex(8)}"
         program = (_humaneval_program(problem.data, code, done) if problem.kind == "humaneval"
-                   else _functional_program(code, problem.data, done))  # fmt: skip
+                   else _functional_program(code, problem.data, done))
         result = run_python(program, limits=limits)
         return graded(_harness_verdict(result, done), result.isolation, language)
     program = build(language, code, compile_limits(compile_timeout_s))  # C++ compiles once per sample
@@ -458,7 +458,7 @@ def _generate(config: EvalConfig, problems: list[Problem], console, backend, pro
         starts = [len(s.ids) for s in sessions]
         ended = _run_phase(backend, sessions, starts,
                            [_budget(config.max_think_tokens, limit, len(s.ids)) for s in sessions],
-                           (profile.think_close,), config.chunk_tokens)  # fmt: skip
+                           (profile.think_close,), config.chunk_tokens)
         live = []
         for i, (s, why) in enumerate(zip(sessions, ended)):
             if failed(why) or why == "length" and not config.force_close_thinking:
@@ -471,7 +471,7 @@ def _generate(config: EvalConfig, problems: list[Problem], console, backend, pro
             live.append(i)
         answered = _run_phase(backend, [sessions[i] for i in live], [len(sessions[i].ids) for i in live],
                               [_budget(config.max_answer_tokens, limit, len(sessions[i].ids)) for i in live],
-                              (), config.chunk_tokens)  # fmt: skip
+                              (), config.chunk_tokens)
         for i, why in zip(live, answered):
             ended[i] = why if failed(why) else ended[i]
         for (p, sample), s, start, why in zip(batch, sessions, starts, ended):
@@ -494,7 +494,7 @@ def _budget(asked: int | None, limit: int | None, length: int) -> int:
 
 
 def _run_phase(backend, sessions, starts, budgets: list[int], stop: tuple[str, ...],
-               chunk: int) -> list[str | SampleError]:  # fmt: skip
+               chunk: int) -> list[str | SampleError]:
     """Generate for every session until EOS, a stop string, or its budget of tokens.
 
     Returns why each ended: "eos", "stop", "length", or the `SampleError` of a server backend that gave up."""
@@ -565,7 +565,7 @@ def evaluate(config: EvalConfig, out: str | Path | None = None, console=None, pr
     t0 = time.monotonic()
     if sum(bool(x) for x in (config.model.model, config.samples, config.records)) != 1:
         raise ValueError("give one of --model (sample replies), --samples (score replies already written) "
-                         "or --records (score the answers of a tessy synth run)")  # fmt: skip
+                         "or --records (score the answers of a tessy synth run)")
     since, until = date_range(config.window, config.since, config.until)
     problems = load_benchmark(config.benchmark, config.limit, since, until, config.language)
     by_id = {p.task_id: p for p in problems}
@@ -594,7 +594,7 @@ def evaluate(config: EvalConfig, out: str | Path | None = None, console=None, pr
     # the same user and RLIMIT_NPROC counts them together (a check at exec too), so the process
     # limit grows with the runs in flight: a g++ beside them has four or five processes.
     limits = Limits(timeout_s=config.timeout_s, max_output_chars=Limits().file_size_mb * 1024 * 1024,
-                    max_procs=max(Limits().max_procs, 8 * workers))  # fmt: skip
+                    max_procs=max(Limits().max_procs, 8 * workers))
     if console is not None:
         console.print(f"scoring {len(samples)} samples of {len({s['task_id'] for s in samples})} problems; "
                       f"sandbox: {isolation()}")
@@ -636,7 +636,7 @@ def evaluate(config: EvalConfig, out: str | Path | None = None, console=None, pr
         "failures": dict(sorted(failures.items(), key=lambda kv: -kv[1])),
         "ungraded": sum(r["verdict"] in UNGRADED for r in results), "languages": languages,
         "wall_s": round(time.monotonic() - t0, 2), "config": asdict(config),
-    }  # fmt: skip
+    }
     if config.records:
         summary["records_without_problem"] = unmatched
     if out is not None:
@@ -685,7 +685,7 @@ def print_summary(summary: dict, console) -> None:
     se = "" if summary["pass@1_se"] is None else f" ± {100 * summary['pass@1_se']:.2f}"
     source = summary["model"] or summary["samples_file"] or summary["records_file"]
     table.add_row(str(summary["benchmark"]), str(source), str(summary["problems"]), str(summary["samples"]),
-                  f"{100 * summary['pass@1']:.2f}%{se}", "; ".join(summary["isolation"]))  # fmt: skip
+                  f"{100 * summary['pass@1']:.2f}%{se}", "; ".join(summary["isolation"]))
     console.print(table)
     console.print(f"thinking: {summary['thinking']}")
     if summary["window"]["since"] or summary["window"]["until"]:

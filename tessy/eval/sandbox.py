@@ -82,7 +82,7 @@ RLIMITS_ONLY = "rlimits-only"
 LANGUAGES = ("python", "cpp")
 # What a benchmark row, a checker or a code fence may call them.
 LANGUAGE_ALIASES = {"python": "python", "py": "python", "python3": "python", "py3": "python",
-                    "cpp": "cpp", "c++": "cpp", "cc": "cpp", "cxx": "cpp"}  # fmt: skip
+                    "cpp": "cpp", "c++": "cpp", "cc": "cpp", "cxx": "cpp"}
 # g++ as contest judges call it (Codeforces, AtCoder: -O2, a recent GNU standard); -pipe keeps the
 # intermediate files off the disk.
 CPP_FLAGS = ("-O2", "-std=gnu++20", "-pipe")
@@ -153,7 +153,7 @@ class Program:
     code: bytes  # the source (python) or the executable (cpp)
 
     def run(self, stdin: str = "", limits: Limits | None = None, args: tuple[str, ...] = (),
-            files: dict[str, str | bytes] | None = None) -> Result:  # fmt: skip
+            files: dict[str, str | bytes] | None = None) -> Result:
         """One run in a fresh sandbox; `args` are its command-line arguments, `files` are put in its directory."""
         if self.language == "python":
             return run_python(self.code.decode("utf-8"), stdin, limits, args, files)
@@ -251,11 +251,11 @@ def _bwrap_args(workdir: str) -> list[str]:
         *reopen, "--bind", workdir, "/tmp/work", "--chdir", "/tmp/work",
         "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
         "--die-with-parent", "--new-session",
-    ]  # fmt: skip
+    ]
 
 
 def run_python(code: str, stdin: str = "", limits: Limits | None = None, args: tuple[str, ...] = (),
-               files: dict[str, str | bytes] | None = None) -> Result:  # fmt: skip
+               files: dict[str, str | bytes] | None = None) -> Result:
     """Run `code` as a Python program in the sandbox, feeding it `stdin`; `args` become its
     sys.argv[1:] and `files` ({name: content}) are written into its directory first.
 
@@ -290,14 +290,14 @@ def compile_cpp(source: str, limits: Limits | None = None) -> tuple[bytes | None
 
 
 def run_binary(binary: bytes, stdin: str = "", limits: Limits | None = None, args: tuple[str, ...] = (),
-               files: dict[str, str | bytes] | None = None) -> Result:  # fmt: skip
+               files: dict[str, str | bytes] | None = None) -> Result:
     """Run an executable from `compile_cpp` in the sandbox (a fresh directory with a copy of it),
     feeding it `stdin`; `args` and `files` as for `run_python`. Returns a `Result`."""
     return _run("binary", {**(files or {}), "main": binary}, args, stdin, limits or Limits())[0]
 
 
 def _run(kind: str, files: dict[str, str | bytes], args: tuple[str, ...], stdin: str, limits: Limits,
-         collect: str | None = None) -> tuple[Result, bytes | None]:  # fmt: skip
+         collect: str | None = None) -> tuple[Result, bytes | None]:
     """One sandboxed process: `kind` is "python" (main.py), "compile" (g++ on main.cpp) or "binary"
     (./main). Returns its Result, and the bytes of the file `collect` it left when it passed."""
     mode = isolation()
@@ -324,19 +324,19 @@ def _run(kind: str, files: dict[str, str | bytes], args: tuple[str, ...], stdin:
         drop = "0" if kind == "python" and python is None else "1"
         program = {"python": [python or sys.executable, "-I", "-B", "main.py"],
                    "compile": [shutil.which("g++") or "g++", *CPP_FLAGS, "-o", "main", "main.cpp"],
-                   "binary": [f"{inside}/main"]}[kind]  # fmt: skip
+                   "binary": [f"{inside}/main"]}[kind]
         stack = limits.stack_mb * mb if kind == "binary" else 0
         argv = [python or sys.executable, "-I", "-c", _BOOTSTRAP, str(limits.cpu_s), str(limits.memory_mb * mb),
-                str(limits.file_size_mb * mb), str(limits.max_procs), str(stack), drop, *program, *args]  # fmt: skip
+                str(limits.file_size_mb * mb), str(limits.max_procs), str(stack), drop, *program, *args]
         if mode == BWRAP:
             argv = _bwrap_args(str(work)) + argv
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": inside, "TMPDIR": inside, "LANG": "C.UTF-8",
-               "PYTHONHASHSEED": "0"}  # fmt: skip
+               "PYTHONHASHSEED": "0"}
         with (open(host / "stdin", "rb") as fin, open(host / "stdout", "wb") as fout,
               open(host / "stderr", "wb") as ferr):
             try:
                 proc = subprocess.Popen(argv, stdin=fin, stdout=fout, stderr=ferr, cwd=work, env=env,
-                                        start_new_session=True)  # fmt: skip
+                                        start_new_session=True)
             except OSError as e:
                 refusal = Verdict(SANDBOX_REFUSAL, f"could not start: {e}")
                 return Result(refusal, "", "", None, mode, time.monotonic() - start), None

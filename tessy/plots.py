@@ -123,7 +123,8 @@ def page(result: dict, files: dict[str, str]) -> str:
     figures = "".join(f'<figure><img src="{html.escape(f)}" alt="{html.escape(k)}">'
                       f"<figcaption>{html.escape(k)}</figcaption></figure>"
                       for k, f in files.items())
-    meta = html.escape(json.dumps({k: result[k] for k in ("shared_prompts", "student", "predictor") if k in result}))
+    said = {"shared_prompts": "{} shared prompts", "student": "student model {}", "predictor": "predictor {}"}
+    meta = html.escape(", ".join(text.format(result[k]) for k, text in said.items() if k in result))
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>tessy analyze</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}figure{{display:inline-block;margin:1em}}

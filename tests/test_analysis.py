@@ -140,6 +140,8 @@ def test_report_files(tmp_path):
     assert json.loads((tmp_path / "report" / "analysis.json").read_text()) == json.loads(json.dumps(result))
     page = (tmp_path / "report" / "index.html").read_text()
     assert all(f'src="{n}.png"' in page for n in ("similarity", "pca")) and "teacher-only" in page
+    header = page[page.index("<h1>"):page.index("<h2>")]
+    assert f"{result['shared_prompts']} shared prompts" in header and "{" not in header  # words, not JSON
     assert files["json"].endswith("analysis.json")
 
 

@@ -1,12 +1,13 @@
-"""The README is executable (issue 16, item 1).
+"""The README and the docs are executable.
 
-Fast: every `tessy ...` command line in README.md's fenced code blocks (and the `tessy merge` an
-`sbatch --wrap` runs) is parsed by the real parser, `tessy.cli.build_parser()`: an unknown
-subcommand or flag, a flag spelt short (argparse would take a prefix), a bad choice or a missing
-required argument fails, named by the line. The `tessy ...` fragments in the prose name only known
-subcommands and flags.
+Fast: every `tessy ...` command line in the fenced code blocks of README.md and docs/*.md (and the
+`tessy merge` an `sbatch --wrap` runs) is parsed by the real parser, `tessy.cli.build_parser()`: an
+unknown subcommand or flag, a flag spelt short (argparse would take a prefix), a bad choice or a
+missing required argument fails, named by its file and line. The `tessy ...` fragments in the prose
+name only known subcommands and flags. Every relative link of these pages points at a file that
+exists, and at a heading of it where it names one.
 
-Slow: each subcommand's documented invocation, taken from the README itself, runs in-process on
+Slow: each subcommand's documented invocation, taken from the pages themselves, runs in-process on
 the embedded models in a scratch directory, on tiny inputs, with only sizing flags added. The runs
 feed each other (synth -> show, export, annotate, sft, analyze; annotate -> predictor train ->
 predictor eval; sft -> eval, plot-loss) through module-scoped fixtures.
@@ -31,9 +32,11 @@ import pytest
 
 from tessy.cli import build_parser, main
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]  # the pages whose commands are checked and run
 
-# --- reading the README ------------------------------------------------------------------------------
+# --- reading the pages ------------------------------------------------------------------------------
 FENCE = re.compile(r"^\s*(`{3,}|~{3,})\s*([\w+-]*)\s*$")
 NOT_SHELL = {"python", "json", "yaml", "toml"}  # blocks that hold no command lines
 COMMAND_START = re.compile(r"^\s*(?:\$\s+)?(?:tessy\s|\S.*\s-m\s+tessy\.cli\s)")
@@ -46,15 +49,16 @@ VARIABLES = {"SLURM_ARRAY_TASK_ID": "7", "I": "07", "JOBID": "12345"}
 
 @dataclass(frozen=True)
 class Command:
-    line: int  # where it starts in README.md
+    file: str  # the page, relative to the repository: README.md, docs/scale.md, ...
+    line: int  # where it starts in that page
     text: str  # as written: continuation lines joined, a trailing comment dropped
     argv: tuple[str, ...]  # tessy's arguments: optional [brackets] dropped (options in), placeholders filled
     minimal: tuple[str, ...] | None  # the same with every [bracketed] option left out; None without brackets
     partial: bool  # the line has a bare `...`: the rest as in the line above with the same subcommand
 
 
-def code_blocks(text: str) -> list[tuple[int, str, list[str]]]:
-    """(line number of the first line, info string, lines) of each fenced block."""
+def code_blocks(text: str, name: str = "README.md") -> list[tuple[int, str, list[str]]]:
+    """(line number of the first line, info string, lines) of each fenced block of the page `name`."""
     blocks, opened, lines = [], None, []
     for n, line in enumerate(text.splitlines(), 1):
         m = FENCE.match(line)
@@ -66,7 +70,7 @@ def code_blocks(text: str) -> list[tuple[int, str, list[str]]]:
             opened = None
         else:
             lines.append(line)
-    assert opened is None, f"README.md: the code block opened on line {opened[0] - 1} is never closed"
+    assert opened is None, f"{name}: the code block opened on line {opened[0] - 1} is never closed"
     return blocks
 
 
@@ -127,10 +131,10 @@ def unbracket(args: list[str], where: str) -> tuple[list[str], list[str] | None]
     return full, (minimal if bracketed else None)
 
 
-def make_command(line: int, text: str, args: list[str]) -> Command:
-    where = f"README.md:{line}: {text.strip()}"
+def make_command(file: str, line: int, text: str, args: list[str]) -> Command:
+    where = f"{file}:{line}: {text.strip()}"
     full, minimal = unbracket(args, where)
-    return Command(line, " ".join(text.split()), tuple(full), None if minimal is None else tuple(minimal),
+    return Command(file, line, " ".join(text.split()), tuple(full), None if minimal is None else tuple(minimal),
                    ELLIPSIS in full)
 
 
@@ -159,12 +163,26 @@ def wrapped_command(text: str) -> str | None:
     return None
 
 
+def page_name(page: Path) -> str:
+    return page.relative_to(ROOT).as_posix()
+
+
 @functools.lru_cache(maxsize=None)
-def readme_commands() -> tuple[list[Command], list[tuple[int, str]]]:
-    """(the command lines of the code blocks and of `sbatch --wrap`, the `tessy ...` fragments of the prose)."""
-    text = README.read_text(encoding="utf-8")
+def readme_commands() -> tuple[list[Command], list[tuple[str, int, str]]]:
+    """(the command lines of the code blocks and of `sbatch --wrap` of every page, the `tessy ...`
+    fragments of their prose as (page, line, fragment), each fragment once)."""
+    commands, fragments = [], []
+    for page in PAGES:
+        page_commands, page_fragments = page_commands_of(page_name(page), page.read_text(encoding="utf-8"))
+        commands += page_commands
+        fragments += [f for f in page_fragments if f[2] not in {seen for _, _, seen in fragments}]
+    return commands, fragments
+
+
+def page_commands_of(name: str, text: str) -> tuple[list[Command], list[tuple[str, int, str]]]:
+    """One page's command lines, in page order, and its prose fragments."""
     commands, in_code = [], set()
-    for first, info, lines in code_blocks(text):
+    for first, info, lines in code_blocks(text, name):
         in_code.update(range(first - 1, first + len(lines) + 1))
         if info.lower() in NOT_SHELL:
             continue
@@ -172,19 +190,19 @@ def readme_commands() -> tuple[list[Command], list[tuple[int, str]]]:
             if COMMAND_START.match(line):
                 text_ = strip_comment(line)
                 args = tessy_args(shell_words(text_))
-                assert args is not None, f"README.md:{n}: cannot find tessy's arguments in {line.strip()!r}"
-                commands.append(make_command(n, text_, args))
+                assert args is not None, f"{name}:{n}: cannot find tessy's arguments in {line.strip()!r}"
+                commands.append(make_command(name, n, text_, args))
     fragments = []
     for n, line in enumerate(text.splitlines(), 1):
         if n in in_code:
             continue
         for span in re.findall(r"(?<!`)`([^`]+)`(?!`)", line):
-            if span.startswith("tessy ") and span not in {f for _, f in fragments}:
-                fragments.append((n, span))
+            if span.startswith("tessy ") and span not in {f for _, _, f in fragments}:
+                fragments.append((name, n, span))
             elif span.startswith("sbatch ") and (wrapped := wrapped_command(span)):
                 args = tessy_args(shell_words(wrapped))
                 if args is not None:
-                    commands.append(make_command(n, span, args))
+                    commands.append(make_command(name, n, span, args))
     commands.sort(key=lambda c: c.line)
     return commands, fragments
 
@@ -260,19 +278,21 @@ def parse(argv, where: str) -> argparse.Namespace:
 
 
 def completed(command: Command, commands: list[Command]) -> list[str]:
-    """A `...` line with the arguments of the closest line above with the same subcommand put in
-    front of its own (so its own win): every flag of its own is still parsed, and a required
-    argument is filled only where the README says `...`."""
+    """A `...` line with the arguments of the closest line above on its page with the same subcommand
+    put in front of its own (so its own win): every flag of its own is still parsed, and a required
+    argument is filled only where the page says `...`."""
     path, _ = command_path(command.argv)
     own = [w for w in command.argv[len(path):] if w != ELLIPSIS]
-    above = [c for c in commands if c.line < command.line and not c.partial and command_path(c.argv)[0] == path]
+    above = [c for c in commands if c.file == command.file and c.line < command.line and not c.partial
+             and command_path(c.argv)[0] == path]
     if not above:
-        pytest.fail(f"README.md:{command.line}: `...` but no full `tessy {' '.join(path)}` line above", pytrace=False)
+        pytest.fail(f"{command.file}:{command.line}: `...` but no full `tessy {' '.join(path)}` line above",
+                    pytrace=False)
     return [*path, *above[-1].argv[len(path):], *own]
 
 
 COMMANDS, FRAGMENTS = readme_commands()
-# The subcommands the README documents: the test must find a full command line for each.
+# The subcommands the pages document: the test must find a full command line for each.
 DOCUMENTED = {("synth",), ("show",), ("export",), ("merge",), ("annotate",), ("predictor", "train"),
               ("predictor", "eval"), ("analyze",), ("sft",), ("eval",), ("plot-loss",), ("config",), ("serve",),
               ("filter",)}
@@ -283,7 +303,8 @@ def test_collector_finds_the_readme_commands():
     found = {command_path(c.argv)[0] for c in COMMANDS if not c.partial}
     leaves = set(leaf_commands(parser()))
     assert DOCUMENTED <= leaves, f"the parser lost {sorted(DOCUMENTED - leaves)}"
-    assert leaves <= found, f"no full README command line for {sorted(leaves - found)}"
+    assert leaves <= found, f"no full command line in README.md or docs/*.md for {sorted(leaves - found)}"
+    assert {c.file for c in COMMANDS} >= {"README.md", "docs/scale.md"}, "the docs pages are read too"
     # The placeholders are all understood: `...`, [optional] brackets, the wrapped merge, accelerate.
     assert any(c.partial for c in COMMANDS) and any(c.minimal for c in COMMANDS)
     assert any(c.text.startswith("tessy merge") and "*" in c.text for c in COMMANDS)
@@ -291,9 +312,9 @@ def test_collector_finds_the_readme_commands():
     assert len(FRAGMENTS) >= 10, FRAGMENTS
 
 
-@pytest.mark.parametrize("command", COMMANDS, ids=[c.text for c in COMMANDS])
+@pytest.mark.parametrize("command", COMMANDS, ids=[f"{c.file}: {c.text}" for c in COMMANDS])
 def test_readme_command_parses(command):
-    where = f"README.md:{command.line}: {command.text}"
+    where = f"{command.file}:{command.line}: {command.text}"
     check_flags(command.argv, where)
     argv = completed(command, COMMANDS) if command.partial else list(command.argv)
     args = parse(argv, where)
@@ -305,11 +326,11 @@ def test_readme_command_parses(command):
         parse_shard(args.shard)
 
 
-@pytest.mark.parametrize("line, fragment", FRAGMENTS, ids=[f for _, f in FRAGMENTS])
-def test_readme_prose_names_known_commands_and_flags(line, fragment):
+@pytest.mark.parametrize("file, line, fragment", FRAGMENTS, ids=[f"{p}: {f}" for p, _, f in FRAGMENTS])
+def test_readme_prose_names_known_commands_and_flags(file, line, fragment):
     args = shell_words(fragment)[1:]
     path, p = command_path(args)
-    where = f"README.md:{line}: `{fragment}`"
+    where = f"{file}:{line}: `{fragment}`"
     if path and subcommands(p) and len(args) == len(path):
         return  # `tessy predictor` alone names the command group
     check_flags(args, where)
@@ -330,7 +351,7 @@ def test_readme_prose_names_known_commands_and_flags(line, fragment):
 def test_the_check_catches_mistakes(text, error):
     """The checks above, on lines with one mistake each: each fails, saying what is wrong."""
     with pytest.raises((AssertionError, pytest.fail.Exception), match=re.escape(error)):
-        test_readme_command_parses(make_command(1, text, tessy_args(shell_words(strip_comment(text)))))
+        test_readme_command_parses(make_command("README.md", 1, text, tessy_args(shell_words(strip_comment(text)))))
 
 
 @pytest.mark.parametrize("fragment, error", [
@@ -342,7 +363,65 @@ def test_the_check_catches_mistakes(text, error):
 ])
 def test_the_prose_check_catches_mistakes(fragment, error):
     with pytest.raises(pytest.fail.Exception, match=re.escape(error)):
-        test_readme_prose_names_known_commands_and_flags(1, fragment)
+        test_readme_prose_names_known_commands_and_flags("README.md", 1, fragment)
+
+
+# --- links ----------------------------------------------------------------------------------------------
+LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")  # [text](target); images and bare URLs aside
+
+
+def heading_anchor(heading: str) -> str:
+    """GitHub's anchor for a heading: lowercased, punctuation (backticks too) removed, spaces as `-`."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(page: Path) -> set[str]:
+    """The anchors of a page's headings (those outside code blocks)."""
+    text = page.read_text(encoding="utf-8")
+    in_code = {n for first, _, lines in code_blocks(text, page.name) for n in range(first - 1, first + len(lines) + 1)}
+    return {heading_anchor(line.lstrip("#")) for n, line in enumerate(text.splitlines(), 1)
+            if n not in in_code and re.match(r"#{1,6} ", line)}
+
+
+def relative_links(page: Path) -> list[tuple[int, str]]:
+    """(line, target) of every link of the page that is not a URL."""
+    return [(n, target) for n, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1)
+            for target in LINK.findall(line) if not re.match(r"[a-z]+:", target)]
+
+
+def broken_link(page: Path, target: str) -> str | None:
+    """Why `target`, linked from `page`, leads nowhere; None when it leads to a file (and its heading)."""
+    path, _, anchor = target.partition("#")
+    file = (page.parent / path).resolve() if path else page
+    if not file.exists():
+        return f"no file {path}"
+    if anchor and file.suffix == ".md" and anchor not in anchors(file):
+        return f"{file.relative_to(ROOT)} has no heading #{anchor}"
+    return None
+
+
+LINKED_PAGES = [*PAGES, ROOT / "CHANGELOG.md", ROOT / "benchmarks" / "README.md", ROOT / "benchmarks" / "RESULTS.md"]
+
+
+@pytest.mark.parametrize("page", LINKED_PAGES, ids=page_name)
+def test_relative_links_lead_to_files(page):
+    broken = [f"{page_name(page)}:{n}: ({target}) {why}" for n, target in relative_links(page)
+              if (why := broken_link(page, target))]
+    assert not broken, "\n".join(broken)
+
+
+@pytest.mark.parametrize("text, why", [
+    ("[a](docs/nowhere.md)", "no file docs/nowhere.md"),
+    ("[a](docs/scale.md#no-such-heading)", "has no heading #no-such-heading"),
+])
+def test_the_link_check_catches_mistakes(text, why):
+    [(_, target)] = [(1, t) for t in LINK.findall(text)]
+    assert why in broken_link(README, target)
+
+
+def test_heading_anchors_are_githubs():
+    assert heading_anchor(" `tessy serve --weights auto` on an AVX2 CPU") == "tessy-serve---weights-auto-on-an-avx2-cpu"
+    assert heading_anchor("Setting up: `make demo` and `make test`") == "setting-up-make-demo-and-make-test"
 
 
 # --- slow: the documented invocations, run ---------------------------------------------------------------
@@ -358,12 +437,16 @@ SHARD_SIZE = ["--max-think-tokens", "8", "--max-answer-tokens", "4"]  # the shar
 
 
 def readme_argv(subcommand: str, *contains: str) -> list[str]:
-    """The arguments of the README's own `tessy SUBCOMMAND ...` code line that contains each string of
-    `contains`, its [optional] options in."""
-    found = {c.argv for c in COMMANDS if not c.partial
-             and " ".join(command_path(c.argv)[0]) == subcommand and all(s in c.text for s in contains)}
-    assert len(found) == 1, f"README.md: {len(found)} `tessy {subcommand}` lines contain {contains}: {found}"
-    return list(found.pop())
+    """The arguments of the `tessy SUBCOMMAND ...` code line of README.md or docs/*.md that contains
+    each string of `contains`, its [optional] options in. The same line may stand on several pages;
+    two different lines that match fail, naming where each is."""
+    found: dict[tuple[str, ...], list[str]] = {}
+    for c in COMMANDS:
+        if not c.partial and " ".join(command_path(c.argv)[0]) == subcommand and all(s in c.text for s in contains):
+            found.setdefault(c.argv, []).append(f"{c.file}:{c.line}")
+    assert len(found) == 1, (f"{len(found)} different `tessy {subcommand}` lines contain {contains}: "
+                             + "; ".join(f"{' '.join(argv)} ({', '.join(at)})" for argv, at in found.items()))
+    return list(next(iter(found)))
 
 
 def with_values(argv: list[str], values: dict[str, str]) -> list[str]:

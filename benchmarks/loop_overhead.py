@@ -105,7 +105,7 @@ def instrument(backends: dict, stats: dict[str, CallStats]):
 def reseed(backends: dict, config) -> None:
     """Restart each sampler from its configured seed, so every phase samples reproducibly."""
     for role, be in backends.items():
-        seed = getattr(config, role).seed
+        seed = getattr(config, role).spec.seed
         if seed is not None and getattr(be, "generator", None) is not None:
             be.generator.manual_seed(seed)
 
@@ -169,14 +169,10 @@ def run_tessy(config, backends: dict, prompts: Path, workdir: Path, name: str) -
 
 def plain_sessions(config, backend, role: str, prompts: list, rows: int) -> list:
     """Sessions started exactly as `tessy.synth.start_sample` starts them, for `rows` prompts."""
-    from tessy.profiles import get_profile, render_prompt
-
-    model = getattr(config, role)
-    profile = get_profile(model.profile, config.profiles)
+    renderer = getattr(config, role).renderer(backend.tokenizer, config.profiles)
     sessions = []
     for i in range(rows):
-        text, used_template = render_prompt(profile, backend.tokenizer, list(prompts[i % len(prompts)].messages),
-                                            model.chat_template_kwargs)
+        text, used_template = renderer.render(list(prompts[i % len(prompts)].messages))
         sessions.append(backend.start(text, add_special_tokens=not used_template))
     return sessions
 
@@ -391,9 +387,9 @@ def main(argv: list[str] | None = None) -> None:
 
     tessy_tpt = t2["wall_s"] / t2["generated_total"]
     res = {
-        "student": base.student.model,
-        "teacher": base.teacher.model,
-        "temperature": {"student": base.student.temperature, "teacher": base.teacher.temperature},
+        "student": base.student.spec.model,
+        "teacher": base.teacher.spec.model,
+        "temperature": {"student": base.student.spec.temperature, "teacher": base.teacher.spec.temperature},
         "prompts_n": args.prompts_n,
         "batch_size": args.batch_size,
         "in_flight": args.in_flight or 2 * args.batch_size,

@@ -74,9 +74,9 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scale_sim import free_port, write_prompts  # noqa: E402  (the same prompts as the simulated benchmark)
+from scale_sim import write_prompts  # noqa: E402  (the same prompts as the simulated benchmark)
 
-from tessy.serve import ServerProcess, find_llama_server, server_command  # noqa: E402
+from tessy.serve import ServerProcess, find_llama_server, free_port, server_command  # noqa: E402
 from tessy.serve_weights import choose_weights  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,11 +127,9 @@ class Server:
                  timeout_s: float = 300):
         self.engine, self.cmd, self.port = engine, cmd, port
         self.url = f"http://127.0.0.1:{port}"
-        self.process = ServerProcess(cmd, self.url, env={**os.environ, **env} if env else None, log=log)
-        self.process.start()
-        if not self.process.wait_until_healthy(timeout_s):
-            self.process.stop()
-            raise RuntimeError(f"{engine} did not come up ({self.process.failure()}): see {log}")
+        self.process = ServerProcess(cmd, self.url, env={**os.environ, **env} if env else None, log=log,
+                                     name=f"{engine} ({log})")
+        self.process.start().ready(timeout_s)
         self._readings: list[float] = []
         self._stop = threading.Event()
         self._thread = None

@@ -53,13 +53,13 @@ import argparse
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from tessy.serve import ServerProcess, free_port
 
 HERE = Path(__file__).resolve().parent
 SIM = "(simulated servers)"
@@ -137,12 +137,6 @@ def statement(i: int) -> str:
     return f"Problem {i}. " + STORIES[i % len(STORIES)].format(m=m) + FORMAT.format(m=m, row=row, ans=i % 9 + 1)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def http(url: str, body: dict | None = None) -> dict:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
@@ -180,32 +174,25 @@ def write_prompts(path: Path, n: int) -> None:
 
 
 class SimServers:
+    """The student's and the teacher's simulated servers (sim_server.py), each started, waited for and
+    stopped as tessy starts a real one (tessy.serve.ServerProcess)."""
+
     def __init__(self, corpus_path: Path, logdir: Path, server_args: list[str]):
-        self.procs, self.urls, self.logs = {}, {}, {}
+        self.servers, self.urls, self.logs = {}, {}, {}
         for role in ("student", "teacher"):
             port = free_port()
-            log = logdir / f"sim-{role}.log"
-            self.logs[role] = log
-            self.procs[role] = subprocess.Popen(
-                [sys.executable, str(HERE / "sim_server.py"), "--port", str(port), "--corpus", str(corpus_path),
-                 *server_args],
-                stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+            self.logs[role] = log = logdir / f"sim-{role}.log"
+            log.unlink(missing_ok=True)  # `errors` reads this run's output alone
             self.urls[role] = f"http://127.0.0.1:{port}"
-        for role, url in self.urls.items():
-            for _ in range(400):
-                try:
-                    http(url + "/v1/models")
-                    break
-                except OSError:
-                    if self.procs[role].poll() is not None:
-                        break
-                    time.sleep(0.05)
-            else:
-                self.close()
-                raise RuntimeError(f"sim server ({role}) did not answer within 20 s")
-            if self.procs[role].poll() is not None:
-                self.close()
-                raise RuntimeError(f"sim server ({role}) did not start:\n{self.logs[role].read_text()[-2000:]}")
+            self.servers[role] = ServerProcess(
+                [sys.executable, str(HERE / "sim_server.py"), "--port", str(port), "--corpus", str(corpus_path),
+                 *server_args], self.urls[role], log=log, grace_s=5.0, name=f"sim server ({role})").start()
+        try:
+            for server in self.servers.values():
+                server.ready(20)
+        except Exception:
+            self.close()
+            raise
 
     def reset(self) -> None:
         for url in self.urls.values():
@@ -218,13 +205,8 @@ class SimServers:
         return "".join(f"[{r}] {log.read_text()[-1000:]}" for r, log in self.logs.items() if log.stat().st_size)
 
     def close(self) -> None:
-        for p in self.procs.values():
-            p.terminate()
-        for p in self.procs.values():
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        for server in self.servers.values():
+            server.stop()
 
 
 def has_driver() -> bool:
@@ -250,10 +232,10 @@ def run_one(servers: SimServers, workdir: Path, args, method: str, in_flight: in
                          in_flight=in_flight, batch_size=max(in_flight // 2, 1), method=method,
                          **({"max_rounds": args.max_rounds} if args.max_rounds else {}))
     for role in ("student", "teacher"):
-        rc = getattr(config, role)
-        rc.backend, rc.model, rc.urls = "openai", MODEL, [servers.urls[role] + "/v1"]
-        rc.concurrency, rc.timeout_s, rc.max_retries = in_flight + 16, 3600.0, 1
-    config.teacher.seed = 1
+        spec, endpoint = getattr(config, role).spec, getattr(config, role).endpoint
+        spec.backend, spec.model, endpoint.urls = "openai", MODEL, [servers.urls[role] + "/v1"]
+        endpoint.concurrency, endpoint.timeout_s, endpoint.max_retries = in_flight + 16, 3600.0, 1
+    config.teacher.spec.seed = 1
     if driver is not None:
         config.driver = driver
     servers.reset()

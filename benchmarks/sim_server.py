@@ -44,6 +44,7 @@ Endpoints:
   `finish_reason`, `token_ids` (only with `return_token_ids`) and `usage` with
   `prompt_tokens_details.cached_tokens`.
 - `GET /v1/models`: `{"object": "list", "data": [{"id": "sim", "object": "model"}]}`.
+- `GET /health`: `{"ok": true}` once the server listens (what tessy.serve.ServerProcess waits for).
 - `GET /stats`: `busy_s` (time with >= 1 active sequence), `wall_s` (since start or the last
   reset), `requests`, `requests_max1` (requests with `max_tokens` <= 1: a client's probes),
   `prompt_tokens`, `cached_prompt_tokens`, `generated_tokens`, `bytes_in` (request body bytes on
@@ -282,6 +283,8 @@ class Handler(BaseHTTPRequestHandler):
         path = self.path.split("?")[0].rstrip("/")
         if path in ("/v1/models", "/models"):
             self._send(200, {"object": "list", "data": [{"id": "sim", "object": "model"}]})
+        elif path == "/health":
+            self._send(200, {"ok": True})
         elif path == "/stats":
             self._send(200, self.engine.stats())
         else:

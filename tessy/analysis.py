@@ -207,17 +207,15 @@ def token_labels(body: str, offsets: list[tuple[int, int]], style: list[tuple[in
     return labels
 
 
-def scoring_inputs(record: dict, tokenizer, profile,
-                   template_kwargs: dict | None = None) -> tuple[str, str, list[tuple[int, int]]]:
+def scoring_inputs(record: dict, renderer) -> tuple[str, str, list[tuple[int, int]]]:
     """(prompt text, scored body, marker spans in the body) of one record.
 
-    The prompt is rendered as the student saw it at synthesis (its profile and chat template
-    arguments, the synth config's `student.chat_template_kwargs`), think-open prefill included; the
-    body is the rest of the assistant message (thinking, close marker, answer)."""
-    from tessy.profiles import render_prompt
-
+    The prompt is rendered as the student saw it at synthesis (`renderer`: the student's profile,
+    tokenizer and chat template arguments), think-open prefill included; the body is the rest of the
+    assistant message (thinking, close marker, answer)."""
+    profile = renderer.profile
     messages = [m for m in record["messages"] if m["role"] != "assistant"]
-    prefix, _ = render_prompt(profile, tokenizer, messages, template_kwargs)
+    prefix, _ = renderer.render(messages)
     content = assistant_text(record)
     body = content[len(profile.think_open):] if content.startswith(profile.think_open) else content
     at = body.rfind(profile.think_close)
@@ -225,20 +223,20 @@ def scoring_inputs(record: dict, tokenizer, profile,
     return prefix, body, markers
 
 
-def student_nll(records: list[dict], model, tokenizer, profile, predictor, batch_size: int = 4, progress=None,
-                template_kwargs: dict | None = None) -> dict:
+def student_nll(records: list[dict], model, renderer, predictor, batch_size: int = 4, progress=None) -> dict:
     """The student's mean NLL per token (nats) on the records' assistant text, over all scored
     tokens and over style and capability tokens (labels from `predictor`); each prompt is rendered
-    with the student's chat template arguments `template_kwargs`.
+    by the student's `renderer` (tessy.profiles.Renderer), whose tokenizer also scores.
 
     Returns {"all": {"nll", "tokens"}, "style": {...}, "capability": {...}}. Means are per token,
     pooled over the dataset."""
     import torch
 
+    tokenizer = renderer.tokenizer
     sums, counts = Counter(), Counter()
     items = []
     for r in records:
-        prefix, body, markers = scoring_inputs(r, tokenizer, profile, template_kwargs)
+        prefix, body, markers = scoring_inputs(r, renderer)
         enc = tokenizer(prefix + body, add_special_tokens=not getattr(tokenizer, "chat_template", None),
                         return_offsets_mapping=True)
         ids, offsets = enc["input_ids"], enc["offset_mapping"]

@@ -324,21 +324,19 @@ def piece_windows(docs: list[tuple[str, str, str]], pieces: int = 60, per_respon
     return out
 
 
-def sample_thinking(backend, profile, prompts: list, max_tokens: int, batch_size: int = 8,
-                    template_kwargs: dict | None = None) -> list[str]:
+def sample_thinking(backend, renderer, prompts: list, max_tokens: int, batch_size: int = 8) -> list[str]:
     """Fresh thinking text from one model: each prompt rendered up to the opened thinking by the
-    model's profile (`template_kwargs` reach its chat template: gpt-oss's reasoning_effort), then
-    written with the backend's sampling until the model closes the thinking or `max_tokens` are
-    spent. Each prompt's draws come from the backend's seed and the prompt's id, so a rerun writes
-    the same text."""
-    from tessy.profiles import render_prompt
-
+    model's `renderer` (tessy.profiles.Renderer: its profile, tokenizer and chat template arguments,
+    such as gpt-oss's reasoning_effort), then written with the backend's sampling until the model
+    closes the thinking or `max_tokens` are spent. Each prompt's draws come from the backend's seed
+    and the prompt's id, so a rerun writes the same text. Returns one text per prompt, in order."""
+    profile = renderer.profile
     texts = []
     for i in range(0, len(prompts), batch_size):
         chunk = prompts[i:i + batch_size]
         sessions = []
         for p in chunk:
-            text, used_template = render_prompt(profile, backend.tokenizer, list(p.messages), template_kwargs)
+            text, used_template = renderer.render(list(p.messages))
             sessions.append(backend.start(text, add_special_tokens=not used_template, key=f"{p.id}/think"))
         spans = backend.generate(sessions, [max_tokens] * len(chunk), [(profile.think_close,)] * len(chunk))
         for s, span in zip(sessions, spans):
@@ -517,12 +515,12 @@ class AnnotateJob:
 
 
 def sampling_model(model, job: AnnotateJob):
-    """The role's model entry with --sample's own sampling where given (the role's elsewhere)."""
+    """The role's config (`RoleConfig`) with --sample's own sampling where given (the role's elsewhere)."""
     import dataclasses
 
     given = {"temperature": job.sample_temperature, "top_p": job.sample_top_p, "top_k": job.sample_top_k}
     given = {k: v for k, v in given.items() if v is not None}
-    return dataclasses.replace(model, **given) if given else model
+    return dataclasses.replace(model, spec=dataclasses.replace(model.spec, **given)) if given else model
 
 
 def run_annotate(job: AnnotateJob, console=None) -> dict:
@@ -530,11 +528,12 @@ def run_annotate(job: AnnotateJob, console=None) -> dict:
     `job.out_format`); return the summary (also printed when `console` is given)."""
     from pathlib import Path
 
-    from tessy.config import load_config
+    from tessy.config import load_config, load_recipe
 
     say = console.print if console is not None else (lambda *a, **k: None)
     config = load_config(job.config)
-    if job.annotator == "config" and config.annotator is None:
+    annotator = load_recipe(job.config).annotator
+    if job.annotator == "config" and annotator is None:
         raise ValueError("--annotator config needs an annotator: section in the --config file (a model entry like "
                          "student:, plus max_tokens)")
     prompt = read_prompt(job.prompt_file) if job.prompt_file else ANNOTATION_PROMPT
@@ -547,13 +546,14 @@ def run_annotate(job: AnnotateJob, console=None) -> dict:
             from tessy.backends import make_backend
 
             model = model or getattr(config, name)
-            say(f"loading the {name}: {model.model}")
+            say(f"loading the {name}: {model.spec.model}")
             backends[name] = make_backend(model, name)
             opened.append(backends[name])
         return backends[name]
 
     try:
-        segments, annotated, report = _segments_and_labels(job, config, backend, say, console, opened, prompt)
+        segments, annotated, report = _segments_and_labels(job, config, backend, say, console, opened, prompt,
+                                                           annotator)
     finally:
         for thing in opened:
             thing.close()
@@ -609,8 +609,10 @@ def _windows(job: AnnotateJob, docs: list[tuple[str, str, str]]) -> list[Segment
     return segments
 
 
-def _annotator_ask(job: AnnotateJob, config, backend: Callable, opened: list) -> tuple[Callable, str]:
-    """(`ask` for `annotate_llm`, the annotator's name) of --annotator teacher, student or config.
+def _annotator_ask(job: AnnotateJob, config, backend: Callable, opened: list,
+                   annotator=None) -> tuple[Callable, str]:
+    """(`ask` for `annotate_llm`, the annotator's name) of --annotator teacher, student or config
+    (`annotator`: the config file's `annotator:` section, an `AnnotatorConfig`).
 
     The model entry's sampling and `chat_template_kwargs` go with every request: over the openai
     backend through the server's chat endpoint (which applies the model's own template), else
@@ -618,21 +620,22 @@ def _annotator_ask(job: AnnotateJob, config, backend: Callable, opened: list) ->
     if job.annotator in (STUDENT, TEACHER):
         model, budget, name = getattr(config, job.annotator), job.max_new_tokens, job.annotator
     elif job.annotator == "config":
-        model, budget, name = config.annotator, config.annotator.max_tokens, "annotator"
+        model, budget, name = annotator, annotator.max_tokens, "annotator"
     else:
         raise ValueError(f"unknown annotator {job.annotator!r}: use {', '.join(ANNOTATORS)}")
-    if model.backend == "openai":
+    spec = model.spec
+    if spec.backend == "openai":
         from tessy.backends.openai import ChatClient
 
-        client = ChatClient.from_config(model, budget)
+        client = ChatClient.from_config(spec, model.endpoint, budget)
         opened.append(client)
-        return client.complete, f"{name}:{model.model}"
+        return client.complete, f"{name}:{spec.model}"
     runner = backend(name, model)
-    return backend_asker(runner, budget, model.chat_template_kwargs), f"{name}:{model.model}"
+    return backend_asker(runner, budget, spec.chat_template_kwargs), f"{name}:{spec.model}"
 
 
 def _segments_and_labels(job: AnnotateJob, config, backend: Callable, say: Callable, console, opened: list,
-                         prompt: str = ANNOTATION_PROMPT):
+                         prompt: str = ANNOTATION_PROMPT, annotator=None):
     """The windows of thinking text and their labels: `backend(name, model)` opens a model on first
     use; whatever this opens besides goes into `opened`."""
     from rich.progress import Progress
@@ -644,7 +647,6 @@ def _segments_and_labels(job: AnnotateJob, config, backend: Callable, say: Calla
     for path in job.records:
         docs.extend(thinking_texts(read_records(path), job.source))
     if job.sample:
-        from tessy.profiles import get_profile
         from tessy.prompts import read_prompts
 
         if not job.prompts:
@@ -654,11 +656,10 @@ def _segments_and_labels(job: AnnotateJob, config, backend: Callable, say: Calla
             model = getattr(config, role)
             sampler = sampling_model(model, job)
             say(f"sampling {len(prompts)} thinkings of up to {job.sample_tokens} tokens from the {role} (temperature "
-                f"{sampler.temperature}, top_p {sampler.top_p}, top_k {sampler.top_k})")
-            profile = get_profile(model.profile, config.profiles)
+                f"{sampler.spec.temperature}, top_p {sampler.spec.top_p}, top_k {sampler.spec.top_k})")
             runner = backend(role) if sampler is model else backend(f"{role} sampler", sampler)
-            texts = sample_thinking(runner, profile, prompts, job.sample_tokens, job.batch_size,
-                                    model.chat_template_kwargs)
+            texts = sample_thinking(runner, model.renderer(runner.tokenizer, config.profiles), prompts,
+                                    job.sample_tokens, job.batch_size)
             docs.extend((f"{role}/{p.id}", role, t) for p, t in zip(prompts, texts))
     if not docs:
         raise ValueError("no thinking text: give --records and/or --sample with --prompts")
@@ -671,7 +672,7 @@ def _segments_and_labels(job: AnnotateJob, config, backend: Callable, say: Calla
     if job.annotator == "lexicon":
         annotate_lexicon(segments, LexiconPredictor())
         return segments, segments, report
-    ask, name = _annotator_ask(job, config, backend, opened)
+    ask, name = _annotator_ask(job, config, backend, opened, annotator)
     with Progress(console=console, disable=console is None) as bar:
         task = bar.add_task("annotate", total=len(segments))
         annotated, report = annotate_llm(segments, ask, name, job.retries, job.batch_size,

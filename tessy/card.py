@@ -150,7 +150,7 @@ def dataset_card(records_path: Path, records: list[dict], skipped: list[str], li
     rows = [("tessy", __version__), ("method", ", ".join(f"{m} ({n})" for m, n in methods.most_common()) or "-")]
     if config is not None:
         for role in ("student", "teacher"):
-            model = getattr(config, role)
+            model = getattr(config, role).spec
             rows.append((role, f"`{model.model}` (profile `{model.profile}`, backend {model.backend}, temperature "
                                f"{model.temperature}, top_p {model.top_p})"))
         rows += [("final answer", config.final_answer), ("k (tokens per turn)", str(config.k)),

@@ -96,12 +96,11 @@ def cmd_synth(args) -> int:
 def cmd_serve(args) -> int:
     import os
     import shlex
-    import signal
 
     from rich.console import Console
     from rich.markup import escape
 
-    from tessy.serve import ServerProcess
+    from tessy.serve import ServerError, ServerProcess
 
     console = _console()
     notes = Console(stderr=True) if args.print_command else console  # stdout carries the command line alone
@@ -129,7 +128,8 @@ def cmd_serve(args) -> int:
                                         measure=not args.print_command,
                                         say=lambda line: notes.print(line, soft_wrap=True))
             except Exception as e:  # noqa: BLE001  (a failed measurement serves the file as it is)
-                chosen = {"path": gguf, "why": f"[yellow]the measurement failed ({escape(str(e))}); --weights "
+                why = e.reason if isinstance(e, ServerError) else str(e)  # one line: the server below echoes its output
+                chosen = {"path": gguf, "why": f"[yellow]the measurement failed ({escape(why)}); --weights "
                                                "chooses[/]"}
             notes.print(f"weights: {chosen['path'].name} ({chosen['why']})", soft_wrap=True)
             gguf = chosen["path"]
@@ -144,21 +144,12 @@ def cmd_serve(args) -> int:
         print(line)
         return OK
     console.print(f"[bold]{line}", soft_wrap=True)
-
-    def stop(signum, frame):  # `kill`, or a job scheduler ending the job: stop the server as Ctrl-C does
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
     root = f"http://{args.host}:{args.port}"
-    server = ServerProcess(cmd, root, env={**os.environ, **env} if env else None)
-    try:
-        server.start(echo=True)
-        if server.wait_until_healthy():
-            console.print(f"[green]serving {name} at {root}/v1[/] ({what}, {args.parallel} {slots}); give it to "
-                          f"`tessy synth` as --student-url or --teacher-url {root}/v1; Ctrl-C stops it", soft_wrap=True)
-        code = server.wait()
-    except KeyboardInterrupt:
-        server.stop()
+    server = ServerProcess(cmd, root, env={**os.environ, **env} if env else None, name=what)
+    code = server.serve(lambda: console.print(
+        f"[green]serving {name} at {root}/v1[/] ({what}, {args.parallel} {slots}); give it to `tessy synth` as "
+        f"--student-url or --teacher-url {root}/v1; Ctrl-C stops it", soft_wrap=True))
+    if code is None:  # Ctrl-C or SIGTERM
         console.print(f"{what} stopped")
         return OK
     if code:
@@ -255,19 +246,22 @@ def cmd_filter(args) -> int:
 
 
 def cmd_config(args) -> int:
-    from tessy.config import ModelConfig, SynthConfig
+    from tessy.config import ROLE_KEYS, Recipe, RoleConfig, SynthConfig
+    from tessy.typed import flat_keys
 
     print("# tessy synth config. Save it, edit it, run: tessy synth --config FILE --prompts P --out O")
-    config = SynthConfig()
-    for f in dataclasses.fields(SynthConfig):
-        value = getattr(config, f.name)
-        print(f"\n# {f.metadata['help']}")
-        if isinstance(value, ModelConfig):
-            print(f"{f.name}:")
-            for g in dataclasses.fields(ModelConfig):
-                print(f"  {g.name}: {json.dumps(getattr(value, g.name))}  # {g.metadata['help']}")
-        else:
-            print(f"{f.name}: {json.dumps(value)}")
+    # The synth config, then the predictor recipe's sections that the same file can hold.
+    for config in (SynthConfig(), Recipe()):
+        data = config.to_dict() if isinstance(config, SynthConfig) else dataclasses.asdict(config)
+        for f in dataclasses.fields(config):
+            print(f"\n# {f.metadata['help']}")
+            if isinstance(getattr(config, f.name), RoleConfig):
+                keys = flat_keys(RoleConfig)
+                print(f"{f.name}:")
+                for key in ROLE_KEYS:
+                    print(f"  {key}: {json.dumps(data[f.name][key])}  # {keys[key][0].metadata['help']}")
+            else:
+                print(f"{f.name}: {json.dumps(data[f.name])}")
     return OK
 
 
@@ -352,19 +346,14 @@ def cmd_sft(args) -> int:
     return OK
 
 
-# A run's transport settings are the synth config's business; eval's own timeout_s is the sandbox's.
-EVAL_MODEL_SKIP = ("k", "api_key_env", "timeout_s", "max_retries", "concurrency", "stream_cuts")
-
-
 def cmd_eval(args) -> int:
-    from tessy.config import ModelConfig
+    from tessy.config import ModelSpec
     from tessy.eval.evaluate import EvalConfig, evaluate
     from tessy.typed import load
 
-    model = {k: v for k, v in given(args, ModelConfig).items() if k not in EVAL_MODEL_SKIP}
-    own = {k: v for k, v in given(args, EvalConfig).items() if k != "model"}  # --model names the ModelConfig's model
-    config = load(EvalConfig, {"model": {"model": ""}}, "tessy eval", {**own, "model": model},
-                  nested={"model": ModelConfig})
+    own = {k: v for k, v in given(args, EvalConfig).items() if k != "model"}  # --model names the ModelSpec's model
+    config = load(EvalConfig, {"model": {"model": ""}}, "tessy eval", {**own, "model": given(args, ModelSpec)},
+                  nested={"model": ModelSpec})
     summary = evaluate(config, out=args.out, console=_console())
     return _ungraded(summary.get("ungraded", 0), args.allow_errors)
 
@@ -392,7 +381,6 @@ def cmd_analyze(args) -> int:
     from tessy.models import load
     from tessy.plots import write_report
     from tessy.predictors import load_predictor
-    from tessy.profiles import get_profile
     from tessy.typed import load as load_job
 
     job = load_job(AnalyzeJob, {}, "tessy analyze", given(args, AnalyzeJob))
@@ -401,26 +389,26 @@ def cmd_analyze(args) -> int:
     datasets = load_datasets(job.files, names)
     config = load_config(job.config)
     console.print(f"analyze: {len(datasets)} datasets, {len(next(iter(datasets)).records)} shared prompts; "
-                  f"loading the student {config.student.model}")
-    model, tokenizer = load(config.student.model, dtype=config.student.dtype, device=config.student.device)
+                  f"loading the student {config.student.spec.model}")
+    spec = config.student.spec
+    model, tokenizer = load(spec.model, dtype=spec.dtype, device=spec.device)
     if job.nll:
         predictor = load_predictor(job.predictor, config.style_phrases)
-        profile = get_profile(config.student.profile, config.profiles)
+        renderer = config.student.renderer(tokenizer, config.profiles)
         total = sum(len(d.records) for d in datasets)
         bar = Progress(console=console)
         task = bar.add_task("student NLL", total=total)
 
         def nll(d):
-            return student_nll(list(d.records.values()), model, tokenizer, profile, predictor, job.batch_size,
-                               progress=lambda n: bar.update(task, advance=n),
-                               template_kwargs=config.student.chat_template_kwargs)
+            return student_nll(list(d.records.values()), model, renderer, predictor, job.batch_size,
+                               progress=lambda n: bar.update(task, advance=n))
 
         with bar:
             result = analyze(datasets, tokenizer, nll, top_n=job.top_words)
         result["predictor"] = predictor.name
     else:
         result = analyze(datasets, tokenizer, None, top_n=job.top_words)
-    result["student"] = config.student.model
+    result["student"] = spec.model
     files = write_report(result, job.out)
     print_table(result, console)
     console.print(f"wrote {files['json']}, {files['html']} and {len(files) - 2} PNGs")
@@ -467,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     from tessy import __version__
     from tessy.analysis import AnalyzeJob
     from tessy.annotate import AnnotateJob
-    from tessy.config import ModelConfig, SynthConfig
+    from tessy.config import ModelSpec, SynthConfig
     from tessy.eval.evaluate import EvalConfig
     from tessy.export import FORMATS as EXPORT_FORMATS  # light: json and pathlib only
     from tessy.filter import FilterJob
@@ -616,12 +604,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sft)
 
     p = sub.add_parser("eval", help="pass@1 on humaneval or a benchmark JSONL; code runs in a sandbox")
-    add_fields(p, EvalConfig, skip=("model",))
+    add_fields(p, EvalConfig, skip=("model", "urls"))
     p.add_argument("--out", help="directory for results.jsonl and summary.json")
     # The model: the same fields, help and defaults as a role of the synth config.
     model = p.add_argument_group("the model that samples (as a role of the synth config)")
-    add_fields(model, ModelConfig, skip=("urls", *EVAL_MODEL_SKIP))
-    _json_flag(model, ModelConfig, "chat_template_kwargs")
+    add_fields(model, ModelSpec)
+    _json_flag(model, ModelSpec, "chat_template_kwargs")
     p.add_argument("--url", dest="urls", action="append", help="openai backend: a base URL ending in /v1 (repeatable)")
     _allow_errors(p, "samples could not be graded (a generation that failed, a sandbox that refused)")
     p.set_defaults(func=cmd_eval)

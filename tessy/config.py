@@ -12,9 +12,9 @@ from pathlib import Path
 import yaml
 
 from tessy.models import STUDENT_DEFAULT, TEACHER_DEFAULT
-from tessy.profiles import BUILTIN, ProfileSpec
+from tessy.profiles import BUILTIN, ProfileSpec, Renderer, get_profile
 from tessy.roles import ROLES
-from tessy.typed import ConfigError, load, read_yaml
+from tessy.typed import ConfigError, flat_keys, load, read_yaml, to_flat
 
 # The values a config accepts; the modules that act on them take them from here.
 BACKENDS = ("hf", "openai", "vllm")
@@ -25,19 +25,6 @@ METHODS = ("tessy", "student-only", "teacher-only", "teacher-mix", "teacher-answ
 HANDOVERS = ("drop-partial-word", "complete-word")
 # Who waits for whom (tessy/scheduler.py).
 DRIVERS = ("auto", "events", "ticks")
-
-
-# Where a role's generation runs is not what the data is: shards served by other endpoints, or a run
-# resumed against a restarted server, keep one config hash.
-TRANSPORT_FIELDS = ("urls", "api_key_env", "timeout_s", "max_retries", "concurrency", "stream_cuts")
-# How the samples are scheduled is not what they are either: every request's seed comes from its
-# sample (tessy/seeds.py), not from its batch or its turn in the queue; and a turn stopped at a final
-# cut keeps what the whole turn keeps (tessy/streaming.py).
-SCHEDULING_FIELDS = ("driver", "batch_size", "in_flight", "stream_every", "warm_prompts")
-# The sections that `tessy annotate` and `tessy predictor train` read from the same file.
-RECIPE_FIELDS = ("annotator", "annotate", "predictor_train")
-# What a role's requests cost is not what they write.
-COST_FIELDS = ("price_per_million_tokens",)
 
 
 @dataclass
@@ -53,7 +40,9 @@ class Price:
 
 
 @dataclass
-class ModelConfig:
+class ModelSpec:
+    """What a role's model is and how it samples: everything that decides the text it writes."""
+
     model: str = field(metadata={"help": "embedded default name, a .gguf file, or a Hugging Face model directory"})
     profile: str = field(
         default="plain",
@@ -82,14 +71,23 @@ class ModelConfig:
         metadata={"gt": 0, "help": "divides the logits of tokens already in the context (as transformers and vLLM "
                                    "do); 1 is off"},
     )
-    k: int | None = field(
-        default=None,
-        metadata={"min": 1, "help": "tokens per turn of this role; null is the top-level k (the authors' release: "
-                                    "student 5, teacher 10)"},
-    )
     seed: int | None = field(default=0, metadata={"help": "seed of this role's sampler"})
     dtype: str = field(default="float32", metadata={"help": "torch dtype of the weights"})
     device: str = field(default="cpu", metadata={"help": "torch device"})
+    chat_template_kwargs: dict = field(
+        default_factory=dict,
+        metadata={"help": "extra arguments of the model's chat template wherever tessy renders a prompt, and of a "
+                          "chat endpoint's request (gpt-oss: {reasoning_effort: high}; Qwen3: {enable_thinking: "
+                          "false})"},
+    )
+
+
+@dataclass
+class Endpoint:
+    """Where a role's model is served and what its requests cost (the openai backend's): not what
+    the records hold, so shards served by other endpoints, or a run resumed against a restarted
+    server, keep one config hash."""
+
     urls: list[str] = field(
         default_factory=list,
         metadata={"kind": "url", "help": "openai backend: base URLs ending in /v1 (vLLM, SGLang, llama.cpp); several"
@@ -113,17 +111,6 @@ class ModelConfig:
         default=64,
         metadata={"min": 1, "help": "openai backend: most requests in flight per endpoint"},
     )
-    chat_template_kwargs: dict = field(
-        default_factory=dict,
-        metadata={"help": "extra arguments of the model's chat template wherever tessy renders a prompt, and of a "
-                          "chat endpoint's request (gpt-oss: {reasoning_effort: high}; Qwen3: {enable_thinking: "
-                          "false})"},
-    )
-    stream_cuts: bool | None = field(
-        default=None,
-        metadata={"help": "stop a turn's request as soon as the predictor's cut is final (the kept text is the "
-                          "same); null is on where the backend can (hf, openai) and the predictor can promise it"},
-    )
     price_per_million_tokens: Price | None = field(
         default=None,
         metadata={"help": "what this role's endpoint charges per million tokens, {input, output, cached_input}: "
@@ -132,10 +119,58 @@ class ModelConfig:
 
 
 @dataclass
-class AnnotatorConfig(ModelConfig):
-    """`tessy annotate --annotator config`: any model as the style annotator, with its own sampling,
-    `chat_template_kwargs` (Qwen3: {enable_thinking: false}) and answer budget."""
+class Turn:
+    """How a role takes its turns in the loop."""
 
+    k: int | None = field(
+        default=None,
+        metadata={"min": 1, "help": "tokens per turn of this role; null is the top-level k (the authors' release: "
+                                    "student 5, teacher 10)"},
+    )
+    stream_cuts: bool | None = field(
+        default=None,
+        metadata={"help": "stop a turn's request as soon as the predictor's cut is final (the kept text is the "
+                          "same); null is on where the backend can (hf, openai) and the predictor can promise it",
+                  "records": False},
+    )
+
+
+@dataclass
+class RoleConfig:
+    """A role of the synth config (`student:`, `teacher:`): one flat mapping in a file, made of the
+    role's model, its endpoint and its turn."""
+
+    spec: ModelSpec = field(metadata={"flat": True})
+    endpoint: Endpoint = field(default_factory=Endpoint, metadata={"flat": True, "records": False})
+    turn: Turn = field(default_factory=Turn, metadata={"flat": True})
+
+    def renderer(self, tokenizer, profiles: dict[str, ProfileSpec] | None = None) -> Renderer:
+        """How this role's prompts are rendered for `tokenizer` (its profile and template arguments)."""
+        return Renderer(get_profile(self.spec.profile, profiles), tokenizer, dict(self.spec.chat_template_kwargs))
+
+
+# The order a role's keys are printed (`tessy config`) and saved in, the same in every tessy version.
+ROLE_KEYS = ("model", "profile", "backend", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "k",
+             "seed", "dtype", "device", "urls", "api_key_env", "timeout_s", "max_retries", "concurrency",
+             "chat_template_kwargs", "stream_cuts", "price_per_million_tokens")
+
+
+def role_config(model: str, **values) -> RoleConfig:
+    """A role's config from its flat keys (`role_config("gemma3-270m", seed=1, urls=[...])`), unchecked."""
+    parts = {name: {k: values.pop(k) for k in flat_keys(cls) if k in values}
+             for name, cls in (("spec", ModelSpec), ("endpoint", Endpoint), ("turn", Turn))}
+    if values:
+        raise TypeError(f"unknown role keys: {', '.join(values)}")
+    return RoleConfig(ModelSpec(model, **parts["spec"]), Endpoint(**parts["endpoint"]), Turn(**parts["turn"]))
+
+
+@dataclass
+class AnnotatorConfig:
+    """`tessy annotate --annotator config`: any model as the style annotator, with its own sampling,
+    `chat_template_kwargs` (Qwen3: {enable_thinking: false}), endpoint and answer budget."""
+
+    spec: ModelSpec = field(metadata={"flat": True})
+    endpoint: Endpoint = field(default_factory=Endpoint, metadata={"flat": True})
     max_tokens: int = field(
         default=1024,
         metadata={"min": 1, "help": "budget of each annotation answer (the authors' release: 32768)"},
@@ -144,15 +179,15 @@ class AnnotatorConfig(ModelConfig):
 
 @dataclass
 class SynthConfig:
-    student: ModelConfig = field(
-        default_factory=lambda: ModelConfig(STUDENT_DEFAULT),
+    student: RoleConfig = field(
+        default_factory=lambda: role_config(STUDENT_DEFAULT),
         metadata={"help": "writes the style spans and the final answer"},
     )
     # The embedded teacher is a 270M base model: at the paper's sampling alone it echoes its prompt
     # or one tag for most of the budget (zlib ratio of the demo's thinking 0.13). A repetition
     # penalty and the authors' top-k keep it writing varied text (benchmarks/demo_variety.py).
-    teacher: ModelConfig = field(
-        default_factory=lambda: ModelConfig(TEACHER_DEFAULT, seed=1, top_k=20, repetition_penalty=1.15),
+    teacher: RoleConfig = field(
+        default_factory=lambda: role_config(TEACHER_DEFAULT, seed=1, top_k=20, repetition_penalty=1.15),
         metadata={"help": "writes the capability spans"},
     )
     method: str = field(
@@ -222,31 +257,56 @@ class SynthConfig:
     stream_every: int = field(
         default=4,
         metadata={"min": 1, "help": "streamed cuts: tokens between two readings of a span by a learned predictor "
-                                    "(micro-batched across samples; the lexicon reads every token)"},
+                                    "(micro-batched across samples; the lexicon reads every token)", "records": False},
     )
     warm_prompts: bool = field(
         default=True,
         metadata={"help": "tessy on servers (events): a new sample's prompt is computed on the teacher's server "
                           "while the student writes its first turn (one 1-token request), so the teacher's first "
-                          "turn finds it in the prefix cache"},
+                          "turn finds it in the prefix cache", "records": False},
     )
-    batch_size: int = field(default=8, metadata={"min": 1, "help": "rows a model call aims at"})
+    batch_size: int = field(default=8, metadata={"min": 1, "help": "rows a model call aims at", "records": False})
     in_flight: int = field(
         default=0,
         metadata={"min": 0, "help": "samples open at once; 0 is 2 x batch_size: each waits on one model at a time, "
                                     "so each model's call gets about batch_size rows. With servers, size it to keep "
-                                    "every replica busy (README: Run at scale)"},
+                                    "every replica busy (README: Run at scale)", "records": False},
     )
     driver: str = field(
         default="auto",
         metadata={"choices": DRIVERS, "help": "auto | events | ticks: events moves each sample on its own clock "
                                               "(server backends), ticks batches all samples in lock-step (in-process"
-                                              " backends); auto picks by backend"},
+                                              " backends); auto picks by backend", "records": False},
     )
     profiles: dict[str, ProfileSpec] = field(
         default_factory=dict,
         metadata={"help": "user-defined profiles: name -> {think_open, think_close, answer_open, fallback_template}"},
     )
+    def to_dict(self) -> dict:
+        """The config as a file writes it: {key: value}, each role one flat mapping (`ROLE_KEYS`)."""
+        data = to_flat(self)
+        for name in ROLES:
+            data[name] = {key: data[name][key] for key in ROLE_KEYS}
+        return data
+
+    def hash(self) -> str:
+        """16 hex digits of what decides the records: every field but those whose metadata says
+        `records: False` (a role's endpoint, how samples are scheduled and streamed). Every request's
+        seed comes from its sample (tessy/seeds.py), not from its batch or its turn in the queue, and a
+        turn stopped at a final cut keeps what the whole turn keeps (tessy/streaming.py)."""
+        data = to_flat(self, leave_out=lambda f: f.metadata.get("records") is False)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+@dataclass
+class Recipe:
+    """The sections of a config file that make the boundary predictors: `tessy annotate` reads
+    `annotator` and `annotate`, `tessy predictor train` reads `predictor_train`. A synth run ignores
+    them, so one file (configs/predictor-release.yaml) serves all three commands."""
+
     annotator: AnnotatorConfig | None = field(
         default=None,
         metadata={"help": "tessy annotate --annotator config: the annotating model, a model entry like student: plus"
@@ -264,23 +324,15 @@ class SynthConfig:
                           "_); flags given on the command line win"},
     )
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
-    def hash(self) -> str:
-        data = self.to_dict()
-        # What makes the predictors is not what a synth run writes with them.
-        for name in RECIPE_FIELDS:
-            data.pop(name, None)
-        for name in SCHEDULING_FIELDS:
-            data.pop(name, None)
-        for role in ("student", "teacher"):
-            for name in TRANSPORT_FIELDS + COST_FIELDS:
-                data[role].pop(name, None)
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+def load_recipe(path: str | Path | None) -> Recipe:
+    """The recipe sections of a config file, checked ({} and no annotator without a file)."""
+    if path is None:
+        return Recipe()
+    data = read_yaml(path)
+    sections = {f.name: data[f.name] for f in dataclasses.fields(Recipe) if f.name in data}
+    return load(Recipe, sections, str(path), nested={"annotator": AnnotatorConfig}
+                if isinstance(sections.get("annotator"), dict) else None)
 
 
 def load_config(path: str | Path | None = None, **overrides) -> SynthConfig:
@@ -289,6 +341,8 @@ def load_config(path: str | Path | None = None, **overrides) -> SynthConfig:
     before any model loads (`tessy.typed`)."""
     where = str(path or "config")
     data = read_yaml(path) if path is not None else {}
+    for f in dataclasses.fields(Recipe):  # the predictors' recipe: `load_recipe` reads it
+        data.pop(f.name, None)
     defaults = SynthConfig().to_dict()
     for role in ROLES:
         if isinstance(data.get(role, {}), dict):
@@ -297,12 +351,9 @@ def load_config(path: str | Path | None = None, **overrides) -> SynthConfig:
             # embedded teacher's sampling fixes (above) are for that model, not for another.
             base = defaults[role]
             if given.get("model", base["model"]) != base["model"]:
-                base = dataclasses.asdict(ModelConfig(base["model"], seed=base["seed"]))
+                base = to_flat(role_config(base["model"], seed=base["seed"]))
             data[role] = {**base, **(data.get(role) or {})}
-    nested = {role: ModelConfig for role in ROLES}
-    if isinstance(data.get("annotator"), dict):
-        nested["annotator"] = AnnotatorConfig
-    config = load(SynthConfig, data, where, overrides, nested=nested)
+    config = load(SynthConfig, data, where, overrides, nested={role: RoleConfig for role in ROLES})
     check(config, where)
     return config
 
@@ -324,7 +375,7 @@ def check(config: SynthConfig, where: str) -> None:
     from tessy.predictors import PredictorSpec
 
     for role in ROLES:
-        profile = getattr(config, role).profile
+        profile = getattr(config, role).spec.profile
         if profile not in BUILTIN and profile not in config.profiles:
             known = ", ".join(sorted(BUILTIN) + sorted(config.profiles))
             raise ConfigError(f"{where}: {role}.profile is {profile!r}: not a built-in profile or one under "

@@ -57,7 +57,7 @@ class LoopSettings:
     def of(cls, config, same_vocab: bool) -> "LoopSettings":
         """From a `SynthConfig`: a role's own `k`, else the top-level `k`."""
         return cls(
-            k={role: getattr(config, role).k or config.k for role in (STUDENT, TEACHER)},
+            k={role: getattr(config, role).turn.k or config.k for role in (STUDENT, TEACHER)},
             max_think_tokens=config.max_think_tokens,
             max_answer_tokens=config.max_answer_tokens,
             max_rounds=config.max_rounds,

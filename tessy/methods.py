@@ -23,7 +23,6 @@ from tessy.loop import (
     thinking_end,
     write_answer,
 )
-from tessy.profiles import render_prompt
 from tessy.roles import STUDENT, TEACHER
 from tessy.transcript import Party, Transcript
 
@@ -85,9 +84,9 @@ def teacher_mix(x: Transcript, s: LoopSettings, source: str):
 def fresh_party(party: Party, messages: list[dict], key: str) -> Party:
     """The same model, profile and chat template arguments in a new session, on new chat messages;
     `key` names the session's seed stream (tessy/seeds.py), so each candidate samples differently."""
-    text, used_template = render_prompt(party.profile, party.backend.tokenizer, messages, party.template_kwargs)
+    text, used_template = party.renderer.render(messages)
     session = party.backend.start(text, add_special_tokens=not used_template, key=key)
-    return Party(party.backend, party.profile, session, party.template_kwargs)
+    return Party(party.backend, party.profile, session, party.renderer)
 
 
 def side_transcript(x: Transcript, parties: dict[str, Party]) -> Transcript:

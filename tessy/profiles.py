@@ -96,3 +96,18 @@ def render_prompt(profile: Profile, tokenizer, messages: list[dict],
     if not text.rstrip().endswith(profile.think_open.strip()):
         text += profile.think_open
     return text, used_template
+
+
+@dataclass(frozen=True)
+class Renderer:
+    """How one role's prompts are rendered: its profile, its tokenizer, and the extra arguments of its
+    chat template (the role's `chat_template_kwargs`, such as gpt-oss's `reasoning_effort`)."""
+
+    profile: Profile
+    tokenizer: object
+    template_kwargs: dict = field(default_factory=dict)
+
+    def render(self, messages: list[dict]) -> tuple[str, bool]:
+        """(text, used_chat_template) of `messages`, up to the opened thinking (`render_prompt`)."""
+        return render_prompt(self.profile, self.tokenizer, messages, self.template_kwargs)
+

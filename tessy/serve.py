@@ -14,6 +14,11 @@ settings decide what such a request costs on `llama-server`:
 Q4_1 file reads its prompts at about half the speed of its F16 copy on one thread, on AVX-512 and on
 AVX2 machines alike. Which form is faster where tessy runs is measured, not assumed:
 tessy/serve_weights.py.
+
+`ServerProcess` is the one lifecycle of every server that tessy, its tests and its benchmarks start:
+start it with its output in a log or echoed, wait until it answers `/health` (or say why it did not,
+with its output's last lines), stop it (SIGTERM, then SIGKILL), and never outlive the process that
+started it.
 """
 
 from __future__ import annotations
@@ -199,7 +204,9 @@ def die_with_parent() -> None:
     """In the server's process before it starts: on Linux, ask the kernel to kill it when the process
     that started it dies, so a `tessy serve` killed outright leaves no server behind. SIGKILL, not
     SIGTERM: vLLM's server, told to stop while its client still holds requests open, waited for them
-    for good after its engine had gone, and kept its port (vLLM's engine process dies with it)."""
+    for good after its engine had gone, and kept its port (vLLM's engine process dies with it). The
+    kernel's "parent" is the thread that started the server: start servers from a thread that
+    outlives them (the main thread)."""
     if sys.platform.startswith("linux"):
         import ctypes
         import signal
@@ -209,10 +216,15 @@ def die_with_parent() -> None:
 
 # A watchdog beside the server: when the process that started it goes away (it is then re-parented),
 # it kills the server's whole process group. vLLM's engine runs in a child of its server, which no
-# parent-death signal of ours reaches.
+# parent-death signal of ours reaches. It leaves by itself once the group is gone, so a server that
+# died on its own leaves no watchdog behind to signal a group id the system has given out again.
 _WATCHDOG = """import os, signal, sys, time
 group, parent = int(sys.argv[1]), int(sys.argv[2])
 while os.getppid() == parent:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        sys.exit()
     time.sleep(0.5)
 try:
     os.killpg(group, signal.SIGKILL)
@@ -220,26 +232,45 @@ except ProcessLookupError:
     pass
 """
 
+TAIL_LINES = 20  # of the server's output, in a ServerError
+
+
+class ServerError(RuntimeError):
+    """A server that exited, or did not answer its health check in time, before it served. `reason` is
+    one line; the message adds the command and the last lines of the server's output."""
+
+    def __init__(self, reason: str, cmd: list[str], output: list[str]):
+        import shlex
+
+        self.reason, self.cmd, self.output = reason, cmd, output
+        tail = "\n".join("  " + line for line in output[-TAIL_LINES:])
+        super().__init__(f"{reason}\n  $ {shlex.join(cmd)}" + (f"\n{tail}" if tail else ""))
+
 
 class ServerProcess:
-    """A model server (`llama-server`, vLLM's OpenAI server) that tessy starts, waits for and stops.
+    """A model server (`llama-server`, vLLM's OpenAI server, `tessy serve`, a simulated engine) that
+    tessy starts, waits for and stops: the one lifecycle of every server tessy, its tests and its
+    benchmarks start.
 
     The server runs in a process group of its own, so a Ctrl-C in the terminal reaches tessy alone and
     the stop is always tessy's: SIGTERM to the whole group (vLLM's engine runs in a child process),
     then SIGKILL after `grace_s`. When tessy dies without stopping it (SIGKILL), a watchdog process
     kills the group, and on Linux the server itself gets SIGKILL too (`die_with_parent`). Its output
-    goes to `log` (a path), or with `echo` to this process's stdout; either way the last lines are
-    kept for `failure`."""
+    goes to `log` (a path, appended to), or with `echo` to this process's stdout; either way the last
+    lines are kept for `failure`. `name` names it in errors. After it has stopped (or been killed) it
+    can be started again, on the same command."""
 
     def __init__(self, cmd: list[str], root: str, env: dict | None = None, log: Path | None = None,
-                 grace_s: float = 30.0):
+                 grace_s: float = 30.0, name: str | None = None):
         self.cmd, self.root, self.env, self.log, self.grace_s = cmd, root, env, log, grace_s
+        self.name = name or Path(cmd[0]).name
         self.proc = None
         self.watchdog = None
         self.tail: list[str] = []
         self._reader = None
 
     def start(self, echo: bool = False) -> "ServerProcess":
+        import os
         import subprocess
         import threading
 
@@ -250,10 +281,9 @@ class ServerProcess:
         finally:
             if self.log is not None:
                 out.close()
-        import os
-
         self.watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(self.proc.pid), str(os.getpid())],
                                          stdin=subprocess.DEVNULL, start_new_session=True)
+        self.tail, self._reader = [], None
         if self.log is None:
             self._reader = threading.Thread(target=self._read, args=(echo,), daemon=True)
             self._reader.start()
@@ -268,7 +298,40 @@ class ServerProcess:
                 sys.stdout.flush()
 
     def wait_until_healthy(self, timeout_s: float | None = None) -> bool:
+        """Whether the server answered `root`/health with 200 before it exited or `timeout_s` passed."""
         return wait_until_healthy(self.root, self.proc, timeout_s)
+
+    def ready(self, timeout_s: float | None = None) -> "ServerProcess":
+        """This server, once it answers its health check. Where it exits first or `timeout_s` passes, it
+        is stopped and ServerError says why: its exit code and `failure`, or the time it was given."""
+        if self.wait_until_healthy(timeout_s):
+            return self
+        code = self.proc.poll()
+        self.stop()
+        why = (f"exited with code {code}: {self.failure()}" if code is not None
+               else f"gave no answer at {self.root}/health in {timeout_s:g} s")
+        raise ServerError(f"{self.name} did not start: {why}", self.cmd, self.output())
+
+    def serve(self, on_ready=None) -> int | None:
+        """Run the server in the foreground, its output echoed: `on_ready()` once it is healthy, then
+        wait until it exits (its exit code), or until this process is told to stop by Ctrl-C or SIGTERM
+        (then the server is stopped, and None). Call it from the main thread."""
+        import signal
+
+        def stop(signum, frame):  # `kill`, or a job scheduler ending the job: stop the server as Ctrl-C does
+            raise KeyboardInterrupt
+
+        before = signal.signal(signal.SIGTERM, stop)
+        try:
+            self.start(echo=True)
+            if self.wait_until_healthy() and on_ready is not None:
+                on_ready()
+            return self.wait()
+        except KeyboardInterrupt:
+            self.stop()
+            return None
+        finally:
+            signal.signal(signal.SIGTERM, before)
 
     def wait(self) -> int:
         """Until the server exits by itself; its exit code."""
@@ -312,16 +375,27 @@ class ServerProcess:
             return "; ".join(found[-2:])
         return next((x.strip() for x in reversed(lines) if x.strip()), "no output")
 
-    def stop(self) -> None:
-        """SIGTERM to the server's group, SIGKILL after `grace_s`; then whatever of the group is left."""
-        import os
+    def stop(self, sig: int | None = None) -> None:
+        """`sig` (SIGTERM unless given) to the server's group, SIGKILL after `grace_s`; then whatever of
+        the group is left."""
         import signal
+
+        self._end(((sig or signal.SIGTERM, self.grace_s), (signal.SIGKILL, 10.0)))
+
+    def kill(self) -> None:
+        """SIGKILL to the server's group now, as a crash would end it."""
+        import signal
+
+        self._end(((signal.SIGKILL, 10.0),))
+
+    def _end(self, steps) -> None:
+        import os
         import subprocess
 
         if self.proc is None:
             return
         if self.proc.poll() is None:
-            for sig, wait_s in ((signal.SIGTERM, self.grace_s), (signal.SIGKILL, 10.0)):
+            for sig, wait_s in steps:
                 try:
                     os.killpg(self.proc.pid, sig)
                 except ProcessLookupError:
@@ -332,6 +406,12 @@ class ServerProcess:
                 except subprocess.TimeoutExpired:
                     continue
         self._reap()
+
+    def __enter__(self) -> "ServerProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
     def _reap(self) -> None:
         """After the server's own process has ended: the rest of its group (vLLM's engine, if it
@@ -358,7 +438,7 @@ def gguf_of(model: str, config: str | Path | None = None) -> Path:
     if model in ("student", "teacher"):
         from tessy.config import load_config
 
-        model = getattr(load_config(config), model).model
+        model = getattr(load_config(config), model).spec.model
     if model in EMBEDDED:
         return EMBEDDED[model]()
     path = Path(model).expanduser()

@@ -101,7 +101,7 @@ def model_for_vllm(model: str, config: str | Path | None = None) -> tuple[str, s
     if model in ("student", "teacher"):
         from tessy.config import load_config
 
-        model = getattr(load_config(config), model).model
+        model = getattr(load_config(config), model).spec.model
     path = Path(model).expanduser()
     if model in EMBEDDED or path.suffix == ".gguf":
         return str(resolve(model)), model

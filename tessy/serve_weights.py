@@ -51,10 +51,7 @@ def probe_seconds(binary: Path, gguf: Path, *, threads: int | None, parallel: in
     root = f"http://127.0.0.1:{port}"
     cmd = server_command(binary, gguf, port=port, parallel=parallel, ctx_per_slot=FIRST + 2 * STEP * (TURNS + 1),
                          threads=threads, extra=(*extra, "--cache-ram", "0"))
-    server = ServerProcess(cmd, root).start()
-    try:
-        if not server.wait_until_healthy(300):
-            raise RuntimeError(f"llama-server did not start on {gguf.name}: {server.failure()}")
+    with ServerProcess(cmd, root, name=f"llama-server on {gguf.name}").start().ready(300):
         _complete(root, {"prompt": [1000, 1001, 1002], "n_predict": 2})  # first-request set-up, not timed
         errors: list[BaseException] = []
 
@@ -79,8 +76,6 @@ def probe_seconds(binary: Path, gguf: Path, *, threads: int | None, parallel: in
         if errors:
             raise RuntimeError(f"llama-server failed the probe on {gguf.name}: {errors[0]}")
         return time.perf_counter() - t0
-    finally:
-        server.stop()
 
 
 def _machine() -> str:

@@ -12,8 +12,8 @@ depend on anything after that prefix. A cut at character `b` of the span so far 
   the whole turn's predictor reads), or
 - the predictor's own reading of `b` is settled: its `cut_settled(text, b)` says so (the lexicon:
   no phrase may still be growing over `b`; a causal token classifier: always, once the word at `b`
-  is whole). A predictor without it, or with None, cannot promise this (its window slides as the
-  span grows), and its role's turns run to k; and
+  is whole). A predictor that is no `StreamingPredictor` (tessy/predictors/__init__.py) cannot
+  promise this (its window slides as the span grows), and its role's turns run to k; and
 - the loop's own reading of the cut is settled (tessy/loop.py, `kept_tokens` and
   `first_word_tokens`): a whole word and a whitespace have arrived after `b`.
 """
@@ -25,14 +25,28 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tessy.backends import Span
+from tessy.backends import Backend, Span
+from tessy.predictors import StreamingPredictor
 
 WHOLE_WORD = re.compile(r"\w+(?=\W)")  # a word that something after it has ended
 
 
 def can_stream(predictor) -> bool:
     """Whether `predictor` can say when its cut is final before the span ends."""
-    return getattr(predictor, "cut_settled", None) is not None
+    return isinstance(predictor, StreamingPredictor)
+
+
+def role_streams(role: str, wanted: bool | None, backend: Backend, predictor, backend_name: str) -> bool:
+    """Whether `role`'s turns stop at their final cut: its `stream_cuts` setting (`wanted`: True,
+    False, or None for wherever it can) where its backend streams and its predictor can promise a
+    final cut. The one place this is decided (`tessy synth` checks the setting with it; the
+    scheduler streams by it).
+
+    Raises ValueError where `wanted` is True and the backend (named `backend_name`) cannot stream."""
+    if wanted and not backend.streams:
+        raise ValueError(f"{role}.stream_cuts is true, but the {backend_name} backend cannot stop "
+                         "a request while it streams; set it to null or false")
+    return wanted is not False and backend.streams and can_stream(predictor)
 
 
 def settled(text: str, b: int) -> bool:

@@ -12,12 +12,12 @@ from tessy.config import SynthConfig, load_config
 from tessy.loop import LoopSettings
 from tessy.meter import Meter
 from tessy.predictors import load_predictor
-from tessy.profiles import get_profile, render_prompt
 from tessy.prompts import Prompt, read_prompts
 from tessy.records import RecordWriter, compact_errors, done_ids, errors_path_for
 from tessy.roles import STUDENT, TEACHER
 from tessy.scheduler import Scheduler
 from tessy.shards import select_shard
+from tessy.streaming import role_streams
 from tessy.transcript import Party, Transcript
 from tessy.variety import compression_ratio, thinking_text
 
@@ -47,17 +47,16 @@ def settings_for(config: SynthConfig, backends: dict) -> LoopSettings:
 def start_sample(prompt: Prompt, config: SynthConfig, backends: dict, settings: LoopSettings,
                  predictors: dict | None = None,
                  mix: dict[str, str] | None = None):
-    """A new transcript for `prompt`, each model's prompt rendered by its own profile and chat
-    template arguments (the role's `chat_template_kwargs`), and the generator of `config.method`
-    over it (`mix`: teacher-mix's prompt id -> source)."""
+    """A new transcript for `prompt`, each model's prompt rendered by its role's renderer (profile,
+    tokenizer and `chat_template_kwargs`), and the generator of `config.method` over it (`mix`:
+    teacher-mix's prompt id -> source)."""
     parties = {}
     for role in (STUDENT, TEACHER):
-        backend, model = backends[role], getattr(config, role)
-        profile = get_profile(model.profile, config.profiles)
-        text, used_template = render_prompt(profile, backend.tokenizer, list(prompt.messages),
-                                            model.chat_template_kwargs)
+        backend = backends[role]
+        renderer = getattr(config, role).renderer(backend.tokenizer, config.profiles)
+        text, used_template = renderer.render(list(prompt.messages))
         session = backend.start(text, add_special_tokens=not used_template, key=f"{prompt.id}/{role}")
-        parties[role] = Party(backend, profile, session, dict(model.chat_template_kwargs))
+        parties[role] = Party(backend, renderer.profile, session, renderer)
     x = Transcript(prompt.id, list(prompt.messages), parties)
     if config.method == "tessy":
         x.predictors = {role: p.name for role, p in (predictors or {}).items()}
@@ -109,13 +108,12 @@ def synthesize(config: SynthConfig, prompts_path, out_path, limit: int | None = 
     opened = backends is None  # what synth opens, it closes
     backends = backends or load_backends(config)
     settings = settings_for(config, backends)
-    for role in (STUDENT, TEACHER):
-        if getattr(config, role).stream_cuts and not getattr(backends[role], "streams", False):
-            raise ValueError(f"{role}.stream_cuts is true, but the {getattr(config, role).backend} backend cannot stop "
-                             "a request while it streams; set it to null or false")
+    for role in (STUDENT, TEACHER):  # refuses a stream_cuts: true that the backend cannot honour
+        role_streams(role, getattr(config, role).turn.stream_cuts, backends[role], predictors[role],
+                     getattr(config, role).spec.backend)
     scheduler = Scheduler(backends, predictors, max_in_flight=config.in_flight or 2 * config.batch_size,
                           driver=config.driver, chunk_tokens=settings.longest_turn(),
-                          stream_cuts={role: getattr(config, role).stream_cuts for role in (STUDENT, TEACHER)},
+                          stream_cuts={role: getattr(config, role).turn.stream_cuts for role in (STUDENT, TEACHER)},
                           stream_every=config.stream_every,
                           warm_roles=(STUDENT, TEACHER) if config.method == "tessy" and config.warm_prompts else ())
     writer = RecordWriter(out)
@@ -127,7 +125,8 @@ def synthesize(config: SynthConfig, prompts_path, out_path, limit: int | None = 
                    # the live figures fold onto more lines in a narrow terminal, leaving the bar and ETA whole
                    TextColumn("{task.fields[info]}", table_column=Column(ratio=1, overflow="fold")),
                    console=console, disable=not progress)
-    meter = Meter(len(todo), {role: getattr(config, role).price_per_million_tokens for role in (STUDENT, TEACHER)},
+    meter = Meter(len(todo), {role: getattr(config, role).endpoint.price_per_million_tokens
+                              for role in (STUDENT, TEACHER)},
                   scheduler.timing.roles)
 
     def on_done(x: Transcript) -> None:
@@ -151,7 +150,7 @@ def synthesize(config: SynthConfig, prompts_path, out_path, limit: int | None = 
         bar.update(task, advance=1, info=meter.line())
 
     # The engines' own counters (vLLM's /metrics) before and after, where a backend reads them.
-    counted = {role: getattr(backends[role], "server_counters", lambda: None)() for role in (STUDENT, TEACHER)}
+    counted = {role: backends[role].server_counters() for role in (STUDENT, TEACHER)}
     try:
         with bar:
             task = bar.add_task("synth", total=len(todo), info="")
@@ -181,7 +180,7 @@ def synthesize(config: SynthConfig, prompts_path, out_path, limit: int | None = 
         if after:
             summary["roles"][role]["server"] = server_figures(before, after)
     for role in summary["roles"]:  # how the servers held a role back, where its backend says (openai)
-        throttling = getattr(backends[role], "throttling", lambda: None)()
+        throttling = backends[role].throttling()
         if throttling is not None:
             summary["roles"][role]["throttling"] = throttling
     summary["stream_cuts"] = {role: scheduler.streams(role) for role in (STUDENT, TEACHER)}

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 from tessy.backends import Backend, Session, Span
-from tessy.profiles import Profile
+from tessy.profiles import Profile, Renderer
 from tessy.roles import STUDENT, TEACHER, other
 
 
@@ -21,9 +21,9 @@ class Party:
     backend: Backend
     profile: Profile
     session: Session
-    # The role's `chat_template_kwargs`: a side prompt of this model (tessy/methods.py) is
-    # rendered with the same template arguments as the sample's own prompt.
-    template_kwargs: dict = field(default_factory=dict)
+    # How the role's prompts are rendered: a side prompt of this model (tessy/methods.py) is
+    # rendered as the sample's own prompt was (profile, tokenizer, chat template arguments).
+    renderer: Renderer | None = None
 
 
 @dataclass

@@ -11,6 +11,10 @@ CLI prints it and exits with status 2, without a traceback).
 Every command builds its configs through `load`, whether the values come from a file, from flags or
 from both, so the same checks apply on every way in. A field typed `dict[str, SomeDataclass]` (a
 config's `profiles:`) has each of its entries built and checked the same way.
+
+A field whose metadata says `flat: True` holds a dataclass whose keys a file writes beside its owner's
+rather than as one mapping: a synth config's `student:` is one flat mapping of the role's model, endpoint
+and turn (`build` splits it, `to_flat` writes it back).
 """
 
 from __future__ import annotations
@@ -70,16 +74,50 @@ def load(cls, data: dict, where: str, flags: dict | None = None, nested: dict | 
 
 
 def _check_flags(cls, flags: dict) -> None:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
+    keys = flat_keys(cls)
     for key, value in flags.items():
-        if key not in fields:
+        if key not in keys:
             raise ConfigError(f"unknown option --{key.replace('_', '-')}")
-        check_value(value, hints[key], fields[key].metadata, "--" + key.replace("_", "-"))
+        f, hint = keys[key]
+        check_value(value, hint, f.metadata, "--" + key.replace("_", "-"))
+
+
+def flat_keys(cls) -> dict[str, tuple[dataclasses.Field, object]]:
+    """{key: (field, type hint)} of the keys a file writes for dataclass `cls`, in field order: a
+    `flat` field's dataclass gives its own keys in place of the field's."""
+    hints = typing.get_type_hints(cls)
+    keys: dict = {}
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("flat"):
+            keys.update(flat_keys(hints[f.name]))
+        else:
+            keys[f.name] = (f, hints[f.name])
+    return keys
+
+
+def to_flat(obj, leave_out=lambda f: False):
+    """`obj` as plain data, as `dataclasses.asdict` gives it but with `flat` fields' keys beside their
+    owner's, and without the fields for which `leave_out(field)` is true (a whole flat part among them)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out: dict = {}
+        for f in dataclasses.fields(obj):
+            if leave_out(f):
+                continue
+            value = to_flat(getattr(obj, f.name), leave_out)
+            if f.metadata.get("flat"):
+                out.update(value)
+            else:
+                out[f.name] = value
+        return out
+    if isinstance(obj, dict):
+        return {k: to_flat(v, leave_out) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_flat(v, leave_out) for v in obj)
+    return obj
 
 
 def _no_unknown_keys(cls, data: dict, where: str, prefix: str = "") -> None:
-    fields = [f.name for f in dataclasses.fields(cls)]
+    fields = list(flat_keys(cls))
     for key in data:
         if key not in fields:
             close = difflib.get_close_matches(str(key), fields, n=1)
@@ -93,13 +131,19 @@ def _required(f: dataclasses.Field) -> bool:
 
 def build(cls, data, where: str, nested: dict | None = None, prefix: str = ""):
     """An instance of dataclass `cls` from `data`; `nested` maps field names to the dataclass their
-    mapping builds (`{"student": ModelConfig}`). Errors read `{where}: {prefix}{key} ...`."""
+    mapping builds (`{"student": RoleConfig}`). Errors read `{where}: {prefix}{key} ...`."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: {prefix.rstrip('.') or 'the config'} must be a mapping of keys to values, "
                           f"not {_show(data)}")
     _no_unknown_keys(cls, data, where, prefix)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
+    parts = {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.metadata.get("flat")}
+    if parts:  # each flat part built from its own keys, with the owner's prefix
+        data = dict(data)
+        for name, part in parts.items():
+            mine = {key: data.pop(key) for key in flat_keys(part) if key in data}
+            data[name] = build(part, mine, where, None, prefix)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     missing = [name for name, f in fields.items() if name not in data and _required(f)]
     if missing:
         raise ConfigError(f"{where}: needs {', '.join(prefix + m for m in missing)}")

@@ -1,5 +1,6 @@
 """llama.cpp's C++ `llama-server` for the tests: where its binary is, and a server on 127.0.0.1 that a
-test starts (on a free port) and stops.
+test starts (on a free port) and stops, with tessy's own lifecycle (tessy.serve.ServerProcess: it dies
+with the test run, whatever ends it).
 
 The binary is the one `tessy serve` finds (tessy.serve.find_llama_server): `$TESSY_LLAMA_SERVER`, else
 `llama-server` beside this interpreter (`make test` builds it there with scripts/build_llama_server.sh),
@@ -9,14 +10,11 @@ else one on PATH. Tests that need it skip, saying so, where there is none.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
-from tessy.serve import find_llama_server, free_port, wait_until_healthy  # noqa: F401  (free_port: for the tests)
+from tessy.serve import ServerProcess, find_llama_server, free_port
 
 
 def find_binary() -> Path | None:
@@ -57,15 +55,17 @@ class LlamaServer:
         self.cmd = [str(self.binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(self.port),
                     "--parallel", str(parallel), "-t", str(threads), "--metrics", "-c", str(ctx), *extra]
         self.log_path = Path(log_path)
-        self.proc: subprocess.Popen | None = None
+        self.process = ServerProcess(self.cmd, self.root, log=self.log_path, grace_s=10.0, name="llama-server")
+
+    @property
+    def proc(self):
+        """The server's process (subprocess.Popen), None before its first start."""
+        return self.process.proc
 
     def start(self, timeout_s: float = 120.0) -> LlamaServer:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        if wait_until_healthy(self.root, self.proc, timeout_s):
-            return self
-        self.kill()
-        raise RuntimeError(f"llama-server did not come up ({' '.join(self.cmd)}):\n{self.log()[-3000:]}")
+        """Started, and answering: tessy.serve.ServerError, with the log's last lines, where it is not."""
+        self.process.start().ready(timeout_s)
+        return self
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -103,17 +103,11 @@ class LlamaServer:
         return self.log().count("processing task")
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        """SIGKILL, as a crash ends it; `start` brings it back on the same port."""
+        self.process.kill()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        self.process.stop()
 
     def __enter__(self) -> LlamaServer:
         return self.start()

@@ -41,7 +41,11 @@ class CharTokenizer:
 class ScriptedBackend:
     """Each call pops the next scripted text for the session (EOS when the text is `EOS`).
 
-    `concurrent=True` makes the scheduler drive it with its event driver (one `submit` per request)."""
+    `concurrent=True` makes the scheduler drive it with its event driver (one `submit` per request).
+    It implements the whole `Backend` protocol: it does not stream (a subclass that takes watches sets
+    `streams`), warm, count or throttle."""
+
+    streams = False
 
     def __init__(self, script: list[str], vocab: str = "a", concurrent: bool = False):
         self.script = script
@@ -59,6 +63,15 @@ class ScriptedBackend:
 
     def close(self):
         pass
+
+    def warm(self, session):
+        return None
+
+    def server_counters(self):
+        return None
+
+    def throttling(self):
+        return None
 
     def extend(self, session, text):
         session.ids.extend(self.tokenizer.encode(text))

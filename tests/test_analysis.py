@@ -175,7 +175,7 @@ def test_nll_matches_a_direct_computation(student):
     import torch
 
     from tessy.analysis import scoring_inputs
-    from tessy.profiles import PLAIN
+    from tessy.profiles import PLAIN, Renderer
 
     model, tokenizer = student
     records = [
@@ -184,11 +184,11 @@ def test_nll_matches_a_direct_computation(student):
         record(1, [(TEACHER, "think", "def f(xs): return sum(xs)"), (STUDENT, "answer", "Use sum().")]),
     ]
     predictor = LexiconPredictor()
-    got = student_nll(records, model, tokenizer, PLAIN, predictor, batch_size=2)
+    got = student_nll(records, model, Renderer(PLAIN, tokenizer), predictor, batch_size=2)
 
     expected = {"all": [], "style": [], "capability": []}
     for r in records:
-        prefix, body, _ = scoring_inputs(r, tokenizer, PLAIN)
+        prefix, body, _ = scoring_inputs(r, Renderer(PLAIN, tokenizer))
         enc = tokenizer(prefix + body, add_special_tokens=False, return_offsets_mapping=True)
         ids = enc["input_ids"]
         for pos, (a, b) in enumerate(enc["offset_mapping"]):

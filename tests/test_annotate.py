@@ -330,12 +330,12 @@ def test_thinking_texts_from_release_dialogs_and_gpt_oss():
 # --- the annotator's requests: sampling and chat_template_kwargs -----------------------------------------
 def test_chat_client_sends_sampling_and_template_kwargs(servers):
     from tessy.backends.openai import ChatClient
-    from tessy.config import AnnotatorConfig
+    from tessy.config import Endpoint, ModelSpec
 
     srv = servers()
-    model = AnnotatorConfig("qwen3-32b", backend="openai", urls=[srv.url], temperature=0.7, top_p=0.8, top_k=20,
-                            seed=3, chat_template_kwargs={"enable_thinking": False}, max_tokens=32768)
-    chat = ChatClient.from_config(model, model.max_tokens)
+    spec = ModelSpec("qwen3-32b", backend="openai", temperature=0.7, top_p=0.8, top_k=20, seed=3,
+                     chat_template_kwargs={"enable_thinking": False})
+    chat = ChatClient.from_config(spec, Endpoint(urls=[srv.url]), 32768)
     assert chat.complete([[{"role": "user", "content": "hi"}]]) == ["ok: hi"]
     chat.close()
     body = srv.requests[-1]
@@ -417,19 +417,19 @@ def test_annotator_config_needs_its_section(tmp_path, capsys):
 def test_annotator_section_is_checked_and_not_in_the_synth_hash(tmp_path):
     import yaml
 
-    from tessy.config import AnnotatorConfig, load_config
+    from tessy.config import AnnotatorConfig, load_config, load_recipe
     from tessy.typed import ConfigError
 
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"annotator": {"model": "m", "top_k": 20, "max_tokens": 32768,
                                                   "chat_template_kwargs": {"enable_thinking": False}}}))
-    config = load_config(path)
-    assert isinstance(config.annotator, AnnotatorConfig) and config.annotator.max_tokens == 32768
-    assert config.annotator.chat_template_kwargs == {"enable_thinking": False}
-    assert config.hash() == load_config().hash() and load_config().annotator is None
+    annotator = load_recipe(path).annotator
+    assert isinstance(annotator, AnnotatorConfig) and annotator.max_tokens == 32768
+    assert annotator.spec.chat_template_kwargs == {"enable_thinking": False}
+    assert load_config(path).hash() == load_config().hash() and load_recipe(None).annotator is None
     path.write_text(yaml.safe_dump({"annotator": {"model": "m", "max_tokns": 3}}))
     with pytest.raises(ConfigError, match="max_tokens"):
-        load_config(path)
+        load_recipe(path)
 
 
 class TemplateTokenizer:
@@ -454,7 +454,7 @@ class TemplateTokenizer:
 
 def test_in_process_annotator_and_sampler_pass_template_kwargs():
     from tessy.annotate import sample_thinking
-    from tessy.profiles import QWEN3
+    from tessy.profiles import QWEN3, Renderer
     from tessy.prompts import Prompt
 
     backend = ScriptedBackend(['["so"]'])
@@ -463,7 +463,8 @@ def test_in_process_annotator_and_sampler_pass_template_kwargs():
     backend = ScriptedBackend(["Okay so.</think>\n\nanswer"])
     backend.tokenizer = TemplateTokenizer()
     prompt = Prompt(id="p1", messages=({"role": "user", "content": "q"},))
-    assert sample_thinking(backend, QWEN3, [prompt], 100, template_kwargs={"reasoning_effort": "high"}) == ["Okay so."]
+    renderer = Renderer(QWEN3, backend.tokenizer, {"reasoning_effort": "high"})
+    assert sample_thinking(backend, renderer, [prompt], 100) == ["Okay so."]
     assert backend.tokenizer.kwargs == [{"reasoning_effort": "high"}]
 
 
@@ -487,5 +488,6 @@ def test_sample_uses_its_own_sampling_and_budget(monkeypatch, tmp_path):
                       min_words=2, max_words=4)
     summary = run_annotate(job)
     [(name, config)] = made
-    assert name == "student sampler" and (config.temperature, config.top_p, config.top_k) == (0.95, 0.8, 20)
+    spec = config.spec
+    assert name == "student sampler" and (spec.temperature, spec.top_p, spec.top_k) == (0.95, 0.8, 20)
     assert summary["annotated"] == 3 and summary["by_source"]["student"] == 3

@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1] / "tessy"
 PIPELINE = [
     "tessy", "tessy.roles", "tessy.typed", "tessy.seeds", "tessy.records", "tessy.segments", "tessy.prompts",
     "tessy.models", "tessy.profiles",
-    "tessy.backends.protocol", "tessy.backends.limit", "tessy.backends.openai", "tessy.backends.hf",
+    "tessy.backends.protocol", "tessy.backends.limit", "tessy.backends.openai.pool", "tessy.backends.openai.dialects",
+    "tessy.backends.openai.backend", "tessy.backends.openai.chat", "tessy.backends.openai", "tessy.backends.hf",
     "tessy.backends.vllm", "tessy.backends",
     "tessy.predictors.eq5", "tessy.predictors.lexicon", "tessy.predictors.scoring", "tessy.predictors.learned",
     "tessy.predictors", "tessy.config", "tessy.serve", "tessy.serve_weights", "tessy.serve_vllm",

@@ -29,7 +29,8 @@ def test_config_file_overrides_and_custom_profile(tmp_path):
         "profiles": {"mine": {"think_open": "<reason>", "think_close": "</reason>"}},
     }))
     config = load_config(path)
-    assert config.k == 12 and config.teacher.temperature == 0.0 and config.teacher.model == SynthConfig().teacher.model
+    teacher = config.teacher.spec
+    assert config.k == 12 and teacher.temperature == 0.0 and teacher.model == SynthConfig().teacher.spec.model
     from tessy.profiles import get_profile
 
     assert get_profile("mine", config.profiles).think_close == "</reason>"
@@ -50,8 +51,8 @@ def test_bad_prompts_file_exits_with_its_line(tmp_path, capsys):
 
 
 def test_eval_flags_fill_the_model_config_and_evals_own(monkeypatch):
-    """--model and the sampling flags go into EvalConfig.model (a ModelConfig); --timeout-s is the
-    sandbox's (eval's own), not the server timeout of the ModelConfig."""
+    """--model and the sampling flags go into EvalConfig.model (a ModelSpec), --url into its urls;
+    --timeout-s is the sandbox's (eval's own), not a server timeout."""
     import tessy.eval.evaluate
 
     seen = []
@@ -62,7 +63,7 @@ def test_eval_flags_fill_the_model_config_and_evals_own(monkeypatch):
     [config] = seen
     assert (config.model.model, config.model.profile, config.model.temperature, config.model.top_k) == (
         "smollm2-135m-instruct", "qwen3", 0.7, 20)
-    assert config.model.urls == ["http://a/v1"] and config.model.timeout_s == 120.0
+    assert config.urls == ["http://a/v1"]
     assert (config.timeout_s, config.n) == (3.0, 2)
 
 

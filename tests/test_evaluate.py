@@ -12,7 +12,7 @@ import pytest
 from scripted import EOS, ScriptedBackend
 
 from tessy.cli import FAILED, main
-from tessy.config import ModelConfig
+from tessy.config import ModelSpec
 from tessy.eval.evaluate import (
     EvalConfig,
     Problem,
@@ -300,7 +300,7 @@ def test_a_failed_server_request_is_scored_as_failed(tmp_path, monkeypatch):
     monkeypatch.setattr(ev, "generate",
                         lambda config, problems, console=None: generate(config, problems, backend=Failing([])))
     bench = write_jsonl(tmp_path / "m.jsonl", [{"task_id": "m1", "question": "6*7?", "answer": "42"}])
-    summary = evaluate(EvalConfig(benchmark=str(bench), model=ModelConfig("scripted"), max_think_tokens=8,
+    summary = evaluate(EvalConfig(benchmark=str(bench), model=ModelSpec("scripted"), max_think_tokens=8,
                                   max_answer_tokens=8),
                        out=tmp_path / "out")
     [result] = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
@@ -560,7 +560,7 @@ def test_generate_closes_the_backend_it_made_even_when_it_fails(monkeypatch, fai
     made = []
     monkeypatch.setattr(tessy.backends, "make_backend",
                         lambda config, role: made.append(Closable([EOS], fail=fail)) or made[-1])
-    config = EvalConfig(model=ModelConfig("scripted"), max_think_tokens=12, max_answer_tokens=8)
+    config = EvalConfig(model=ModelSpec("scripted"), max_think_tokens=12, max_answer_tokens=8)
     if fail:
         with pytest.raises(RuntimeError, match="the backend broke"):
             generate(config, MATH)
@@ -577,9 +577,9 @@ def test_eval_config_bounds(key, value):
     from tessy.typed import ConfigError, build
 
     assert build(EvalConfig, {key: 1 if key not in ("language", "window") else "cpp" if key == "language" else "v5"},
-                 "eval", {"model": ModelConfig})
+                 "eval", {"model": ModelSpec})
     with pytest.raises(ConfigError, match=key):
-        build(EvalConfig, {key: value}, "eval", {"model": ModelConfig})
+        build(EvalConfig, {key: value}, "eval", {"model": ModelSpec})
 
 
 def test_code_that_exits_before_the_tests_run_does_not_pass(tmp_path, humaneval):
@@ -599,3 +599,17 @@ def test_code_that_exits_before_the_tests_run_does_not_pass(tmp_path, humaneval)
     assert score(twice, early_class, limits)["verdict"] == "wrong answer"
     right_class = "```python\nclass Solution:\n    def twice(self, x):\n        return x * 2\n```"
     assert score(twice, right_class, limits)["verdict"] == "accepted"
+
+
+def test_a_server_backend_samples_each_reply_on_its_own_clock_with_the_same_replies():
+    """Replies go through the scheduler: on a concurrent backend (a server) each sample sends its next
+    request as soon as its last returns, and the replies are those of the batched ticks, in job order."""
+    problems = MATH + [Problem("m2", "math", "1+1?", {"answer": "2"})]
+    script = ["think a", "bit more", "?</think>", "\\boxed{2}", EOS]
+    config = EvalConfig(n=3, batch_size=2, chunk_tokens=12, max_think_tokens=30, max_answer_tokens=6)
+    rows = {concurrent: generate(config, problems, backend=ScriptedBackend(script, concurrent=concurrent))
+            for concurrent in (False, True)}
+    assert rows[True] == rows[False]
+    assert [(r["task_id"], r["sample"]) for r in rows[True]] == [(p.task_id, s) for p in problems for s in range(3)]
+    thinking, closed, answer = rows[True][0]["completion"].partition("</think>")
+    assert (thinking, closed, answer.strip()) == ("<think>\nthink abit more?", "</think>", "\\boxed")

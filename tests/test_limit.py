@@ -288,8 +288,8 @@ def test_a_synth_run_through_a_server_that_takes_2_writes_every_record(proxied, 
                                for i in range(4)))
     config = load_config(max_think_tokens=24, max_answer_tokens=8, batch_size=4)
     for role, seed in ((STUDENT, 0), (TEACHER, 1)):  # SmolLM2 twice, both roles on the one proxy
-        m = getattr(config, role)
-        m.model, m.backend, m.urls, m.seed, m.timeout_s, m.concurrency = \
+        m, e = getattr(config, role).spec, getattr(config, role).endpoint
+        m.model, m.backend, e.urls, m.seed, e.timeout_s, e.concurrency = \
             "smollm2-135m-instruct", "openai", [proxied.url], seed, 60.0, 8
     printed = io.StringIO()
     summary = synthesize(config, prompts, tmp_path / "out.jsonl", progress=False,

@@ -20,7 +20,7 @@ from provenance import Recording, splits_into_prefixes
 from scripted import CharTokenizer
 
 from tessy.backends import SampleError, Sampling, Span
-from tessy.backends.openai import ChatClient, EndpointPool, OpenAIBackend, eos_ids_of
+from tessy.backends.openai import ChatClient, EndpointPool, OpenAIBackend, Text, eos_ids_of
 from tessy.config import load_config
 from tessy.records import errors_path_for, read_errors, read_records
 from tessy.roles import STUDENT, TEACHER
@@ -202,9 +202,9 @@ def test_api_key_comes_from_the_named_environment_variable(servers, monkeypatch)
 def test_config_hash_ignores_where_the_servers_are():
     a = load_config()
     b = load_config()
-    b.student.urls, b.student.timeout_s, b.teacher.concurrency = ["http://x:1/v1"], 5.0, 2
+    b.student.endpoint.urls, b.student.endpoint.timeout_s, b.teacher.endpoint.concurrency = ["http://x:1/v1"], 5.0, 2
     assert a.hash() == b.hash()
-    b.student.temperature = 0.1
+    b.student.spec.temperature = 0.1
     assert a.hash() != b.hash()
 
 
@@ -581,7 +581,7 @@ def test_text_mode_on_a_real_server_whole_and_streamed(llama):
     """Text mode (the mode of a server that returns no ids), spoken to llama-server's /v1/completions."""
     b = real_backend(llama, seed=5)
     ep = b.pool.endpoints[0]
-    ep.mode, ep.model = "text", "smollm2"  # as if the probe had found no ids
+    ep.dialect, ep.model = Text(), "smollm2"  # as if the probe had found no ids
     s = b.start("The capital of France is", key="text/student")
     [span] = b.generate([s], [12], [()])
     assert span.ids and span.ids == smollm2().encode(span.text, add_special_tokens=False)  # encoded again
@@ -607,9 +607,9 @@ class Recorded(Recording):
 def served_config(url: str, **overrides):
     config = load_config(**{"max_think_tokens": 40, "max_answer_tokens": 12, "batch_size": 4, **overrides})
     for role, seed in ((STUDENT, 0), (TEACHER, 1)):  # one server serves both roles: SmolLM2 twice
-        m = getattr(config, role)
-        m.model, m.backend, m.urls = "smollm2-135m-instruct", "openai", [url]
-        m.seed, m.timeout_s, m.max_retries = seed, 60.0, 2
+        m, e = getattr(config, role).spec, getattr(config, role).endpoint
+        m.model, m.backend, e.urls = "smollm2-135m-instruct", "openai", [url]
+        m.seed, e.timeout_s, e.max_retries = seed, 60.0, 2
     return config
 
 

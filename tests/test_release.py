@@ -238,7 +238,7 @@ def test_authors_release_config_runs_end_to_end(release_checkpoints, tmp_path):
     config_path = tmp_path / "release.yaml"
     config_path.write_text(yaml.safe_dump({**data, "max_think_tokens": 48, "max_answer_tokens": 8}))
     config = load_config(config_path)
-    assert (config.student.k, config.teacher.k, config.handover) == (5, 10, "complete-word")
+    assert (config.student.turn.k, config.teacher.turn.k, config.handover) == (5, 10, "complete-word")
     prompts = tmp_path / "prompts.jsonl"
     shutil.copy(ROOT / "tessy" / "data" / "demo_prompts.jsonl", prompts)
     out = tmp_path / "out" / "records.jsonl"

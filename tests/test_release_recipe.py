@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from tessy.cli import main
-from tessy.config import command_section, load_config
+from tessy.config import command_section, load_config, load_recipe
 from tessy.roles import STUDENT, TEACHER
-from tessy.typed import ConfigError, load
+from tessy.typed import ConfigError, load, to_flat
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "predictor-release.yaml"
 
@@ -42,14 +42,14 @@ def test_the_recipe_holds_the_releases_values():
     from tessy.annotate import AnnotateJob
     from tessy.predictors.learned import TrainConfig
 
-    config = load_config(RECIPE)
+    config, annotator = load_config(RECIPE), load_recipe(RECIPE).annotator
     job = load(AnnotateJob, command_section(RECIPE, "annotate"), "annotate", {"out": "o.jsonl"})
     train = load(TrainConfig, command_section(RECIPE, "predictor_train"), "train", {"data": "d", "out": "o"})
     assert {k: getattr(job, k) for k in RELEASE_ANNOTATE} == RELEASE_ANNOTATE
-    assert {k: getattr(config.annotator, k) for k in RELEASE_ANNOTATOR} == RELEASE_ANNOTATOR
+    assert {k: to_flat(annotator)[k] for k in RELEASE_ANNOTATOR} == RELEASE_ANNOTATOR
     assert {k: getattr(train, k) for k in RELEASE_TRAIN} == RELEASE_TRAIN
-    assert config.annotator.model == "Qwen/Qwen3-32B" and config.annotator.backend == "openai"
-    assert config.teacher.chat_template_kwargs == {"reasoning_effort": "high"}
+    assert annotator.spec.model == "Qwen/Qwen3-32B" and annotator.spec.backend == "openai"
+    assert config.teacher.spec.chat_template_kwargs == {"reasoning_effort": "high"}
 
 
 def test_the_recipe_sections_are_not_part_of_a_synth_runs_hash(tmp_path):

@@ -24,9 +24,9 @@ PROMPT = "Question: List the colours of the rainbow, one per line.\n\nAnswer:"
 @pytest.fixture(scope="module")
 def student():
     from tessy.backends.hf import HFBackend
-    from tessy.config import ModelConfig
+    from tessy.config import ModelSpec
 
-    return HFBackend.from_config(ModelConfig("smollm2-135m-instruct"))
+    return HFBackend.from_config(ModelSpec("smollm2-135m-instruct"))
 
 
 def sample(student, n=24, key="p1/student", **knobs):
@@ -77,10 +77,10 @@ def test_a_config_sets_the_knobs_per_role(tmp_path):
     path.write_text(yaml.safe_dump({"k": 20, "student": {"k": 5, "top_k": 20, "min_p": 0.05},
                                     "teacher": {"repetition_penalty": 1.1}}))
     config = load_config(path)
-    assert Sampling.of(config.student) == Sampling(0.6, 1.0, 0, 20, 0.05, 1.0)
+    assert Sampling.of(config.student.spec) == Sampling(0.6, 1.0, 0, 20, 0.05, 1.0)
     # the embedded teacher keeps its own top_k 20 (tessy/config.py) under the file's penalty
-    assert Sampling.of(config.teacher) == Sampling(0.6, 1.0, 1, 20, 0.0, 1.1)
-    assert (config.student.k, config.teacher.k) == (5, None)  # None: the top-level k
+    assert Sampling.of(config.teacher.spec) == Sampling(0.6, 1.0, 1, 20, 0.0, 1.1)
+    assert (config.student.turn.k, config.teacher.turn.k) == (5, None)  # None: the top-level k
 
     from tessy.synth import settings_for
 
@@ -95,10 +95,10 @@ def test_a_config_sets_the_knobs_per_role(tmp_path):
 def test_another_model_does_not_inherit_the_embedded_teachers_sampling(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"teacher": {"model": "openai/gpt-oss-120b", "profile": "gpt-oss"}}))
-    teacher = load_config(path).teacher
+    teacher = load_config(path).teacher.spec
     assert (teacher.top_k, teacher.repetition_penalty, teacher.seed) == (0, 1.0, 1)
     release = load_config(Path(__file__).resolve().parents[1] / "configs" / "authors-release.yaml")
-    assert Sampling.of(release.teacher) == Sampling(0.7, 0.8, 1, 20, 0.0, 1.0)  # the release's, no penalty
+    assert Sampling.of(release.teacher.spec) == Sampling(0.7, 0.8, 1, 20, 0.0, 1.0)  # the release's, no penalty
 
 
 def test_each_role_writes_its_own_k_tokens_per_turn():

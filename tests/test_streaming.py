@@ -222,3 +222,30 @@ def test_the_batcher_reads_streams_in_micro_batches_and_stops_them_once_final():
     finally:
         predictor.gate.set()
         batcher.close()
+
+
+class Sliding(LexiconPredictor):
+    """A predictor whose window slides as the span grows: it cannot promise a final cut (as a
+    checkpoint that reads left context), so it is no `StreamingPredictor`."""
+
+    cut_settled = None
+
+
+@pytest.mark.parametrize("wanted", [None, True, False])
+@pytest.mark.parametrize("backend_streams", [True, False])
+@pytest.mark.parametrize("promises", [True, False])
+def test_a_role_streams_where_its_setting_backend_and_predictor_all_allow_it(wanted, backend_streams, promises):
+    from tessy.predictors import StreamingPredictor
+    from tessy.scheduler import Scheduler
+    from tessy.streaming import role_streams
+
+    backend = StreamingScripted([]) if backend_streams else ScriptedBackend([])
+    predictor = LexiconPredictor() if promises else Sliding()
+    assert isinstance(predictor, StreamingPredictor) == promises
+    scheduler = Scheduler({STUDENT: backend}, {STUDENT: predictor}, stream_cuts={STUDENT: wanted})
+    if wanted and not backend_streams:  # `tessy synth` refuses the config
+        with pytest.raises(ValueError, match="student.stream_cuts is true, but the scripted backend cannot stop"):
+            role_streams(STUDENT, wanted, backend, predictor, "scripted")
+        return
+    expected = wanted is not False and backend_streams and promises
+    assert role_streams(STUDENT, wanted, backend, predictor, "scripted") == expected == scheduler.streams(STUDENT)

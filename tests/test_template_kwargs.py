@@ -17,7 +17,7 @@ from scripted import CharTokenizer
 
 from tessy.backends import Session
 from tessy.config import load_config
-from tessy.profiles import get_profile, render_prompt
+from tessy.profiles import Renderer, get_profile, render_prompt
 from tessy.prompts import Prompt
 from tessy.roles import STUDENT, TEACHER
 from tessy.synth import settings_for, start_sample
@@ -114,8 +114,8 @@ def test_start_sample_renders_each_role_with_its_own_arguments(gpt_oss_tokenizer
     [teacher_prompt], [student_prompt] = backends[TEACHER].started, backends[STUDENT].started
     assert teacher_prompt == gpt_oss_prompt(effort)
     assert (EMPTY_THINKING in student_prompt) == bool(student_kwargs)
-    assert x.parties[TEACHER].template_kwargs == (teacher_kwargs or {})
-    assert x.parties[STUDENT].template_kwargs == (student_kwargs or {})
+    assert x.parties[TEACHER].renderer.template_kwargs == (teacher_kwargs or {})
+    assert x.parties[STUDENT].renderer.template_kwargs == (student_kwargs or {})
 
 
 # --- what the backends send is the prompt rendered here ------------------------------------------
@@ -168,8 +168,8 @@ def test_the_arguments_are_read_from_yaml_and_saved_beside_the_output(tmp_path):
     path.write_text("teacher:\n  profile: gpt-oss\n  chat_template_kwargs: {reasoning_effort: high}\n"
                     "student:\n  chat_template_kwargs:\n    enable_thinking: false\n")
     config = load_config(path)
-    assert config.teacher.chat_template_kwargs == {"reasoning_effort": "high"}
-    assert config.student.chat_template_kwargs == {"enable_thinking": False}
+    assert config.teacher.spec.chat_template_kwargs == {"reasoning_effort": "high"}
+    assert config.student.spec.chat_template_kwargs == {"enable_thinking": False}
     saved = yaml.safe_load(config.to_yaml())
     assert saved["teacher"]["chat_template_kwargs"] == {"reasoning_effort": "high"}
     again = tmp_path / "again.yaml"
@@ -238,7 +238,7 @@ def test_a_methods_side_prompts_keep_the_roles_arguments(tmp_path, method, side)
 def test_eval_renders_with_the_models_arguments(kwargs, effort):
     from scripted import EOS, ScriptedBackend
 
-    from tessy.config import ModelConfig
+    from tessy.config import ModelSpec
     from tessy.eval.evaluate import EvalConfig, Problem, generate
 
     class Started(ScriptedBackend):
@@ -251,7 +251,7 @@ def test_eval_renders_with_the_models_arguments(kwargs, effort):
             return super().start(prompt, add_special_tokens, key)
 
     backend = Started(["x</think>", "42", EOS])
-    config = EvalConfig(model=ModelConfig("", chat_template_kwargs=kwargs), max_think_tokens=12, max_answer_tokens=8)
+    config = EvalConfig(model=ModelSpec("", chat_template_kwargs=kwargs), max_think_tokens=12, max_answer_tokens=8)
     generate(config, [Problem("m1", "math", "What is 6 * 7?", {"answer": "42"})], backend=backend)
     [prompt] = backend.started
     assert effort_of(prompt) == effort and "What is 6 * 7?" in prompt
@@ -277,9 +277,9 @@ def test_analyze_renders_the_students_prompt_with_its_arguments(gpt_oss_tokenize
     gpt_oss = get_profile("gpt-oss")
     reply = gpt_oss.think_open + "thinking" + gpt_oss.think_close + gpt_oss.answer_open + "5"
     record = {"messages": [*QUESTION, {"role": "assistant", "content": reply}]}
-    prefix, body, _ = scoring_inputs(record, gpt_oss_tokenizer, gpt_oss, {"reasoning_effort": "high"})
+    prefix, body, _ = scoring_inputs(record, Renderer(gpt_oss, gpt_oss_tokenizer, {"reasoning_effort": "high"}))
     assert prefix == gpt_oss_prompt("high") and body.startswith("thinking")
-    assert scoring_inputs(record, gpt_oss_tokenizer, gpt_oss)[0] == gpt_oss_prompt("medium")
+    assert scoring_inputs(record, Renderer(gpt_oss, gpt_oss_tokenizer))[0] == gpt_oss_prompt("medium")
 
 
 @pytest.mark.slow

@@ -16,10 +16,10 @@ def backend():
     import torch
 
     from tessy.backends import make_backend
-    from tessy.config import ModelConfig
+    from tessy.config import role_config
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    b = make_backend(ModelConfig("smollm2-135m-instruct", backend="vllm", temperature=0.0, device=device))
+    b = make_backend(role_config("smollm2-135m-instruct", backend="vllm", temperature=0.0, device=device))
     config = b.llm.llm_engine.vllm_config.cache_config
     assert config.enable_prefix_caching and config.block_size == (16 if device == "cuda" else 32)
     return b

@@ -90,9 +90,9 @@ def hit_rate(before: dict, after: dict) -> float:
 
 def test_the_probe_picks_ids_and_the_ids_are_the_sample_s_own(servers):
     from tessy.backends import make_backend
-    from tessy.config import ModelConfig
+    from tessy.config import role_config
 
-    backend = make_backend(ModelConfig(STUDENT_DEFAULT, backend="openai", urls=[servers["student"].url],
+    backend = make_backend(role_config(STUDENT_DEFAULT, backend="openai", urls=[servers["student"].url],
                                        temperature=0.0))
     try:
         session = backend.start("Question: write a function that adds two numbers.\n\nAnswer:", key="p0")

@@ -1,5 +1,6 @@
 """vLLM's OpenAI server for the tests, started the way a user starts it: `tessy serve ROLE --engine vllm`
-on 127.0.0.1 (a free port), stopped as a user stops it (Ctrl-C or `kill`).
+on 127.0.0.1 (a free port), stopped as a user stops it (Ctrl-C or `kill`). `tessy serve` itself runs
+under tessy's server lifecycle (tessy.serve.ServerProcess), so it dies with the test run.
 
 vLLM is the one `tessy serve --engine vllm` finds (tessy.serve_vllm.find_vllm): `$TESSY_VLLM_PYTHON`,
 tessy's own Python, else `.venv-vllm/` (`make test` installs vLLM's CPU build there with
@@ -12,14 +13,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import urllib.request
 from pathlib import Path
 
-from llama_server import free_port
-
-from tessy.serve import wait_until_healthy
+from tessy.serve import ServerProcess, free_port
 
 # The first start on a machine compiles the model (minutes on two busy cores); later starts find
 # vLLM's compile cache.
@@ -48,18 +46,22 @@ class VLLMServer:
         self.cmd = [sys.executable, "-m", "tessy.cli", "serve", role, "--engine", "vllm", "--port", str(self.port),
                     "--parallel", str(parallel), "--max-model-len", "4096", "--kv-cache-gib", "1", "--threads", "1",
                     *extra]
-        self.proc: subprocess.Popen | None = None
+        # A Ctrl-C waits up to 90 s for `tessy serve` to stop vLLM.
+        self.process = ServerProcess(self.cmd, self.root, log=self.log_path, grace_s=90.0,
+                                     name=f"vLLM for the {role}")
+
+    @property
+    def proc(self):
+        """`tessy serve`'s process (subprocess.Popen), None before it starts."""
+        return self.process.proc
 
     def start(self) -> VLLMServer:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.process.start()
         return self
 
     def wait(self, timeout_s: float = START_TIMEOUT_S) -> VLLMServer:
-        if not wait_until_healthy(self.root, self.proc, timeout_s):
-            self.kill()
-            raise RuntimeError(f"vLLM for the {self.role} did not come up ({' '.join(self.cmd)}):\n"
-                               f"{self.log()[-4000:]}")
+        """Answering: tessy.serve.ServerError, with the log's last lines, where it does not."""
+        self.process.ready(timeout_s)
         return self
 
     def log(self) -> str:
@@ -89,18 +91,11 @@ class VLLMServer:
         os.kill(self.proc.pid, sig)
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        self.process.kill()
 
     def stop(self) -> int | None:
-        """Ctrl-C, as a user stops it; its exit code."""
+        """Ctrl-C, as a user stops it (to `tessy serve`'s group: tessy alone); its exit code."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        self.process.stop(signal.SIGINT)
         return self.proc.returncode

@@ -26,17 +26,20 @@ from tessy.backends.protocol import (  # noqa: F401  (the protocol, as callers n
 
 
 def make_backend(config, role_name: str = "") -> Backend:
-    """Build the backend a model config asks for (`backend: hf | openai | vllm`)."""
-    if config.backend == "hf":
+    """Build the backend a role's config asks for (`backend: hf | openai | vllm`): a `RoleConfig`
+    (tessy.config), whose model spec the in-process engines read and whose endpoint the openai one
+    reads too."""
+    spec = config.spec
+    if spec.backend == "hf":
         from tessy.backends.hf import HFBackend
 
-        return HFBackend.from_config(config)
-    elif config.backend == "openai":
+        return HFBackend.from_config(spec)
+    elif spec.backend == "openai":
         from tessy.backends.openai import OpenAIBackend
 
-        return OpenAIBackend.from_config(config)
-    elif config.backend == "vllm":
+        return OpenAIBackend.from_config(spec, config.endpoint)
+    elif spec.backend == "vllm":
         from tessy.backends.vllm import VLLMBackend
 
-        return VLLMBackend.from_config(config)
-    raise ValueError(f"{role_name or 'model'}: unknown backend {config.backend!r} (available: hf, openai, vllm)")
+        return VLLMBackend.from_config(spec)
+    raise ValueError(f"{role_name or 'model'}: unknown backend {spec.backend!r} (available: hf, openai, vllm)")

@@ -61,11 +61,12 @@ class HFBackend:
             self.generator.manual_seed(self.sampling.seed)
 
     @classmethod
-    def from_config(cls, config) -> "HFBackend":
+    def from_config(cls, spec) -> "HFBackend":
+        """The backend of a role's `ModelSpec` (tessy.config): its model, dtype, device and sampling."""
         from tessy.models import load
 
-        model, tokenizer = load(config.model, dtype=config.dtype, device=config.device)
-        return cls(model, tokenizer, Sampling.of(config))
+        model, tokenizer = load(spec.model, dtype=spec.dtype, device=spec.device)
+        return cls(model, tokenizer, Sampling.of(spec))
 
     # --- sessions -------------------------------------------------------------------------
     def start(self, prompt: str, add_special_tokens: bool = False, key: str = "") -> Session:
@@ -93,6 +94,16 @@ class HFBackend:
 
     def close(self) -> None:
         pass
+
+    # --- what only a server has (the `Backend` protocol) ----------------------------------
+    def warm(self, session: Session) -> None:
+        return None  # the prompt is computed with the session's first request, in the same batch
+
+    def server_counters(self) -> None:
+        return None
+
+    def throttling(self) -> None:
+        return None
 
     # --- generation -----------------------------------------------------------------------
     @torch.inference_mode()

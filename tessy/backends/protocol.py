@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 @dataclass
 class Sampling:
-    """A role's sampling. The defaults of a run live in `ModelConfig` (`Sampling.of`); these are the
+    """A role's sampling. The defaults of a run live in `ModelSpec` (`Sampling.of`); these are the
     values that switch a knob off."""
 
     temperature: float  # 0 is greedy
@@ -23,7 +23,7 @@ class Sampling:
 
     @classmethod
     def of(cls, config) -> "Sampling":
-        """A role's sampling, from its `ModelConfig`."""
+        """A role's sampling, from its `ModelSpec` (tessy.config)."""
         return cls(config.temperature, config.top_p, config.seed, config.top_k, config.min_p, config.repetition_penalty)
 
 
@@ -90,9 +90,14 @@ def failed(row) -> bool:
 
 
 class Backend(Protocol):
-    """`watch` (optional, where `streams` is True): a callable per request that reads the span so far
-    while it is written and says when to stop it (tessy/streaming.py); the span then comes back with
-    finish "cut". A backend without `streams` is never handed one."""
+    """Everything the scheduler and `tessy synth` call on a backend; every backend declares all of it.
+
+    `watch` (only where `streams` is True): a callable per request that reads the span so far while
+    it is written and says when to stop it (tessy/streaming.py); the span then comes back with finish
+    "cut". A backend whose `streams` is False is never handed one.
+
+    What only a server has (`warm`, `server_counters`, `throttling`) answers None on a backend that
+    has no such thing (an in-process engine): it does not warm, count or throttle."""
 
     tokenizer: Any
     sampling: Sampling
@@ -112,6 +117,22 @@ class Backend(Protocol):
         """One request; the future's result is a `Span` or a `SampleError`."""
         ...
 
+    def warm(self, session: Session) -> Future | None:
+        """Have the engine compute the session's prompt now (a server's prefix cache), the session
+        unchanged: a future whose result is the one-token `Span` or a `SampleError`; None where the
+        backend has nothing to warm."""
+        ...
+
+    def server_counters(self) -> dict[str, float] | None:
+        """The engine's own counters (a server's `/metrics`: prefix-cache hits and queries, prompt and
+        generated tokens); None where the engine publishes none."""
+        ...
+
+    def throttling(self) -> dict | None:
+        """How the servers held this role back (429/503 answers, Retry-After waits, concurrency); None
+        where nothing throttles."""
+        ...
+
     def rollback(self, session: Session, n_tokens: int) -> None: ...
 
     def release(self, session: Session) -> None: ...
@@ -126,35 +147,57 @@ def answered(result) -> Future:
     return future
 
 
-DECODE_CONTEXT = 8  # tokens of left context when decoding one token's text (see span_from_ids)
+DECODE_CONTEXT = 8  # tokens of left context when decoding one token's text (see SpanDecoder)
+
+
+class SpanDecoder:
+    """The text and per-token offsets (see `Span`) of ids that arrive a few at a time.
+
+    Each new token's text is decoded with a few tokens of left context (SentencePiece drops a leading
+    space at the start of a decode), so n tokens cost O(n) decodes, not O(n^2): reading the span after
+    every event of a stream costs the new tokens only, and a single-model baseline's thinking is one
+    request of up to its whole budget. A token that ends inside a character gets offset -1.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.offsets: list[int] = []
+        self.text = ""
+        self._done = 0  # ids[:_done] end on a whole character
+        self._head_at, self._head = -1, ""  # the decode of the context before ids[_done:]
+
+    def add(self, ids: list[int]) -> None:
+        for token in ids:
+            self.ids.append(token)
+            start = max(0, self._done - DECODE_CONTEXT)
+            if self._head_at != self._done:
+                self._head_at = self._done
+                self._head = self.tokenizer.decode(self.ids[start : self._done], skip_special_tokens=False)
+            piece = self.tokenizer.decode(self.ids[start:], skip_special_tokens=False)
+            if piece.endswith("\ufffd") or not piece.startswith(self._head):
+                self.offsets.append(-1)
+                continue
+            self.text += piece[len(self._head) :]
+            self._done = len(self.ids)
+            self.offsets.append(len(self.text))
+
+    def span(self, finish: str = "length") -> Span:
+        """The span of the ids so far: `Span(ids, text, offsets, finish)`."""
+        return Span(list(self.ids), self.text, list(self.offsets), finish)
 
 
 def span_from_ids(tokenizer, ids: list[int], finish: str) -> Span:
-    """Decode `ids` with per-token character offsets (see `Span`).
-
-    Each token's text is decoded with a few tokens of left context (SentencePiece drops a leading
-    space at the start of a decode), so a span of n tokens costs O(n), not O(n^2): a single-model
-    baseline's thinking is one request of up to its whole budget. Where the pieces do not add up to
-    the full decode, the exact prefix-by-prefix decode is used instead.
-    """
+    """Decode `ids` with per-token character offsets (see `Span`), as `SpanDecoder` does, checked
+    against the decode of the whole: where the pieces do not add up to it, the exact
+    prefix-by-prefix decode is used instead. Returns a `Span` with `finish`."""
     full = tokenizer.decode(ids, skip_special_tokens=False)
-    offsets, length, done = [], 0, 0  # ids[:done] are in `length` characters
-    head_at, head = -1, ""
-    for i in range(1, len(ids) + 1):
-        start = max(0, done - DECODE_CONTEXT)
-        if head_at != done:
-            head_at, head = done, tokenizer.decode(ids[start:done], skip_special_tokens=False)
-        piece = tokenizer.decode(ids[start:i], skip_special_tokens=False)
-        if piece.endswith("\ufffd") or not piece.startswith(head):
-            offsets.append(-1)
-            continue
-        length += len(piece) - len(head)
-        done = i
-        offsets.append(length)
-    text = full[:length]
+    decoder = SpanDecoder(tokenizer)
+    decoder.add(ids)
+    offsets, length = decoder.offsets, len(decoder.text)
     if length > len(full) or not _consistent(tokenizer, ids, offsets, full):
         return _span_by_prefixes(tokenizer, ids, finish, full)
-    return Span(ids=list(ids), text=text, offsets=offsets, finish=finish)
+    return Span(ids=list(ids), text=full[:length], offsets=offsets, finish=finish)
 
 
 def _consistent(tokenizer, ids: list[int], offsets: list[int], full: str) -> bool:

@@ -69,6 +69,7 @@ def cpu_environment(kv_cache_gib: int = 2, threads: int | None = None) -> dict[s
 
 class VLLMBackend:
     concurrent = False  # one engine call per tick takes the whole batch
+    streams = False  # a request runs to its end: `generate` takes no watches
 
     def __init__(self, llm, tokenizer, sampling: Sampling, eos_ids: set[int] | None = None):
         self.llm = llm
@@ -77,7 +78,8 @@ class VLLMBackend:
         self.eos_ids = eos_ids if eos_ids is not None else eos_ids_of(tokenizer)
 
     @classmethod
-    def from_config(cls, config, **llm_kwargs) -> "VLLMBackend":
+    def from_config(cls, spec, **llm_kwargs) -> "VLLMBackend":
+        """The backend of a role's `ModelSpec` (tessy.config); `llm_kwargs` go to `vllm.LLM`."""
         if not is_vllm_available():
             raise ValueError("backend: vllm needs the vllm package: pip install 'tessy[vllm]' (a GPU machine)")
         from pathlib import Path
@@ -86,10 +88,10 @@ class VLLMBackend:
 
         from tessy.models import EMBEDDED, resolve
 
-        path = Path(config.model).expanduser()
-        local = config.model in EMBEDDED or path.suffix == ".gguf" or path.is_dir()
-        model = str(resolve(config.model)) if local else config.model
-        cpu = config.device == "cpu"
+        path = Path(spec.model).expanduser()
+        local = spec.model in EMBEDDED or path.suffix == ".gguf" or path.is_dir()
+        model = str(resolve(spec.model)) if local else spec.model
+        cpu = spec.device == "cpu"
         if cpu:
             import os
 
@@ -98,10 +100,10 @@ class VLLMBackend:
             for key, value in cpu_environment(1).items():
                 if key != "VLLM_ENABLE_V1_MULTIPROCESSING":
                     os.environ.setdefault(key, value)
-        dtype = "auto" if config.dtype == "float32" and not cpu else config.dtype
-        llm = vllm.LLM(model=model, seed=config.seed or 0, **{**turn_taking_args(cpu, dtype=dtype), **llm_kwargs})
-        tokenizer = load_tokenizer(config.model)
-        return cls(llm, tokenizer, Sampling.of(config))
+        dtype = "auto" if spec.dtype == "float32" and not cpu else spec.dtype
+        llm = vllm.LLM(model=model, seed=spec.seed or 0, **{**turn_taking_args(cpu, dtype=dtype), **llm_kwargs})
+        tokenizer = load_tokenizer(spec.model)
+        return cls(llm, tokenizer, Sampling.of(spec))
 
     # --- sessions ---------------------------------------------------------------------------------
     def start(self, prompt: str, add_special_tokens: bool = False, key: str = "") -> Session:
@@ -125,6 +127,16 @@ class VLLMBackend:
 
     def close(self) -> None:
         pass
+
+    # --- what only a server has (the `Backend` protocol) ----------------------------------
+    def warm(self, session: Session) -> None:
+        return None  # the prompt is computed with the session's first request, in the same batch
+
+    def server_counters(self) -> None:
+        return None
+
+    def throttling(self) -> None:
+        return None
 
     # --- generation -------------------------------------------------------------------------------
     def generate(self, sessions: list[Session], max_new_tokens: list[int], stop: list[tuple[str, ...]]) -> list[Span]:

@@ -40,13 +40,15 @@ from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
 
-from tessy.backends import SampleError, failed
-from tessy.config import ModelConfig
+from tessy.backends import SampleError
+from tessy.config import Endpoint, ModelSpec, RoleConfig
 from tessy.eval.checkers import check, parse_checker
 from tessy.eval.livecodebench import WINDOWS, date_range, in_range, parse_day, row_tests
 from tessy.eval.mathcheck import extract_boxed, math_equal
 from tessy.eval.sandbox import LANGUAGE_ALIASES, LANGUAGES, Limits, Result, build, compile_limits, isolation, run_python
 from tessy.eval.verdicts import GENERATION_ERROR, NO_ANSWER, OK, UNGRADED, WRONG_ANSWER, Verdict
+from tessy.loop import Generate
+from tessy.roles import STUDENT
 
 NO_CODE_RUN = "none (no code is run)"
 # The exit status by which tessy's own test harness (HumanEval, functional tests) says "wrong answer";
@@ -60,10 +62,14 @@ class EvalConfig:
         default="humaneval",
         metadata={"help": "humaneval, or a JSONL file of problems (see load_benchmark)"},
     )
-    model: ModelConfig = field(
-        default_factory=lambda: ModelConfig(""),
+    model: ModelSpec = field(
+        default_factory=lambda: ModelSpec(""),
         metadata={"help": "the model that samples the replies: its name (empty: none), profile, backend and sampling, "
                           "as in a synth config; with --samples, its profile reads their thinking"},
+    )
+    urls: list[str] = field(
+        default_factory=list,
+        metadata={"kind": "url", "help": "openai backend: base URLs ending in /v1 that serve the model"},
     )
     samples: str | None = field(
         default=None,
@@ -430,61 +436,57 @@ def generate(config: EvalConfig, problems: list[Problem], console=None, backend=
     profile = get_profile(config.model.profile)
     if backend is not None:
         return _generate(config, problems, console, backend, profile)
-    backend = make_backend(config.model, "model")
+    backend = make_backend(RoleConfig(config.model, Endpoint(urls=list(config.urls))), "model")
     try:
         return _generate(config, problems, console, backend, profile)
     finally:
         backend.close()
 
 
-def _generate(config: EvalConfig, problems: list[Problem], console, backend, profile) -> list[dict]:
-    from tessy.profiles import render_prompt
+MODEL = STUDENT  # the role the one sampled model takes in the scheduler
 
+
+def _generate(config: EvalConfig, problems: list[Problem], console, backend, profile) -> list[dict]:
+    from tessy.profiles import Renderer
+    from tessy.scheduler import Scheduler
+    from tessy.transcript import Party, Transcript
+
+    renderer = Renderer(profile, backend.tokenizer, dict(config.model.chat_template_kwargs))
     limit = model_token_limit(backend, config.model.model)
     if limit is None and (config.max_think_tokens is None or config.max_answer_tokens is None):
         raise ValueError("the model's own token limit is unknown here: give --max-think-tokens and --max-answer-tokens")
     system = config.system_prompt if config.system_prompt is not None else recorded_system_prompt(config.model.model)
     jobs = [(p, s) for p in problems for s in range(config.n)]
-    out = []
-    for b in range(0, len(jobs), config.batch_size):
-        batch = jobs[b : b + config.batch_size]
-        texts = []
-        for p, _ in batch:
-            messages = (([{"role": "system", "content": system}] if system else [])
-                        + [{"role": "user", "content": p.prompt}])
-            texts.append(render_prompt(profile, backend.tokenizer, messages, config.model.chat_template_kwargs)[0])
+    rows: dict[int, dict] = {}
+    begun: dict[int, tuple[int, int]] = {}  # id(transcript) -> (its job, where its reply starts in the session)
+
+    def start(i: int):
+        p, sample = jobs[i]
+        messages = (([{"role": "system", "content": system}] if system else [])
+                    + [{"role": "user", "content": p.prompt}])
         # Each sample's seed stream is keyed by task and sample (tessy/seeds.py): the n repeats differ.
-        sessions = [backend.start(t, key=f"{p.task_id}/{s}") for t, (p, s) in zip(texts, batch)]
-        starts = [len(s.ids) for s in sessions]
-        ended = _run_phase(backend, sessions, starts,
-                           [_budget(config.max_think_tokens, limit, len(s.ids)) for s in sessions],
-                           (profile.think_close,), config.chunk_tokens)
-        live = []
-        for i, (s, why) in enumerate(zip(sessions, ended)):
-            if failed(why) or why == "length" and not config.force_close_thinking:
-                continue  # a thinking that never ended has no answer (the paper's protocol)
-            # Budget spent under --force-close-thinking, or a model that ended its turn inside the
-            # thinking (a plain model does; as in `tessy synth`): tessy closes it and the model answers.
-            if why != "stop":
-                backend.extend(s, "\n" + profile.think_close)
-            backend.extend(s, profile.answer_open)
-            live.append(i)
-        answered = _run_phase(backend, [sessions[i] for i in live], [len(sessions[i].ids) for i in live],
-                              [_budget(config.max_answer_tokens, limit, len(sessions[i].ids)) for i in live],
-                              (), config.chunk_tokens)
-        for i, why in zip(live, answered):
-            ended[i] = why if failed(why) else ended[i]
-        for (p, sample), s, start, why in zip(batch, sessions, starts, ended):
-            # Special tokens stay: a marker may be one (gpt-oss closes its thinking with <|end|>).
-            reply = profile.think_open + backend.tokenizer.decode(s.ids[start:], skip_special_tokens=False)
-            row = {"task_id": p.task_id, "sample": sample, "completion": reply}
-            if failed(why):
-                row["error"] = f"generation failed: {why}"  # a server gave up on this sample: it is not graded
-            out.append(row)
-            backend.release(s)
-        if console is not None:
-            console.print(f"generated {min(b + config.batch_size, len(jobs))}/{len(jobs)} samples")
-    return out
+        session = backend.start(renderer.render(messages)[0], key=f"{p.task_id}/{sample}")
+        x = Transcript(f"{p.task_id}/{sample}", messages, {MODEL: Party(backend, profile, session)})
+        begun[id(x)] = (i, len(session.ids))
+        return x, _sample(backend, session, profile, config, limit)
+
+    def finish(x: Transcript, error: SampleError | None = None) -> None:
+        i, reply_at = begun.pop(id(x))
+        p, sample = jobs[i]
+        # Special tokens stay: a marker may be one (gpt-oss closes its thinking with <|end|>).
+        ids = x.parties[MODEL].session.ids[reply_at:]
+        row = {"task_id": p.task_id, "sample": sample,
+               "completion": profile.think_open + backend.tokenizer.decode(ids, skip_special_tokens=False)}
+        if error is not None:
+            row["error"] = f"generation failed: {error}"  # a server gave up on this sample: it is not graded
+        rows[i] = row
+        if console is not None and (len(rows) % config.batch_size == 0 or len(rows) == len(jobs)):
+            console.print(f"generated {len(rows)}/{len(jobs)} samples")
+
+    # Up to `batch_size` samples at once: batched in ticks in process, each on its own clock on a server.
+    Scheduler({MODEL: backend}, {}, max_in_flight=config.batch_size, chunk_tokens=config.chunk_tokens).run(
+        (lambda i=i: start(i) for i in range(len(jobs))), finish, finish)
+    return [rows[i] for i in range(len(jobs))]
 
 
 def _budget(asked: int | None, limit: int | None, length: int) -> int:
@@ -493,26 +495,35 @@ def _budget(asked: int | None, limit: int | None, length: int) -> int:
     return room if asked is None else asked if room is None else min(asked, room)
 
 
-def _run_phase(backend, sessions, starts, budgets: list[int], stop: tuple[str, ...],
-               chunk: int) -> list[str | SampleError]:
-    """Generate for every session until EOS, a stop string, or its budget of tokens.
+def _sample(backend, session, profile, config: EvalConfig, limit: int | None):
+    """One reply as a generator of `Generate` requests (tessy/loop.py) for the scheduler: the thinking,
+    then, where it closed (or `force_close_thinking` closes it), the answer."""
+    why = yield from _phase(session, _budget(config.max_think_tokens, limit, len(session.ids)),
+                            (profile.think_close,), config.chunk_tokens)
+    if why == "length" and not config.force_close_thinking:
+        return  # a thinking that never ended has no answer (the paper's protocol)
+    # Budget spent under --force-close-thinking, or a model that ended its turn inside the
+    # thinking (a plain model does; as in `tessy synth`): tessy closes it and the model answers.
+    if why != "stop":
+        backend.extend(session, "\n" + profile.think_close)
+    backend.extend(session, profile.answer_open)
+    yield from _phase(session, _budget(config.max_answer_tokens, limit, len(session.ids)), (), config.chunk_tokens)
 
-    Returns why each ended: "eos", "stop", "length", or the `SampleError` of a server backend that gave up."""
-    ended: list[str | SampleError] = ["length"] * len(sessions)
-    active = [i for i in range(len(sessions)) if budgets[i] > 0]
-    while active:
-        left = [budgets[i] - (len(sessions[i].ids) - starts[i]) for i in active]
-        spans = backend.generate([sessions[i] for i in active], [min(chunk, n) for n in left], [stop] * len(active))
-        still = []
-        for i, span, n in zip(active, spans, left):
-            if failed(span):
-                ended[i] = span
-            elif span.finish in ("eos", "stop"):
-                ended[i] = span.finish
-            elif n - len(span.ids) > 0 and span.ids:
-                still.append(i)
-        active = still
-    return ended
+
+def _phase(session, budget: int, stop: tuple[str, ...], chunk: int):
+    """Generate until EOS, a stop string, or `budget` tokens, in requests of at most `chunk` tokens
+    (each request's seed follows from the session's length, tessy/seeds.py, so the chunks are part of
+    what is sampled). Returns why it ended: "eos", "stop" or "length"."""
+    start = len(session.ids)
+    left = budget
+    while left > 0:
+        span = yield Generate(MODEL, min(chunk, left), stop, session=session)
+        if span.finish in ("eos", "stop"):
+            return span.finish
+        if not span.ids:
+            break
+        left = budget - (len(session.ids) - start)
+    return "length"
 
 
 # --- the command ----------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ factory the config names predictors through (`load_predictor`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from tessy.predictors.eq5 import boundary, eq5_cuts  # noqa: F401  (re-exported: Eq. 5 is part of the protocol)
 
@@ -33,6 +33,21 @@ class BoundaryPredictor(Protocol):
 
     def cuts(self, texts: list[str], contexts: list[str], role: str) -> list[int | None]:
         """For each span of `role`, where the loop cuts it (a character offset), or None."""
+        ...
+
+
+@runtime_checkable
+class StreamingPredictor(Protocol):
+    """A predictor that can say when its cut is final before the span ends, so that a turn's request
+    stops there (tessy/streaming.py). The scheduler asks `isinstance(predictor, StreamingPredictor)`;
+    a predictor that cannot promise a final cut does not implement it, and its role's turns run to k.
+    (A checkpoint's `LearnedPredictor` sets `cut_settled = None` where its reading cannot promise: a
+    method set to None is one the protocol's isinstance check finds missing.)"""
+
+    inline: bool  # cheap enough to read the span at every streamed token, in the stream's own thread
+
+    def cut_settled(self, text: str, b: int) -> bool:
+        """Whether more text after `text` can no longer change this predictor's cut at `b`."""
         ...
 
 

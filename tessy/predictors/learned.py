@@ -231,7 +231,8 @@ def collate(batch: list[dict], pad_id: int, device: str) -> dict:
 
 # --- the predictor ---------------------------------------------------------------------------------------
 class LearnedPredictor:
-    """A token classifier behind the `BoundaryPredictor` protocol, batched, on CPU or GPU."""
+    """A token classifier behind the `BoundaryPredictor` protocol, batched, on CPU or GPU; a
+    `StreamingPredictor` where its checkpoint can promise a final cut (`cut_settled` below)."""
 
     def __init__(self, model, tokenizer, meta: dict, name: str = "learned", batch_size: int = 32):
         self.model, self.tokenizer, self.meta, self.name = model, tokenizer, meta, name
@@ -248,10 +249,10 @@ class LearnedPredictor:
         # (which the loop's own rule waits for). With left context, the context fills what the span
         # leaves, so its share changes as the span grows; and the release's next-token rule reads the
         # last `max_length` tokens of context and span, a window that slides. Neither can promise:
-        # their turns run to k.
+        # their turns run to k: `cut_settled` is None, so it is no `StreamingPredictor`.
         self.cut_settled = (lambda text, b: True) if self.semantics == "same-token" and not self.left_context \
             else None
-        self.inline = False
+        self.inline = False  # a forward pass per reading: streamed spans are read in micro-batches
 
     @classmethod
     def load(cls, path, spec=None, device: str = "auto", batch_size: int = 32) -> "LearnedPredictor":

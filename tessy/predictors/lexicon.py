@@ -30,7 +30,8 @@ DEFAULT_STYLE_PHRASES = (
 class LexiconPredictor:
     """Marks whole-word matches of a phrase list as style; everything else is capability.
 
-    Needs no training: it gives weak labels and a baseline for the learned predictors.
+    Needs no training: it gives weak labels and a baseline for the learned predictors. A
+    `StreamingPredictor` (tessy/predictors/__init__.py): `cut_settled`, and `inline`.
     """
 
     def __init__(self, phrases: tuple[str, ...] | list[str] = DEFAULT_STYLE_PHRASES, name: str = "lexicon"):

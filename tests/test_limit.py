@@ -291,6 +291,10 @@ def test_a_synth_run_through_a_server_that_takes_2_writes_every_record(proxied, 
         m, e = getattr(config, role).spec, getattr(config, role).endpoint
         m.model, m.backend, e.urls, m.seed, e.timeout_s, e.concurrency = \
             "smollm2-135m-instruct", "openai", [proxied.url], seed, 60.0, 8
+        # Each role's pool adapts on its own, so the two together may still ask the proxy's 2 places for
+        # 3 or 4 at times, and a request can lose the race several times in a row: each refusal uses up
+        # a retry, so a rate-limited endpoint wants more of them than the default 3.
+        e.max_retries = 12
     printed = io.StringIO()
     summary = synthesize(config, prompts, tmp_path / "out.jsonl", progress=False,
                          console=Console(file=printed, width=300))

@@ -25,7 +25,11 @@ PIPELINE = [
     "tessy.analysis",
     "tessy.eval.verdicts", "tessy.eval.sandbox", "tessy.eval.checkers", "tessy.eval.livecodebench",
     "tessy.eval.mathcheck", "tessy.eval.evaluate", "tessy.eval",
-    "tessy.sft", "tessy.filter", "tessy.cli",
+    "tessy.sft", "tessy.filter",
+    "tessy.commands.common", "tessy.commands.synth", "tessy.commands.serve", "tessy.commands.merge",
+    "tessy.commands.export", "tessy.commands.filter", "tessy.commands.analyze", "tessy.commands.config",
+    "tessy.commands.show", "tessy.commands.annotate", "tessy.commands.predictor", "tessy.commands.sft",
+    "tessy.commands.eval", "tessy.commands.plot_loss", "tessy.commands", "tessy.cli",
 ]
 
 

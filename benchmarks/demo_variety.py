@@ -24,8 +24,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tessy.records import read_records
-from tessy.variety import compression_ratio, thinking_text
+from tessy.engine.records import read_records
+from tessy.engine.variety import compression_ratio, thinking_text
 
 DEMO_PROMPTS = Path(__file__).resolve().parent.parent / "tessy" / "data" / "demo_prompts.jsonl"
 

@@ -3,7 +3,7 @@
 One run, one process, the embedded default models loaded once (student smollm2-135m-instruct,
 teacher gemma3-270m, sampling as in the default config). It measures:
 
-1. Throughput. `tessy.synth.synthesize` on N demo prompts with batch size B, against plain batched
+1. Throughput. `tessy.engine.synth.synthesize` on N demo prompts with batch size B, against plain batched
    generation of the SAME number of tokens per model by the SAME `HFBackend` objects (sessions
    started from the same rendered prompts, EOS ignored so every row reaches its count):
      - even rows: each model's total spread evenly over B rows at once, in k-token chunks (one
@@ -124,7 +124,7 @@ def write_prompts(n: int, path: Path) -> Path:
 
 # --- the two things compared -----------------------------------------------------------------------
 def run_tessy(config, backends: dict, prompts: Path, workdir: Path, name: str) -> dict:
-    from tessy.synth import synthesize
+    from tessy.engine.synth import synthesize
 
     out = workdir / name / "records.jsonl"
     reseed(backends, config)
@@ -168,7 +168,7 @@ def run_tessy(config, backends: dict, prompts: Path, workdir: Path, name: str) -
 
 
 def plain_sessions(config, backend, role: str, prompts: list, rows: int) -> list:
-    """Sessions started exactly as `tessy.synth.start_sample` starts them, for `rows` prompts."""
+    """Sessions started exactly as `tessy.engine.synth.start_sample` starts them, for `rows` prompts."""
     renderer = getattr(config, role).renderer(backend.tokenizer, config.profiles)
     sessions = []
     for i in range(rows):
@@ -337,8 +337,8 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from tessy.config import load_config
+    from tessy.engine.synth import load_backends
     from tessy.prompts import read_prompts
-    from tessy.synth import load_backends
 
     t_start = time.perf_counter()
     start_load = round(os.getloadavg()[0], 2)

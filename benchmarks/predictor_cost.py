@@ -2,7 +2,7 @@
 
 One process, the embedded default models loaded once (student smollm2-135m-instruct, teacher
 gemma3-270m, the default config's sampling and budgets), the same N demo prompts and batch size,
-run twice by `tessy.synth.synthesize`:
+run twice by `tessy.engine.synth.synthesize`:
 1. B_S and B_T = the lexicon;
 2. B_S and B_T = a learned predictor (a checkpoint given with --predictor, else one trained here on
    tests/data/predictor_segments.jsonl: smollm2-135m base, 1 epoch; its accuracy is not the point).
@@ -36,8 +36,8 @@ def main() -> None:
     import torch
 
     from tessy.config import load_config
+    from tessy.engine.synth import load_backends, synthesize
     from tessy.predictors.learned import TrainConfig, train_predictor
-    from tessy.synth import load_backends, synthesize
 
     work = Path(tempfile.mkdtemp(prefix="predictor-cost-"))
     predictor = args.predictor

@@ -32,7 +32,7 @@ the first would pay for all of them.
 - `teacher-only`: the teacher writes everything (two requests per sample): the reference cost;
 - `whole`: TESSY, k = 20 (the paper's turn), every turn generates its k tokens (`stream_cuts: false`),
   the `events` driver;
-- `streamed`: the same, each turn's request stopped as soon as its cut is final (tessy/streaming.py);
+- `streamed`: the same, each turn's request stopped as soon as its cut is final (tessy/engine/streaming.py);
 - `streamed-q4_1`: `streamed` with the student served from its packaged Q4_1 file;
 - `ticks` / `ticks-streamed`: as `whole` / `streamed`, with the lock-step `ticks` driver;
 - `release` / `release-streamed`: the authors' turns, student k = 5 and teacher k = 10.
@@ -189,8 +189,8 @@ class Server:
 
 def run_one(name: str, servers: dict, workdir: Path, args) -> dict:
     from tessy.config import load_config
-    from tessy.records import read_records
-    from tessy.synth import synthesize
+    from tessy.engine.records import read_records
+    from tessy.engine.synth import synthesize
 
     method, driver, k_student, k_teacher, stream, _ = RUNS[name]
     out = workdir / name / "records.jsonl"

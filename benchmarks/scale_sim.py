@@ -4,13 +4,13 @@
         [--in-flight 16,64,256] [--samples-per-slot 3] [--drivers ticks,events] [--method tessy]
 
 What it measures. It starts two simulated continuous-batching servers (student and teacher, one
-replica each) and runs `tessy.synth.synthesize` through them with the `openai` backend (token-id
+replica each) and runs `tessy.engine.synth.synthesize` through them with the `openai` backend (token-id
 mode), at 16, 64 and 256 samples in flight, N = samples-per-slot x in-flight samples each. The
 servers cost time the way a vLLM engine does (a step of `step_ms + per_seq_ms * active + prefill per
 uncached prompt token`, one token per active sequence per step, automatic prefix caching of 16-token
 blocks) and "generate" sentences of a fixed corpus encoded with the student's tokenizer: style
 discourse and capability text, so the lexicon boundary predictor cuts often. When tessy's config has
-a `driver` field (the rewrite of tessy/scheduler.py), both drivers run side by side at each level:
+a `driver` field (the rewrite of tessy/engine/scheduler.py), both drivers run side by side at each level:
 `ticks` (lock-step: each tick runs the predictor, then all student calls, then all teacher calls,
 each phase waiting for its slowest row) and `events` (each sample moves on as soon as its own
 request returns), and the ratio events / ticks of generated tokens/s is printed. Without the field
@@ -218,8 +218,8 @@ def has_driver() -> bool:
 def run_one(servers: SimServers, workdir: Path, args, method: str, in_flight: int, n_samples: int,
             driver: str | None) -> dict:
     from tessy.config import load_config
-    from tessy.records import read_records
-    from tessy.synth import synthesize
+    from tessy.engine.records import read_records
+    from tessy.engine.synth import synthesize
 
     tag = f"{method}-{driver or 'before'}-{in_flight}"
     prompts = workdir / f"prompts-{n_samples}.jsonl"

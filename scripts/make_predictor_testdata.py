@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from tessy.annotate import AnnotateJob, run_annotate
+from tessy.predictors.annotate import AnnotateJob, run_annotate
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = Path("/tmp/predictor-testdata-prompts.jsonl")

@@ -18,12 +18,12 @@ from tessy.typed import ConfigError, flat_keys, load, read_yaml, to_flat
 
 # The values a config accepts; the modules that act on them take them from here.
 BACKENDS = ("hf", "openai", "vllm")
-# The paper's section 3.4: TESSY and its baselines (tessy/methods.py).
+# The paper's section 3.4: TESSY and its baselines (tessy/engine/methods.py).
 METHODS = ("tessy", "student-only", "teacher-only", "teacher-mix", "teacher-answer", "teacher-think",
            "teacher-reference", "teacher-score")
-# How a cut span ends a word (tessy/loop.py, `kept_tokens`).
+# How a cut span ends a word (tessy/engine/loop.py, `kept_tokens`).
 HANDOVERS = ("drop-partial-word", "complete-word")
-# Who waits for whom (tessy/scheduler.py).
+# Who waits for whom (tessy/engine/scheduler.py).
 DRIVERS = ("auto", "events", "ticks")
 
 
@@ -292,8 +292,8 @@ class SynthConfig:
     def hash(self) -> str:
         """16 hex digits of what decides the records: every field but those whose metadata says
         `records: False` (a role's endpoint, how samples are scheduled and streamed). Every request's
-        seed comes from its sample (tessy/seeds.py), not from its batch or its turn in the queue, and a
-        turn stopped at a final cut keeps what the whole turn keeps (tessy/streaming.py)."""
+        seed comes from its sample (tessy/engine/seeds.py), not from its batch or its turn in the queue, and a
+        turn stopped at a final cut keeps what the whole turn keeps (tessy/engine/streaming.py)."""
         data = to_flat(self, leave_out=lambda f: f.metadata.get("records") is False)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 

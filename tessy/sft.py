@@ -32,12 +32,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tessy.engine.records import json_lines
 from tessy.profiles import BUILTIN
-from tessy.records import json_lines
 from tessy.typed import load, read_yaml
 
-# How a record's thinking ended (`stats.stop_reason`): closed by a party (tessy.loop, tessy.methods)
-# or by a guard (tessy.loop.stop_guard).
+# How a record's thinking ended (`stats.stop_reason`): closed by a party (tessy.engine.loop, tessy.engine.methods)
+# or by a guard (tessy.engine.loop.stop_guard).
 STOP_REASONS = ("student_closed", "teacher_closed", "think_budget", "max_rounds", "repetition")
 # A thinking stopped by the rounds or the repetition guard ends in a loop or mid-thought: not a
 # trace to imitate. One spent at the budget was closed by tessy and still ends in an answer.

@@ -10,12 +10,12 @@ import dataclasses
 from collections import deque
 
 from tessy.backends import Session, Span, answered, span_from_ids
-from tessy.loop import LoopSettings, tessy_sample
+from tessy.engine.loop import LoopSettings, tessy_sample
+from tessy.engine.scheduler import Scheduler
+from tessy.engine.transcript import Party, Transcript
 from tessy.predictors.lexicon import LexiconPredictor
 from tessy.profiles import PLAIN
 from tessy.roles import STUDENT, TEACHER
-from tessy.scheduler import Scheduler
-from tessy.transcript import Party, Transcript
 
 EOS = "<eos>"
 

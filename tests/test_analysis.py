@@ -1,11 +1,11 @@
-"""`tessy analyze` (tessy/analysis.py, tessy/plots.py) on small hand-made datasets whose numbers
+"""`tessy analyze` (tessy/dataset/analysis.py, tessy/dataset/plots.py) on small hand-made datasets whose numbers
 are known; the NLL against a direct per-token computation on the real student."""
 
 import json
 
 import pytest
 
-from tessy.analysis import (
+from tessy.dataset.analysis import (
     analyze,
     load_datasets,
     response_text,
@@ -14,7 +14,7 @@ from tessy.analysis import (
     teacher_share,
     token_labels,
 )
-from tessy.plots import write_report
+from tessy.dataset.plots import write_report
 from tessy.predictors.lexicon import LexiconPredictor
 from tessy.roles import STUDENT, TEACHER
 
@@ -174,7 +174,7 @@ def test_nll_matches_a_direct_computation(student):
     """Batched and padded `student_nll` equals the loss computed token by token, one forward each."""
     import torch
 
-    from tessy.analysis import scoring_inputs
+    from tessy.dataset.analysis import scoring_inputs
     from tessy.profiles import PLAIN, Renderer
 
     model, tokenizer = student

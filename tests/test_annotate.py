@@ -4,7 +4,7 @@ import random
 import pytest
 from scripted import ScriptedBackend
 
-from tessy.annotate import (
+from tessy.predictors.annotate import (
     ANNOTATION_PROMPT,
     AnnotationParseError,
     Segment,
@@ -234,7 +234,7 @@ def release_records(n_docs: int = 6, seed: int = 5) -> list[dict]:
 
 @pytest.mark.parametrize("seed, cap", [(222, 10_000), (222, 150), (7, 40)])
 def test_piece_windows_are_the_releases(seed, cap):
-    from tessy.annotate import piece_windows
+    from tessy.predictors.annotate import piece_windows
 
     records = release_records()
     docs = thinking_texts(records, source="student")
@@ -249,7 +249,7 @@ def test_piece_windows_are_the_releases(seed, cap):
 
 
 def test_piece_windows_skip_short_responses():
-    from tessy.annotate import piece_windows
+    from tessy.predictors.annotate import piece_windows
 
     docs = [("short", "teacher", " ".join(["w"] * 59)), ("long", "teacher", " ".join(str(i) for i in range(60)))]
     segs = piece_windows(docs, pieces=60, per_response=3, seed=0)
@@ -262,7 +262,7 @@ def test_piece_windows_skip_short_responses():
     '"Okay,"', '["Okay, "]', '["okay"]', '["Okay,", "so",', "", '["Hmm.", "Okay,"]', '["sum", "is"]',
 ])
 def test_strict_parse_is_the_releases(answer):
-    from tessy.annotate import parse_strict
+    from tessy.predictors.annotate import parse_strict
 
     text = "Okay, so x = 2. Wait, so the sum is 4. Hmm."
     expected = release_parse(answer, text)
@@ -287,7 +287,7 @@ def test_strict_llm_annotation_drops_windows_and_keeps_touching_spans():
 
 
 def test_prompt_file_is_used_verbatim(tmp_path):
-    from tessy.annotate import read_prompt
+    from tessy.predictors.annotate import read_prompt
 
     path = tmp_path / "prompt.txt"
     path.write_text("Find fillers.\n<input_text>\n{think_text}\n</input_text>\n")
@@ -363,7 +363,7 @@ def test_config_annotator_strict_release_format_round_trip(servers, tmp_path):
     """`--annotator config --parse strict --out-format release` through a chat server whose answers the
     test writes: every request carries the section's sampling and chat_template_kwargs; the file is
     the release's shape; read back with --source it gives the spans the release's parser gives."""
-    from tessy.annotate import AnnotateJob, run_annotate
+    from tessy.predictors.annotate import AnnotateJob, run_annotate
 
     srv = servers()
     records = tmp_path / "gen.jsonl"
@@ -453,7 +453,7 @@ class TemplateTokenizer:
 
 
 def test_in_process_annotator_and_sampler_pass_template_kwargs():
-    from tessy.annotate import sample_thinking
+    from tessy.predictors.annotate import sample_thinking
     from tessy.profiles import QWEN3, Renderer
     from tessy.prompts import Prompt
 
@@ -472,7 +472,7 @@ def test_sample_uses_its_own_sampling_and_budget(monkeypatch, tmp_path):
     """--sample-temperature/top-p/top-k make the sampling model; the role's own entry is untouched; the
     budget reaches every request."""
     import tessy.backends
-    from tessy.annotate import AnnotateJob, run_annotate
+    from tessy.predictors.annotate import AnnotateJob, run_annotate
 
     made = []
 

@@ -104,7 +104,7 @@ def test_predictor_train_refuses_bad_flags_before_training(monkeypatch, capsys, 
 ])
 def test_annotate_refuses_bad_flags_before_any_work(monkeypatch, capsys, tmp_path, argv, message):
     refuses_before_work(monkeypatch, capsys, ["annotate", "--records", "r.jsonl", "--out", str(tmp_path / "s.jsonl"),
-                                              *argv], message, "tessy.annotate", "run_annotate")
+                                              *argv], message, "tessy.predictors.annotate", "run_annotate")
 
 
 def test_a_profile_typo_in_the_config_is_refused_with_its_key(monkeypatch, capsys, tmp_path):
@@ -116,7 +116,7 @@ def test_a_profile_typo_in_the_config_is_refused_with_its_key(monkeypatch, capsy
     refuses_before_work(monkeypatch, capsys, ["synth", "--config", str(config), "--prompts", str(prompts),
                                               "--out", str(tmp_path / "o.jsonl")],
                         f"{config}: profiles.mine: unknown key 'think_opn'; did you mean 'think_open'?",
-                        "tessy.synth", "load_backends")
+                        "tessy.engine.synth", "load_backends")
 
 
 def test_a_server_url_flag_is_checked_like_the_configs_urls(monkeypatch, capsys, tmp_path):
@@ -124,7 +124,7 @@ def test_a_server_url_flag_is_checked_like_the_configs_urls(monkeypatch, capsys,
     prompts.write_text('{"id": 1, "prompt": "x"}\n')
     refuses_before_work(monkeypatch, capsys, ["synth", "--prompts", str(prompts), "--out", str(tmp_path / "o.jsonl"),
                                               "--student-url", "localhost:8000"], "'localhost:8000' is not a URL",
-                        "tessy.synth", "load_backends")
+                        "tessy.engine.synth", "load_backends")
 
 
 def test_version(capsys):
@@ -137,7 +137,7 @@ def test_version(capsys):
 
 def test_analyze_refuses_a_bad_batch_size_before_reading_anything(monkeypatch, capsys):
     refuses_before_work(monkeypatch, capsys, ["analyze", "a.jsonl", "--out", "r", "--batch-size", "0"],
-                        "--batch-size is 0: it must be at least 1", "tessy.analysis", "load_datasets")
+                        "--batch-size is 0: it must be at least 1", "tessy.dataset.analysis", "load_datasets")
 
 
 def test_synth_limit_must_be_at_least_one(capsys):

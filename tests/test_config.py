@@ -82,7 +82,7 @@ def test_a_yaml_syntax_error_names_its_line(tmp_path):
 
 
 def test_the_cli_exits_2_without_a_traceback_before_any_model_loads(tmp_path, capsys, monkeypatch):
-    import tessy.synth as synth
+    import tessy.engine.synth as synth
 
     monkeypatch.setattr(synth, "load_backends", lambda config: pytest.fail("loaded the models"))
     path = tmp_path / "bad.yaml"
@@ -97,7 +97,7 @@ def test_the_cli_exits_2_without_a_traceback_before_any_model_loads(tmp_path, ca
 def test_an_output_written_with_another_config_is_not_resumed(tmp_path, monkeypatch, capsys):
     """A rerun with a config that writes other records is refused before any model loads, and leaves
     the output and its saved config as they were; a change in where or how requests run resumes."""
-    import tessy.synth as synth
+    import tessy.engine.synth as synth
 
     monkeypatch.setattr(synth, "load_backends", lambda config: pytest.fail("loaded the models"))
     prompts = tmp_path / "p.jsonl"

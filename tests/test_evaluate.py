@@ -278,7 +278,7 @@ def test_force_close_needs_a_budget_and_an_unknown_limit_needs_budgets():
 
 
 def test_each_sample_has_its_own_seed_stream():
-    from tessy.seeds import stream_seed
+    from tessy.engine.seeds import stream_seed
 
     backend = LimitedModel([EOS] * 12, context=200)
     rows = generate(EvalConfig(n=3), MATH + [Problem("m2", "math", "1+1?", {"answer": "2"})], backend=backend)

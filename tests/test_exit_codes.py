@@ -9,10 +9,10 @@ import json
 import pytest
 from scripted import EOS, ScriptedBackend
 
-import tessy.synth as synth
+import tessy.engine.synth as synth
 from tessy.backends import SampleError
 from tessy.cli import EXIT_CODES, FAILED, INCOMPLETE, OK, USAGE, main
-from tessy.records import errors_path_for, read_records
+from tessy.engine.records import errors_path_for, read_records
 from tessy.roles import STUDENT, TEACHER
 
 

@@ -3,9 +3,9 @@ import json
 import pytest
 
 from tessy.cli import main
+from tessy.engine.transcript import Party, Transcript
 from tessy.profiles import QWEN3
 from tessy.prompts import read_prompts
-from tessy.transcript import Party, Transcript
 
 datasets = pytest.importorskip("datasets")
 

@@ -1,4 +1,4 @@
-"""`tessy export --format hub` and `--push-to-hub` (tessy/export.py, tessy/card.py), on the example
+"""`tessy export --format hub` and `--push-to-hub` (tessy/dataset/export.py, tessy/dataset/card.py), on the example
 report's real synth output (examples/report/data/tessy.jsonl and the config saved beside it).
 
 No test reaches the real Hub: the push goes to a closed port on 127.0.0.1, or to a fake hub in a
@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tessy.card import DATA_FILE, size_category
 from tessy.cli import FAILED, OK, USAGE, main
 from tessy.config import load_config
-from tessy.synth import generated_per_kept
+from tessy.dataset.card import DATA_FILE, size_category
+from tessy.engine.synth import generated_per_kept
 
 datasets = pytest.importorskip("datasets")
 huggingface_hub = pytest.importorskip("huggingface_hub")

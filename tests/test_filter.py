@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tessy.cli import INCOMPLETE, USAGE, main
-from tessy.filter import by_near_dup, filter_path_for, read_lines, word_ngrams
+from tessy.dataset.filter import by_near_dup, filter_path_for, read_lines, word_ngrams
 
 DATA = Path(__file__).parent / "data"
 

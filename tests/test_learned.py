@@ -30,8 +30,8 @@ from tessy.predictors.learned import (
     train_predictor,
 )
 from tessy.predictors.scoring import AllCapability, evaluate, score, unit_index
+from tessy.predictors.segments import read_segments
 from tessy.roles import STUDENT, TEACHER
-from tessy.segments import read_segments
 
 DATA = Path(__file__).parent / "data" / "predictor_segments.jsonl"
 
@@ -453,8 +453,8 @@ def test_eval_command_side_by_side(trained, tmp_path):
 @pytest.mark.slow
 def test_synth_with_learned_predictor_records_its_cuts(trained, tmp_path):
     from tessy.config import load_config
-    from tessy.records import read_records
-    from tessy.synth import synthesize
+    from tessy.engine.records import read_records
+    from tessy.engine.synth import synthesize
 
     out, _ = trained
     prompts = tmp_path / "p.jsonl"
@@ -476,9 +476,9 @@ def test_synth_with_learned_predictor_records_its_cuts(trained, tmp_path):
 def test_llm_annotator_on_the_embedded_teacher():
     """Table 2 through the real teacher: every segment ends annotated or listed as failed, with
     every attempt's failure recorded."""
-    from tessy.annotate import Segment, annotate_llm, backend_asker
     from tessy.config import load_config
-    from tessy.synth import load_backends
+    from tessy.engine.synth import load_backends
+    from tessy.predictors.annotate import Segment, annotate_llm, backend_asker
 
     teacher = load_backends(load_config())[TEACHER]
     segs = [Segment(f"s{i}", STUDENT, t) for i, t in enumerate(
@@ -497,8 +497,8 @@ def test_streamed_cuts_keep_what_whole_turns_keep_with_a_learned_predictor(train
     same records as whole turns, and the student generates fewer tokens. One row per model call, so
     no batch changes the numerics."""
     from tessy.config import load_config
-    from tessy.records import read_records
-    from tessy.synth import synthesize
+    from tessy.engine.records import read_records
+    from tessy.engine.synth import synthesize
 
     out, _ = trained
     prompts = tmp_path / "p.jsonl"

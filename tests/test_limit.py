@@ -279,9 +279,9 @@ def test_concurrency_8_against_a_server_that_takes_2(proxied):
 @pytest.mark.slow
 def test_a_synth_run_through_a_server_that_takes_2_writes_every_record(proxied, tmp_path):
     from tessy.config import load_config
-    from tessy.records import read_records
+    from tessy.engine.records import read_records
+    from tessy.engine.synth import synthesize
     from tessy.roles import STUDENT, TEACHER
-    from tessy.synth import synthesize
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"Add {i} and {i + 2}, briefly."}) + "\n"

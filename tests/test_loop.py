@@ -3,7 +3,7 @@
 import pytest
 from scripted import EOS, run_scripted
 
-from tessy.loop import is_repeating
+from tessy.engine.loop import is_repeating
 from tessy.predictors.lexicon import LexiconPredictor
 
 ANSWER = ["The answer.", EOS]

@@ -1,4 +1,4 @@
-"""The live figures of a run (tessy/meter.py): what the progress line and the summary's cost say."""
+"""The live figures of a run (tessy/engine/meter.py): what the progress line and the summary's cost say."""
 
 import json
 
@@ -8,9 +8,9 @@ from scripted import CharTokenizer
 from tessy.backends import Sampling
 from tessy.backends.openai import EndpointPool, OpenAIBackend
 from tessy.config import Price, load_config
-from tessy.meter import Meter, role_cost
+from tessy.engine.meter import Meter, role_cost
+from tessy.engine.scheduler import RoleStats
 from tessy.roles import STUDENT, TEACHER
-from tessy.scheduler import RoleStats
 
 
 def record(kept_think: int, kept_answer: int, student: int, teacher: int) -> dict:
@@ -57,12 +57,12 @@ def served(srv, vocab, seed=0):
 
 
 def test_synth_shows_the_figures_as_samples_finish_and_sums_up_the_cost(servers, tmp_path, monkeypatch):
-    import tessy.meter
+    import tessy.engine.meter
 
     lines = []
-    real_line = tessy.meter.Meter.line
-    monkeypatch.setattr(tessy.meter.Meter, "line", lambda self: lines.append(real_line(self)) or lines[-1])
-    from tessy.synth import synthesize
+    real_line = tessy.engine.meter.Meter.line
+    monkeypatch.setattr(tessy.engine.meter.Meter, "line", lambda self: lines.append(real_line(self)) or lines[-1])
+    from tessy.engine.synth import synthesize
 
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"question {i}"}) + "\n" for i in range(3)))

@@ -1,4 +1,4 @@
-"""The baselines of section 3.4 (tessy/methods.py): record shape, provenance, Teacher-Mix's split,
+"""The baselines of section 3.4 (tessy/engine/methods.py): record shape, provenance, Teacher-Mix's split,
 Teacher-Score's choice. Scripted backends drive the real scheduler and `synthesize`; the last
 tests run every method on the real packaged models."""
 
@@ -10,10 +10,10 @@ from scripted import EOS, ScriptedBackend
 
 from tessy.backends import Session
 from tessy.config import METHODS, load_config
-from tessy.methods import REFERENCE_TEMPLATE, STEPS, best_candidate, mix_sources, parse_score
-from tessy.records import read_records
+from tessy.engine.methods import REFERENCE_TEMPLATE, STEPS, best_candidate, mix_sources, parse_score
+from tessy.engine.records import read_records
+from tessy.engine.synth import synthesize
 from tessy.roles import STUDENT, TEACHER
-from tessy.synth import synthesize
 
 THINK_CLOSE = "</think>"
 
@@ -217,7 +217,7 @@ def test_cli_method_flag(tmp_path, capsys):
 # --- the real packaged models ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def real_backends():
-    from tessy.synth import load_backends
+    from tessy.engine.synth import load_backends
 
     return load_backends(load_config())
 

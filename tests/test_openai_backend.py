@@ -22,9 +22,9 @@ from scripted import CharTokenizer
 from tessy.backends import SampleError, Sampling, Span
 from tessy.backends.openai import ChatClient, EndpointPool, OpenAIBackend, Text, eos_ids_of
 from tessy.config import load_config
-from tessy.records import errors_path_for, read_errors, read_records
+from tessy.engine.records import errors_path_for, read_errors, read_records
+from tessy.engine.synth import synthesize
 from tessy.roles import STUDENT, TEACHER
-from tessy.synth import synthesize
 
 
 def backend_on(*servers, vocab="a", timeout_s=5.0, max_retries=2, concurrency=8) -> OpenAIBackend:
@@ -615,8 +615,8 @@ def served_config(url: str, **overrides):
 
 @pytest.mark.slow
 def test_synth_through_a_real_server_gives_true_provenance(llama, tmp_path, monkeypatch):
-    import tessy.synth as synth
-    from tessy.synth import load_backends
+    import tessy.engine.synth as synth
+    from tessy.engine.synth import load_backends
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(p) + "\n" for p in LLAMA_PROMPTS[:3]))
@@ -632,7 +632,7 @@ def test_synth_through_a_real_server_gives_true_provenance(llama, tmp_path, monk
         return x, steps
 
     monkeypatch.setattr(synth, "start_sample", start)
-    lines = []  # the progress line's live figures (tessy/meter.py)
+    lines = []  # the progress line's live figures (tessy/engine/meter.py)
     monkeypatch.setattr(synth.Meter, "line", lambda self, line=synth.Meter.line: lines.append(line(self)) or lines[-1])
     recorded = {r: Recorded(b) for r, b in backends.items()}
     summary = synthesize(config, prompts, tmp_path / "out.jsonl", backends=recorded, progress=False)
@@ -658,7 +658,7 @@ def test_synth_through_a_real_server_gives_true_provenance(llama, tmp_path, monk
     assert 0 < bill["cached_input_tokens"] < bill["input_tokens"]
     fresh = bill["input_tokens"] - bill["cached_input_tokens"]
     assert bill["cost"] == pytest.approx((fresh + 4 * bill["output_tokens"]) / 1e6)
-    # the run streams its turns (tessy/streaming.py): the lexicon promises final cuts, llama-server streams
+    # the run streams its turns (tessy/engine/streaming.py): the lexicon promises final cuts, llama-server streams
     assert summary["stream_cuts"] == {STUDENT: True, TEACHER: True}
     assert all(recorded[role].watched > 0 for role in (STUDENT, TEACHER))
 

@@ -321,7 +321,7 @@ def test_readme_command_parses(command):
     if command.minimal is not None:  # the [bracketed] options are really optional
         parse(command.minimal, where + " (without its [optional] parts)")
     if getattr(args, "shard", None):
-        from tessy.shards import parse_shard
+        from tessy.engine.shards import parse_shard
 
         parse_shard(args.shard)
 
@@ -607,7 +607,7 @@ def test_export_hub_folder_of_the_filtered_records(work, records, kept):
 def test_shards_then_merge(work):
     """The Slurm script's `tessy synth ... --shard $SLURM_ARRAY_TASK_ID/16` as shards 0/2 and 1/2 (on
     my.yaml, not the servers' config), then the `tessy merge` of the README over its glob."""
-    from tessy.shards import shard_of
+    from tessy.engine.shards import shard_of
 
     assert {shard_of(p["id"], 2) for p in PROMPTS} == {0, 1}, "the prompt ids should fill both shards"
     root = work / "shards"

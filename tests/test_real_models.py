@@ -17,9 +17,9 @@ from provenance import Recording, splits_into_prefixes
 from tessy.backends import Sampling
 from tessy.backends.hf import HFBackend
 from tessy.config import load_config
-from tessy.records import read_records
+from tessy.engine.records import read_records
+from tessy.engine.synth import load_backends, synthesize
 from tessy.roles import STUDENT, TEACHER
-from tessy.synth import load_backends, synthesize
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +50,7 @@ def prompts_file(tmp_path):
 def test_provenance_is_true(backends, prompts_file, tmp_path):
     rec = {role: Recording(b) for role, b in backends.items()}
     sessions = {}
-    import tessy.synth as synth
+    import tessy.engine.synth as synth
 
     real_start = synth.start_sample
 

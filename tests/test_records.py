@@ -1,6 +1,6 @@
 import json
 
-from tessy.records import RecordWriter, done_ids, read_records
+from tessy.engine.records import RecordWriter, done_ids, read_records
 
 
 def test_half_written_last_line_is_repaired_and_not_counted(tmp_path):
@@ -16,9 +16,9 @@ def test_half_written_last_line_is_repaired_and_not_counted(tmp_path):
 def test_malformed_lines_name_their_file_and_line(tmp_path):
     import pytest
 
-    from tessy.segments import read_segments
+    from tessy.engine.shards import merge
+    from tessy.predictors.segments import read_segments
     from tessy.sft import load_examples
-    from tessy.shards import merge
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text("\n\n" + '{"id": "b",\n' + json.dumps({"id": "a"}) + "\n")

@@ -17,7 +17,7 @@ import yaml
 from scripted import EOS, run_scripted
 
 from tessy.backends import span_from_ids
-from tessy.loop import kept_tokens
+from tessy.engine.loop import kept_tokens
 from tessy.predictors import PredictorSpec, load_predictor
 from tessy.predictors.learned import LearnedPredictor, encode, shift_left
 from tessy.roles import STUDENT, TEACHER
@@ -229,7 +229,7 @@ def test_authors_release_config_runs_end_to_end(release_checkpoints, tmp_path):
     format, on the embedded models."""
     from tessy.cli import main
     from tessy.config import load_config
-    from tessy.records import read_records
+    from tessy.engine.records import read_records
 
     data = yaml.safe_load((ROOT / "configs" / "authors-release.yaml").read_text())
     assert data["student_predictor"]["path"] == "CoopReason/Boundary_Predictor_Student_Code"

@@ -39,7 +39,7 @@ RELEASE_TRAIN = {  # train_predictor.py
 
 
 def test_the_recipe_holds_the_releases_values():
-    from tessy.annotate import AnnotateJob
+    from tessy.predictors.annotate import AnnotateJob
     from tessy.predictors.learned import TrainConfig
 
     config, annotator = load_config(RECIPE), load_recipe(RECIPE).annotator
@@ -64,7 +64,8 @@ def test_a_flag_wins_over_the_section_and_a_bad_key_names_the_file(tmp_path, mon
     import tessy.cli as cli
 
     seen = {}
-    monkeypatch.setattr("tessy.annotate.run_annotate", lambda job, console=None: seen.setdefault("job", job) and {})
+    monkeypatch.setattr("tessy.predictors.annotate.run_annotate",
+                        lambda job, console=None: seen.setdefault("job", job) and {})
     assert main(["annotate", "--config", str(RECIPE), "--records", "r.jsonl", "--seed", "7", "--out", "o.jsonl"]) == 0
     assert seen["job"].seed == 7 and seen["job"].window_pieces == 60 and seen["job"].parse == "strict"
 
@@ -93,8 +94,8 @@ def _style_answer(body: dict) -> str:
 
 @pytest.mark.slow
 def test_the_recipe_end_to_end_on_the_embedded_models(servers, tmp_path):
+    from tessy.engine.records import read_records
     from tessy.predictors.learned import META_FILE, LearnedPredictor
-    from tessy.records import read_records
 
     annotator = servers()
     annotator.chat_reply = _style_answer

@@ -82,7 +82,7 @@ def test_a_config_sets_the_knobs_per_role(tmp_path):
     assert Sampling.of(config.teacher.spec) == Sampling(0.6, 1.0, 1, 20, 0.0, 1.1)
     assert (config.student.turn.k, config.teacher.turn.k) == (5, None)  # None: the top-level k
 
-    from tessy.synth import settings_for
+    from tessy.engine.synth import settings_for
 
     class Tok:
         def get_vocab(self):

@@ -1,4 +1,4 @@
-"""Who waits for whom (tessy/scheduler.py): the event driver for servers, the tick driver for
+"""Who waits for whom (tessy/engine/scheduler.py): the event driver for servers, the tick driver for
 in-process engines, and the request counts where no predictor acts.
 
 Scripted models pin the control flow; the fake server (tests/fake_server.py) shows that student and
@@ -15,14 +15,14 @@ from scripted import EOS, CharTokenizer, ScriptedBackend, loop_settings, run_scr
 from tessy.backends import SampleError, Sampling, Span
 from tessy.backends.openai import EndpointPool, OpenAIBackend
 from tessy.config import load_config
-from tessy.methods import solo_sample
+from tessy.engine.methods import solo_sample
+from tessy.engine.records import read_records
+from tessy.engine.scheduler import Scheduler
+from tessy.engine.synth import synthesize
+from tessy.engine.transcript import Party, Transcript
 from tessy.predictors.lexicon import LexiconPredictor
 from tessy.profiles import PLAIN
-from tessy.records import read_records
 from tessy.roles import STUDENT, TEACHER
-from tessy.scheduler import Scheduler
-from tessy.synth import synthesize
-from tessy.transcript import Party, Transcript
 
 ANSWER = ["The answer.", EOS]
 
@@ -192,7 +192,7 @@ def test_a_finished_sample_is_replaced_at_once(servers, tmp_path):
 
 
 def test_an_unknown_driver_is_refused_before_any_model_loads(tmp_path, monkeypatch):
-    import tessy.synth as synth
+    import tessy.engine.synth as synth
 
     monkeypatch.setattr(synth, "load_backends", lambda config: pytest.fail("loaded the models"))
     prompts = write_prompts(tmp_path / "p.jsonl", [{"id": "a", "prompt": "q"}])
@@ -208,7 +208,7 @@ def warmed_run(warm_result, student_script, teacher_script, warm_roles=(STUDENT,
     import threading
     from concurrent.futures import Future
 
-    from tessy.loop import tessy_sample
+    from tessy.engine.loop import tessy_sample
 
     events = []
     student, teacher = ScriptedBackend(student_script, "a"), ScriptedBackend(teacher_script, "b")

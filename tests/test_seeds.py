@@ -1,8 +1,8 @@
-"""One seed stream per sample (tessy/seeds.py)."""
+"""One seed stream per sample (tessy/engine/seeds.py)."""
 
 import pytest
 
-from tessy.seeds import SEED_BITS, request_seed, stream_seed, uniform
+from tessy.engine.seeds import SEED_BITS, request_seed, stream_seed, uniform
 
 
 def test_a_stream_is_named_by_its_key_and_its_base():

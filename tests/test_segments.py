@@ -1,10 +1,10 @@
-"""tessy/segments.py: both line formats, tessy's and the authors' release's."""
+"""tessy/predictors/segments.py: both line formats, tessy's and the authors' release's."""
 
 import json
 
 import pytest
 
-from tessy.segments import Segment, read_segments, segment_line
+from tessy.predictors.segments import Segment, read_segments, segment_line
 
 # A line as the release's annotator.py writes it (Boundary_Predictor/annotator.py: id_ddm, think_text,
 # pred_result with each span, start and end; the span is think_text[start:end]).

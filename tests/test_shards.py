@@ -9,11 +9,11 @@ from scripted import EOS, ScriptedBackend
 
 from tessy.cli import main
 from tessy.config import load_config
+from tessy.engine.records import errors_path_for, read_records
+from tessy.engine.shards import merge, parse_shard, select_shard, shard_of
+from tessy.engine.synth import synthesize
 from tessy.prompts import Prompt, read_prompts
-from tessy.records import errors_path_for, read_records
 from tessy.roles import STUDENT, TEACHER
-from tessy.shards import merge, parse_shard, select_shard, shard_of
-from tessy.synth import synthesize
 
 
 @pytest.mark.parametrize("spec,expected", [("0/1", (0, 1)), ("0/4", (0, 4)), ("3/4", (3, 4)), (" 2/3", (2, 3))])

@@ -1,4 +1,4 @@
-"""Cuts made while a span streams (tessy/streaming.py): a request stopped at its final cut keeps
+"""Cuts made while a span streams (tessy/engine/streaming.py): a request stopped at its final cut keeps
 exactly what the whole turn keeps, and generates fewer tokens."""
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from scripted import EOS, CharTokenizer, ScriptedBackend
 
 from tessy.backends import span_from_ids
 from tessy.config import load_config
-from tessy.loop import first_word_tokens, kept_tokens
+from tessy.engine.loop import first_word_tokens, kept_tokens
+from tessy.engine.records import read_records
+from tessy.engine.streaming import CutWatch, settled
+from tessy.engine.synth import synthesize
 from tessy.predictors.lexicon import LexiconPredictor
-from tessy.records import read_records
 from tessy.roles import STUDENT, TEACHER
-from tessy.streaming import CutWatch, settled
-from tessy.synth import synthesize
 
 TOKENIZER = CharTokenizer("a")
 STYLE_WORDS = ["Okay", "okay,", "so", "So", "let", "let's", "see", "me", "think", "wait", "Wait,", "hmm", "well",
@@ -187,7 +187,7 @@ def test_the_batcher_reads_streams_in_micro_batches_and_stops_them_once_final():
     next one. The predictor's call is held open by a gate, so the order is fixed, with no timing."""
     import threading
 
-    from tessy.streaming import WatchBatcher
+    from tessy.engine.streaming import WatchBatcher
 
     class Gated(LexiconPredictor):
         inline = False
@@ -235,9 +235,9 @@ class Sliding(LexiconPredictor):
 @pytest.mark.parametrize("backend_streams", [True, False])
 @pytest.mark.parametrize("promises", [True, False])
 def test_a_role_streams_where_its_setting_backend_and_predictor_all_allow_it(wanted, backend_streams, promises):
+    from tessy.engine.scheduler import Scheduler
+    from tessy.engine.streaming import role_streams
     from tessy.predictors import StreamingPredictor
-    from tessy.scheduler import Scheduler
-    from tessy.streaming import role_streams
 
     backend = StreamingScripted([]) if backend_streams else ScriptedBackend([])
     predictor = LexiconPredictor() if promises else Sliding()

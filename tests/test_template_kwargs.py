@@ -1,5 +1,5 @@
 """A role's `chat_template_kwargs` reach its chat template wherever tessy renders a prompt: the
-sample's own prompt (`tessy synth`), a method's side prompts (tessy/methods.py), `tessy eval` and
+sample's own prompt (`tessy synth`), a method's side prompts (tessy/engine/methods.py), `tessy eval` and
 the student's prompt in `tessy analyze`; and what the backends send is that rendered prompt.
 
 The packaged models have no gpt-oss or Qwen3 tokenizer, so the packaged student's tokenizer is given
@@ -17,10 +17,10 @@ from scripted import CharTokenizer
 
 from tessy.backends import Session
 from tessy.config import load_config
+from tessy.engine.synth import settings_for, start_sample
 from tessy.profiles import Renderer, get_profile, render_prompt
 from tessy.prompts import Prompt
 from tessy.roles import STUDENT, TEACHER
-from tessy.synth import settings_for, start_sample
 
 # gpt-oss's rule (its chat template): the effort defaults to medium, and the system message says it.
 GPT_OSS_TEMPLATE = (
@@ -216,7 +216,7 @@ def effort_of(prompt: str) -> str:
 def test_a_methods_side_prompts_keep_the_roles_arguments(tmp_path, method, side):
     from test_methods import make_backends
 
-    from tessy.synth import synthesize
+    from tessy.engine.synth import synthesize
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"id": "p0", "prompt": "Question 0: add 1 and 2."}) + "\n")
@@ -272,7 +272,7 @@ def test_eval_takes_the_arguments_as_a_json_flag(monkeypatch, capsys):
 
 
 def test_analyze_renders_the_students_prompt_with_its_arguments(gpt_oss_tokenizer):
-    from tessy.analysis import scoring_inputs
+    from tessy.dataset.analysis import scoring_inputs
 
     gpt_oss = get_profile("gpt-oss")
     reply = gpt_oss.think_open + "thinking" + gpt_oss.think_close + gpt_oss.answer_open + "5"

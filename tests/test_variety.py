@@ -1,7 +1,7 @@
 import pytest
 
-from tessy.synth import summarize
-from tessy.variety import compression_ratio, thinking_text
+from tessy.engine.synth import summarize
+from tessy.engine.variety import compression_ratio, thinking_text
 
 VARIED = (
     "To find the two indices, walk the list once and keep a map from each value to where it was seen. "

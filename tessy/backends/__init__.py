@@ -4,7 +4,7 @@ A backend owns one model. For every sample it keeps a `Session`: the model's own
 transcript and whatever cached state its engine has for it. The loop only ever asks three things:
 write up to n tokens, append the other model's text, and roll back.
 
-Writing comes in two shapes, for the scheduler's two drivers (tessy/scheduler.py):
+Writing comes in two shapes, for the scheduler's two drivers (tessy/engine/scheduler.py):
 - `generate`: one batched call over many sessions, which returns when every row is done. In-process
   engines (`hf`, `vllm`) are served this way: a batch is what keeps a CPU or GPU efficient.
 - `submit`: one session's request, answered by a future as soon as that request returns. Server

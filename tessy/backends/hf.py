@@ -16,12 +16,12 @@ import torch
 import torch.nn.functional as F
 
 from tessy.backends.protocol import Sampling, Session, Span, answered, span_from_ids
-from tessy.seeds import stream_seed, uniform
+from tessy.engine.seeds import stream_seed, uniform
 
 
 class HFBackend:
     concurrent = False  # one process gains nothing from overlap: the scheduler batches it in ticks
-    streams = True  # `generate` takes watches and stops a row at its final cut (tessy/streaming.py)
+    streams = True  # `generate` takes watches and stops a row at its final cut (tessy/engine/streaming.py)
 
     def __init__(self, model, tokenizer, sampling: Sampling):
         from transformers.generation.logits_process import (
@@ -114,7 +114,7 @@ class HFBackend:
         The spans' ids are appended to the sessions; EOS is never part of a span. `watch[i]`, where
         given, reads row i's span after every token (`watch.check` reads all the rows' spans in one
         call where the watches have it); when it says the row's cut is final the row stops with
-        finish "cut" (tessy/streaming.py). A row that is done leaves the batch at once: the rows
+        finish "cut" (tessy/engine/streaming.py). A row that is done leaves the batch at once: the rows
         still writing carry on without it.
         """
         from transformers import DynamicCache

@@ -34,7 +34,7 @@ class Session:
     ids: list[int]
     n_cached: int = 0  # ids[:n_cached] have cached state in the engine
     state: Any = None  # engine-specific (the hf backend keeps per-layer key/value tensors)
-    seed: int | None = None  # the session's seed stream (tessy/seeds.py); None samples unseeded
+    seed: int | None = None  # the session's seed stream (tessy/engine/seeds.py); None samples unseeded
     # The ids of this session's last request and what came back: what an engine's prefix cache may
     # hold of it when the next request comes (the scheduler keeps it, for `reusable_prompt_share`).
     seen: list[int] = field(default_factory=list, repr=False, compare=False)
@@ -51,7 +51,7 @@ class Span:
     ids: list[int]
     text: str
     offsets: list[int]
-    finish: str  # "length" | "eos" | "stop" | "cut" (stopped at its final cut, tessy/streaming.py)
+    finish: str  # "length" | "eos" | "stop" | "cut" (stopped at its final cut, tessy/engine/streaming.py)
     # What the engine reported for the request's prompt, where it reports it (servers): its tokens,
     # and how many of them came from the prefix cache.
     prompt_tokens: int | None = None
@@ -93,7 +93,7 @@ class Backend(Protocol):
     """Everything the scheduler and `tessy synth` call on a backend; every backend declares all of it.
 
     `watch` (only where `streams` is True): a callable per request that reads the span so far while
-    it is written and says when to stop it (tessy/streaming.py); the span then comes back with finish
+    it is written and says when to stop it (tessy/engine/streaming.py); the span then comes back with finish
     "cut". A backend whose `streams` is False is never handed one.
 
     What only a server has (`warm`, `server_counters`, `throttling`) answers None on a backend that
@@ -105,7 +105,7 @@ class Backend(Protocol):
     streams: bool  # True: `generate` and `submit` take `watch` and stop a request when it says so
 
     def start(self, prompt: str, add_special_tokens: bool = False, key: str = "") -> Session:
-        """A new session on `prompt`; `key` names it for its seed stream (tessy/seeds.py)."""
+        """A new session on `prompt`; `key` names it for its seed stream (tessy/engine/seeds.py)."""
         ...
 
     def extend(self, session: Session, text: str) -> int: ...

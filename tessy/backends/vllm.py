@@ -16,7 +16,7 @@ import importlib.util
 
 from tessy.backends.openai import eos_ids_of, load_tokenizer, server_span
 from tessy.backends.protocol import Sampling, Session, Span, answered, span_from_ids
-from tessy.seeds import request_seed, stream_seed
+from tessy.engine.seeds import request_seed, stream_seed
 
 
 def is_vllm_available() -> bool:

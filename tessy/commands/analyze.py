@@ -7,7 +7,7 @@ from tessy.commands.common import OK, add_fields, given, rich_console
 
 def add_parser(sub) -> None:
     """The `analyze` subparser of `sub`."""
-    from tessy.analysis import AnalyzeJob
+    from tessy.dataset.analysis import AnalyzeJob
 
     p = sub.add_parser("analyze",
                        help="compare datasets on their shared prompts: lengths, teacher share, TF-IDF, student NLL")
@@ -19,10 +19,10 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from rich.progress import Progress
 
-    from tessy.analysis import AnalyzeJob, analyze, load_datasets, print_table, student_nll
     from tessy.config import load_config
+    from tessy.dataset.analysis import AnalyzeJob, analyze, load_datasets, print_table, student_nll
+    from tessy.dataset.plots import write_report
     from tessy.models import load
-    from tessy.plots import write_report
     from tessy.predictors import load_predictor
     from tessy.typed import load as load_job
 

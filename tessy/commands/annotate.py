@@ -10,7 +10,7 @@ from tessy.commands.common import OK, add_fields, given, rich_console
 
 def add_parser(sub) -> None:
     """The `annotate` subparser of `sub`."""
-    from tessy.annotate import AnnotateJob
+    from tessy.predictors.annotate import AnnotateJob
 
     p = sub.add_parser("annotate", help="cut thinking segments and annotate their style spans (Table 2)")
     add_fields(p, AnnotateJob, skip=("records", "sample"), required=("out",))
@@ -22,8 +22,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from tessy.annotate import AnnotateJob, run_annotate
     from tessy.config import command_section
+    from tessy.predictors.annotate import AnnotateJob, run_annotate
     from tessy.typed import load
 
     sample = ["student", "teacher"] if args.sample == "both" else [args.sample] if args.sample else None

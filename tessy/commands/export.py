@@ -10,7 +10,7 @@ from tessy.commands.common import FAILED, OK
 
 def add_parser(sub) -> None:
     """The `export` subparser of `sub`."""
-    from tessy.export import FORMATS as EXPORT_FORMATS  # light: json and pathlib only
+    from tessy.dataset.export import FORMATS as EXPORT_FORMATS  # light: json and pathlib only
 
     p = sub.add_parser("export",
                        help="write records as the release's dialogs, LLaMA-Factory's sharegpt, or Parquet for TRL")
@@ -29,7 +29,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from tessy.export import PushError, check_push, export, push_to_hub
+    from tessy.dataset.export import PushError, check_push, export, push_to_hub
 
     hub = args.format == "hub"
     for flag, value in (("--push-to-hub", args.push_to_hub), ("--license", args.license)):

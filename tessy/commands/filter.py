@@ -10,7 +10,7 @@ from tessy.commands.common import INCOMPLETE, OK, add_fields, given, rich_consol
 
 def add_parser(sub) -> None:
     """The `filter` subparser of `sub`."""
-    from tessy.filter import FilterJob
+    from tessy.dataset.filter import FilterJob
 
     p = sub.add_parser("filter", help="choose the records to publish: passed, not in a benchmark, not duplicated; "
                        "kept lines unchanged, every drop counted in KEPT.filter.json")
@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from tessy.filter import FilterJob, filter_path_for, run_filter
+    from tessy.dataset.filter import FilterJob, filter_path_for, run_filter
     from tessy.typed import load
 
     job = load(FilterJob, {}, "tessy filter", {**given(args, FilterJob), "records": args.records})

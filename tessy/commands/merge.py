@@ -18,7 +18,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from rich.table import Table
 
-    from tessy.shards import merge
+    from tessy.engine.shards import merge
 
     summary = merge(args.out, args.shards, args.prompts)
     table = Table(title="tessy merge", show_header=False)

@@ -47,7 +47,7 @@ def run_train(args) -> int:
 def run_eval(args) -> int:
     from tessy.predictors import load_predictor
     from tessy.predictors.scoring import evaluate, results_table
-    from tessy.segments import read_segments
+    from tessy.predictors.segments import read_segments
 
     rows = read_segments(args.data, args.source)
     if not rows:

@@ -18,8 +18,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from tessy.records import read_records
-    from tessy.show import print_record, record_html
+    from tessy.dataset.show import print_record, record_html
+    from tessy.engine.records import read_records
 
     records = read_records(args.file)
     if args.id is not None:

@@ -33,7 +33,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from tessy.config import SynthConfig, load_config
-    from tessy.synth import synthesize
+    from tessy.engine.synth import synthesize
 
     # A role's URLs move only its generation to the servers; its tokenizer, profile and sampling stay.
     roles = {role: {"backend": "openai", "urls": list(urls)}
@@ -41,7 +41,7 @@ def run(args) -> int:
     config = load_config(args.config, **given(args, SynthConfig), **roles)
     shard = None
     if args.shard:
-        from tessy.shards import parse_shard
+        from tessy.engine.shards import parse_shard
 
         shard = parse_shard(args.shard)
     summary = synthesize(config, args.prompts, args.out, limit=args.limit, console=rich_console(), shard=shard,

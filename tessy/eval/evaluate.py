@@ -42,12 +42,12 @@ from pathlib import Path
 
 from tessy.backends import SampleError
 from tessy.config import Endpoint, ModelSpec, RoleConfig
+from tessy.engine.loop import Generate
 from tessy.eval.checkers import check, parse_checker
 from tessy.eval.livecodebench import WINDOWS, date_range, in_range, parse_day, row_tests
 from tessy.eval.mathcheck import extract_boxed, math_equal
 from tessy.eval.sandbox import LANGUAGE_ALIASES, LANGUAGES, Limits, Result, build, compile_limits, isolation, run_python
 from tessy.eval.verdicts import GENERATION_ERROR, NO_ANSWER, OK, UNGRADED, WRONG_ANSWER, Verdict
-from tessy.loop import Generate
 from tessy.roles import STUDENT
 
 NO_CODE_RUN = "none (no code is run)"
@@ -447,9 +447,9 @@ MODEL = STUDENT  # the role the one sampled model takes in the scheduler
 
 
 def _generate(config: EvalConfig, problems: list[Problem], console, backend, profile) -> list[dict]:
+    from tessy.engine.scheduler import Scheduler
+    from tessy.engine.transcript import Party, Transcript
     from tessy.profiles import Renderer
-    from tessy.scheduler import Scheduler
-    from tessy.transcript import Party, Transcript
 
     renderer = Renderer(profile, backend.tokenizer, dict(config.model.chat_template_kwargs))
     limit = model_token_limit(backend, config.model.model)
@@ -464,7 +464,7 @@ def _generate(config: EvalConfig, problems: list[Problem], console, backend, pro
         p, sample = jobs[i]
         messages = (([{"role": "system", "content": system}] if system else [])
                     + [{"role": "user", "content": p.prompt}])
-        # Each sample's seed stream is keyed by task and sample (tessy/seeds.py): the n repeats differ.
+        # Each sample's seed stream is keyed by task and sample (tessy/engine/seeds.py): the n repeats differ.
         session = backend.start(renderer.render(messages)[0], key=f"{p.task_id}/{sample}")
         x = Transcript(f"{p.task_id}/{sample}", messages, {MODEL: Party(backend, profile, session)})
         begun[id(x)] = (i, len(session.ids))
@@ -496,7 +496,7 @@ def _budget(asked: int | None, limit: int | None, length: int) -> int:
 
 
 def _sample(backend, session, profile, config: EvalConfig, limit: int | None):
-    """One reply as a generator of `Generate` requests (tessy/loop.py) for the scheduler: the thinking,
+    """One reply as a generator of `Generate` requests (tessy/engine/loop.py) for the scheduler: the thinking,
     then, where it closed (or `force_close_thinking` closes it), the answer."""
     why = yield from _phase(session, _budget(config.max_think_tokens, limit, len(session.ids)),
                             (profile.think_close,), config.chunk_tokens)
@@ -512,7 +512,7 @@ def _sample(backend, session, profile, config: EvalConfig, limit: int | None):
 
 def _phase(session, budget: int, stop: tuple[str, ...], chunk: int):
     """Generate until EOS, a stop string, or `budget` tokens, in requests of at most `chunk` tokens
-    (each request's seed follows from the session's length, tessy/seeds.py, so the chunks are part of
+    (each request's seed follows from the session's length, tessy/engine/seeds.py, so the chunks are part of
     what is sampled). Returns why it ended: "eos", "stop" or "length"."""
     start = len(session.ids)
     left = budget
@@ -549,7 +549,7 @@ def read_samples(path: str) -> list[dict]:
 def read_record_answers(path: str) -> list[dict]:
     """The records of a `tessy synth` run as samples: {"task_id": id, "sample", "completion": answer}.
     The answer is the record's text after its thinking; a record with an `error` is not graded."""
-    from tessy.records import json_lines
+    from tessy.engine.records import json_lines
 
     rows, seen = [], {}
     for n, record in json_lines(path):

@@ -39,7 +39,7 @@ class BoundaryPredictor(Protocol):
 @runtime_checkable
 class StreamingPredictor(Protocol):
     """A predictor that can say when its cut is final before the span ends, so that a turn's request
-    stops there (tessy/streaming.py). The scheduler asks `isinstance(predictor, StreamingPredictor)`;
+    stops there (tessy/engine/streaming.py). The scheduler asks `isinstance(predictor, StreamingPredictor)`;
     a predictor that cannot promise a final cut does not implement it, and its role's turns run to k.
     (A checkpoint's `LearnedPredictor` sets `cut_settled = None` where its reading cannot promise: a
     method set to None is one the protocol's isinstance check finds missing.)"""

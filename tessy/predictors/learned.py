@@ -243,7 +243,7 @@ class LearnedPredictor:
         self.style_label = meta.get("style_label", STYLE)
         self.max_length = meta.get("max_length", 128)
         self.left_context = meta.get("left_context", 0)
-        # Streamed cuts (tessy/streaming.py). A same-token checkpoint that reads no left context labels
+        # Streamed cuts (tessy/engine/streaming.py). A same-token checkpoint that reads no left context labels
         # the span alone with a causal model, cut from the right where it is too long, so a token's
         # label depends only on the tokens before it: a cut is final once the word it starts is whole
         # (which the loop's own rule waits for). With left context, the context fills what the span
@@ -581,7 +581,7 @@ def train_predictor(config: TrainConfig, log: Callable[[str], None] = print) -> 
     )
 
     from tessy.predictors.scoring import AllCapability, evaluate
-    from tessy.segments import read_segments
+    from tessy.predictors.segments import read_segments
 
     if config.labels not in ("same-token", "next-token"):
         raise ValueError(f"labels: {config.labels!r} is not same-token or next-token")

@@ -43,7 +43,7 @@ class LexiconPredictor:
         self._pattern = re.compile(rf"(?<!\w)(?:{body})(?!\w)", re.IGNORECASE)
         self._normal = {_normalized(p) for p in alternatives}
         self._longest = max((len(p) for p in self._normal), default=0)
-        self.inline = True  # cheap enough to read every streamed token (tessy/streaming.py)
+        self.inline = True  # cheap enough to read every streamed token (tessy/engine/streaming.py)
 
     def style_spans(self, texts: list[str], contexts: list[str] | None = None) -> list[list[tuple[int, int]]]:
         return [[m.span() for m in self._pattern.finditer(t)] for t in texts]

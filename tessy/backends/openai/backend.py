@@ -18,7 +18,7 @@ event that adds tokens to the span, until the answer is complete. When the watch
 backend closes the stream (the server aborts the sequence and frees its slot: the tokens after the
 cut are never generated) and returns the span so far with `finish="cut"`. The watch runs in the
 backend's event-loop thread, synchronously: it must be cheap (a learned predictor hands its spans to
-a worker, tessy/streaming.py). After a retry it sees the new attempt's spans from the first token.
+a worker, tessy/engine/streaming.py). After a retry it sees the new attempt's spans from the first token.
 llama.cpp leaves out of its stream the ids of a token that ends inside a UTF-8 character; where the
 server's count of sampled tokens (llama.cpp's `tokens_predicted`, vLLM's usage) shows such a gap, the
 answer is asked again whole (same seed) and the watch reads its prefixes one token at a time, as it
@@ -38,7 +38,7 @@ from typing import Callable
 from tessy.backends.openai.dialects import DIALECTS, Answer, Probe
 from tessy.backends.openai.pool import Endpoint, EndpointPool, RequestFailed
 from tessy.backends.protocol import SampleError, Sampling, Session, Span, SpanDecoder, span_from_ids
-from tessy.seeds import request_seed, stream_seed
+from tessy.engine.seeds import request_seed, stream_seed
 
 # vLLM's `/metrics` counters that a run's summary reports beside tessy's own figures, by tessy's name.
 # Its prefix-cache counters count prompt tokens: looked up, and found cached.

@@ -12,7 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
-from tessy.records import errors_path_for, json_lines, read_errors
+from tessy.engine.records import errors_path_for, json_lines, read_errors
 
 
 def parse_shard(spec: str) -> tuple[int, int]:

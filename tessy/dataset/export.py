@@ -8,7 +8,7 @@
 - `parquet`: columns id, messages (role/content structs), prompt, answer, method; TRL's SFTTrainer
   trains on the `messages` column.
 - `hub`: a folder that `datasets.load_dataset(DIR)` reads and the Hugging Face Hub shows: that Parquet
-  as `data/train-00000-of-00001.parquet`, the dataset card `README.md` (`tessy.card`), the run's config
+  as `data/train-00000-of-00001.parquet`, the dataset card `README.md` (`tessy.dataset.card`), the run's config
   as `tessy_config.yaml` and `tessy filter`'s report as `filter.json` when there is one.
   `push_to_hub` uploads it.
 
@@ -23,7 +23,7 @@ import json
 import shutil
 from pathlib import Path
 
-from tessy.records import filter_path_for, json_lines
+from tessy.engine.records import filter_path_for, json_lines
 
 FORMATS = ("dialogs", "sharegpt", "parquet", "hub")
 SHAREGPT_ROLES = {"user": "human", "assistant": "gpt"}
@@ -112,7 +112,7 @@ def export(records: str | Path, fmt: str, out: str | Path, license: str | None =
 
 
 def hub_files() -> tuple[str, ...]:
-    from tessy.card import CONFIG_FILE, DATA_FILE, FILTER_FILE
+    from tessy.dataset.card import CONFIG_FILE, DATA_FILE, FILTER_FILE
 
     return ("README.md", DATA_FILE, CONFIG_FILE, FILTER_FILE)
 
@@ -136,8 +136,8 @@ def check_hub_folder(out: Path) -> None:
 def write_hub_folder(records_path: Path, records: list[dict], rows: list[dict], skipped: list[str], out: Path,
                      license: str | None, repo: str | None) -> dict:
     """The Parquet, the card, the config and the filter report in `out`; {"files", "warnings"}."""
-    from tessy.card import CONFIG_FILE, DATA_FILE, FILTER_FILE, dataset_card
-    from tessy.synth import config_path_for
+    from tessy.dataset.card import CONFIG_FILE, DATA_FILE, FILTER_FILE, dataset_card
+    from tessy.engine.synth import config_path_for
 
     card, warnings = dataset_card(records_path, records, skipped, license, repo)  # first: it may refuse the input
     (out / DATA_FILE).parent.mkdir(parents=True, exist_ok=True)

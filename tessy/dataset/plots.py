@@ -1,4 +1,4 @@
-"""The figures and the HTML page of `tessy analyze`, drawn from its result dict (tessy/analysis.py)."""
+"""The figures and the HTML page of `tessy analyze`, drawn from its result dict (tessy/dataset/analysis.py)."""
 
 from __future__ import annotations
 

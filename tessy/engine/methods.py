@@ -1,6 +1,6 @@
 """The baselines of the paper's section 3.4, each as one sample's generator of requests.
 
-Like `tessy_sample` (tessy/loop.py), a method yields `Generate` requests and receives `Span`s; the
+Like `tessy_sample` (tessy/engine/loop.py), a method yields `Generate` requests and receives `Span`s; the
 scheduler batches them across samples. A method that needs a prompt of its own (the teacher's
 reference answer, the student's candidates, the teacher's scoring prompt) opens a fresh session on
 the same backend and names it in its `Generate` requests, so the scheduler stays generic.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from tessy.loop import (
+from tessy.engine.loop import (
     Generate,
     LoopSettings,
     first_repetition,
@@ -23,8 +23,8 @@ from tessy.loop import (
     thinking_end,
     write_answer,
 )
+from tessy.engine.transcript import Party, Transcript
 from tessy.roles import STUDENT, TEACHER
-from tessy.transcript import Party, Transcript
 
 # Teacher-Reference (self-distillation, [SDFT]): the student sees the teacher's answer in its prompt.
 REFERENCE_TEMPLATE = (
@@ -83,7 +83,7 @@ def teacher_mix(x: Transcript, s: LoopSettings, source: str):
 # --- methods with prompts of their own ----------------------------------------------------------
 def fresh_party(party: Party, messages: list[dict], key: str) -> Party:
     """The same model, profile and chat template arguments in a new session, on new chat messages;
-    `key` names the session's seed stream (tessy/seeds.py), so each candidate samples differently."""
+    `key` names the session's seed stream (tessy/engine/seeds.py), so each candidate samples differently."""
     text, used_template = party.renderer.render(messages)
     session = party.backend.start(text, add_special_tokens=not used_template, key=key)
     return Party(party.backend, party.profile, session, party.renderer)

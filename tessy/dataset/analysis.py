@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tessy.records import read_records
+from tessy.engine.records import read_records
 from tessy.roles import TEACHER
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tessy.records import json_lines
+from tessy.engine.records import json_lines
 
 FORMATS = ("tessy", "release")
 

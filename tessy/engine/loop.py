@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tessy.backends import Session, Span
+from tessy.engine.transcript import Transcript
 from tessy.roles import STUDENT, TEACHER, other
-from tessy.transcript import Transcript
 
 
 @dataclass(frozen=True)
@@ -20,10 +20,10 @@ class Generate:
     max_new_tokens: int
     stop: tuple[str, ...] = ()
     # The session to write in; None is the sample's own session for `role`. A baseline with a
-    # prompt of its own (tessy/methods.py) names another session of the same model here.
+    # prompt of its own (tessy/engine/methods.py) names another session of the same model here.
     session: Session | None = field(default=None, compare=False)
     # A turn that the role's predictor will cut: the thinking before it, which the predictor reads.
-    # The scheduler may then stop the request as soon as the cut is final (tessy/streaming.py).
+    # The scheduler may then stop the request as soon as the cut is final (tessy/engine/streaming.py).
     cut_context: str | None = field(default=None, compare=False)
 
 
@@ -111,7 +111,7 @@ def tessy_sample(x: Transcript, s: LoopSettings):
 def write_answer(x: Transcript, s: LoopSettings, role: str = STUDENT):
     """The final answer, after the writer's think-close marker (tessy has appended it): one request
     up to the answer budget, which ends at the writer's end of turn. No predictor acts on it, so it
-    needs no k-token turns (an in-process driver still serves it in chunks, tessy/scheduler.py)."""
+    needs no k-token turns (an in-process driver still serves it in chunks, tessy/engine/scheduler.py)."""
     span: Span = yield Generate(role, s.max_answer_tokens, session=x.parties[role].session)
     x.accept(role, span, len(span.ids), part="answer")
 

@@ -7,19 +7,19 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from tessy import methods
 from tessy.config import SynthConfig, load_config
-from tessy.loop import LoopSettings
-from tessy.meter import Meter
+from tessy.engine import methods
+from tessy.engine.loop import LoopSettings
+from tessy.engine.meter import Meter
+from tessy.engine.records import RecordWriter, compact_errors, done_ids, errors_path_for
+from tessy.engine.scheduler import Scheduler
+from tessy.engine.shards import select_shard
+from tessy.engine.streaming import role_streams
+from tessy.engine.transcript import Party, Transcript
+from tessy.engine.variety import compression_ratio, thinking_text
 from tessy.predictors import load_predictor
 from tessy.prompts import Prompt, read_prompts
-from tessy.records import RecordWriter, compact_errors, done_ids, errors_path_for
 from tessy.roles import STUDENT, TEACHER
-from tessy.scheduler import Scheduler
-from tessy.shards import select_shard
-from tessy.streaming import role_streams
-from tessy.transcript import Party, Transcript
-from tessy.variety import compression_ratio, thinking_text
 
 
 class ConfigMismatchError(ValueError):
@@ -69,7 +69,7 @@ def synthesize(config: SynthConfig, prompts_path, out_path, limit: int | None = 
                retry_errors: bool = False) -> dict:
     """Run the whole job; return the summary (also printed when `console` is given).
 
-    `shard` (i, n) runs only shard i of n (see `tessy.shards`). A sample whose backend failed for
+    `shard` (i, n) runs only shard i of n (see `tessy.engine.shards`). A sample whose backend failed for
     good goes to the errors file beside the output, not into it; a later run skips its id unless
     `retry_errors`, which runs only those ids."""
     from rich.progress import (
@@ -211,7 +211,7 @@ def summarize(records: list[dict], wall_s: float) -> dict:
         "switches_per_sample": round(sum(s["switches"] for s in stats) / n, 2) if n else 0.0,
         "mean_tokens": round(kept / n, 1) if n else 0.0,
         "records_with_both_sources": both,
-        # Median zlib ratio of the thinking (tessy/analysis.py): low when samples loop, guard or not.
+        # Median zlib ratio of the thinking (tessy/dataset/analysis.py): low when samples loop, guard or not.
         "thinking_variety": round(statistics.median(compression_ratio(thinking_text(r)) for r in records), 3)
         if n else 0.0,
         # What a turn costs: tokens the models generated for every token the records keep, per role

@@ -14,7 +14,7 @@ depend on anything after that prefix. A cut at character `b` of the span so far 
   no phrase may still be growing over `b`; a causal token classifier: always, once the word at `b`
   is whole). A predictor that is no `StreamingPredictor` (tessy/predictors/__init__.py) cannot
   promise this (its window slides as the span grows), and its role's turns run to k; and
-- the loop's own reading of the cut is settled (tessy/loop.py, `kept_tokens` and
+- the loop's own reading of the cut is settled (tessy/engine/loop.py, `kept_tokens` and
   `first_word_tokens`): a whole word and a whitespace have arrived after `b`.
 """
 

@@ -3,7 +3,7 @@
 A reader of a synthetic dataset has to trust how it was made, so the card says what the run's own
 files say, and nothing else: the models and their profiles, the boundary predictors and the sha256 of
 their checkpoints' weights, the config and its hash (and the hashes the records carry), the run's
-figures (computed by `tessy.synth`'s own summary), and `tessy filter`'s report when the records went
+figures (computed by `tessy.engine.synth`'s own summary), and `tessy filter`'s report when the records went
 through it. What a file does not say (no config beside the records, a checkpoint not on this
 machine) the card says is unknown.
 
@@ -22,8 +22,8 @@ import yaml
 
 from tessy import __version__
 from tessy.config import load_config
-from tessy.records import errors_path_for, filter_path_for, read_errors
-from tessy.synth import config_path_for, summarize
+from tessy.engine.records import errors_path_for, filter_path_for, read_errors
+from tessy.engine.synth import config_path_for, summarize
 
 DATA_FILE = "data/train-00000-of-00001.parquet"
 CONFIG_FILE = "tessy_config.yaml"

@@ -23,7 +23,7 @@ own default:
 - output: `--out-format tessy`, or `release`: `{"id_ddm", "think_text", "pred_result": [{"span",
   "start", "end"}]}`.
 
-One tessy output line per segment, also the format `tessy predictor eval` reads (tessy/segments.py
+One tessy output line per segment, also the format `tessy predictor eval` reads (tessy/predictors/segments.py
 reads both formats):
     {"id", "source": "student"|"teacher", "text", "style_spans": [[start, end], ...], "annotator",
      "doc", "context", "unfound"}
@@ -41,8 +41,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from tessy.backends import failed
+from tessy.predictors.segments import (  # noqa: F401  (read_segments: the reader)
+    FORMATS,
+    Segment,
+    read_segments,
+    segment_line,
+)
 from tessy.roles import STUDENT, TEACHER
-from tessy.segments import FORMATS, Segment, read_segments, segment_line  # noqa: F401  (read_segments: the reader)
 
 # Table 2 of the paper, verbatim (the paper's rendering lost its line breaks; they are restored).
 ANNOTATION_PROMPT = """You are a text analysis expert.
@@ -640,8 +645,8 @@ def _segments_and_labels(job: AnnotateJob, config, backend: Callable, say: Calla
     use; whatever this opens besides goes into `opened`."""
     from rich.progress import Progress
 
+    from tessy.engine.records import read_records
     from tessy.predictors.lexicon import LexiconPredictor
-    from tessy.records import read_records
 
     docs: list[tuple[str, str, str]] = []
     for path in job.records:

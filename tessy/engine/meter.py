@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass, field
 
 from tessy.config import Price
+from tessy.engine.scheduler import RoleStats
 from tessy.roles import STUDENT, TEACHER
-from tessy.scheduler import RoleStats
 
 
 def role_cost(price: Price, stats: RoleStats) -> dict:

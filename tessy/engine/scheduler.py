@@ -1,4 +1,4 @@
-"""Run many samples at once. Each sample is a generator of requests (tessy/loop.py); this file
+"""Run many samples at once. Each sample is a generator of requests (tessy/engine/loop.py); this file
 decides who waits for whom, and never what a sample does.
 
 Two drivers, one per kind of backend:
@@ -30,11 +30,11 @@ from functools import partial
 from typing import Any
 
 from tessy.backends import SampleError, Span, failed, span_from_ids
-from tessy.loop import Boundary, Generate
+from tessy.engine.loop import Boundary, Generate
+from tessy.engine.streaming import CutWatch, WatchBatcher, role_streams
+from tessy.engine.transcript import Transcript
 from tessy.predictors import BoundaryPredictor
 from tessy.roles import STUDENT, TEACHER
-from tessy.streaming import CutWatch, WatchBatcher, role_streams
-from tessy.transcript import Transcript
 
 
 @dataclass
@@ -56,7 +56,7 @@ class RoleStats:
     prompt_tokens: int = 0  # where the engine reports them
     cached_tokens: int = 0
     reported: int = 0  # requests whose answer said how much of the prompt was cached
-    stopped_at_cut: int = 0  # turns whose request stopped once its cut was final (tessy/streaming.py)
+    stopped_at_cut: int = 0  # turns whose request stopped once its cut was final (tessy/engine/streaming.py)
     warm_ups: int = 0  # one-token requests that computed a new sample's prompt ahead of its first turn
     sent_prompt_tokens: int = 0  # every request's prompt, as tessy sent it
     reusable_tokens: int = 0  # of those, the ids the engine had seen just before (`Books.sent`)
@@ -109,7 +109,7 @@ class Scheduler:
     max_in_flight: int = 8
     driver: str = "auto"  # one of tessy.config.DRIVERS
     chunk_tokens: int = 20  # ticks: the longest piece of one request served in one tick
-    # Streamed cuts (tessy/streaming.py): per role, True, False or None (on where the backend can).
+    # Streamed cuts (tessy/engine/streaming.py): per role, True, False or None (on where the backend can).
     stream_cuts: dict[str, bool | None] = field(default_factory=dict)
     stream_every: int = 4  # tokens between two readings of a streamed span by a learned predictor
     # events: the roles whose prompt a new sample warms up on its server (`Backend.warm`) while another
@@ -139,7 +139,7 @@ class Scheduler:
         books.count_in_flight()
 
     def streams(self, role: str) -> bool:
-        """Whether `role`'s turns stop at their final cut (`tessy.streaming.role_streams`)."""
+        """Whether `role`'s turns stop at their final cut (`tessy.engine.streaming.role_streams`)."""
         backend = self.backends[role]
         return role_streams(role, self.stream_cuts.get(role), backend, self.predictors[role], type(backend).__name__)
 

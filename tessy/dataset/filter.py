@@ -31,7 +31,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tessy.records import filter_path_for, json_lines
+from tessy.engine.records import filter_path_for, json_lines
 from tessy.sft import KEEP_STOP_REASONS, parse_stop_reasons
 
 # Why a record was dropped, in filter order.
@@ -352,7 +352,7 @@ def run_filter(job: FilterJob, console=None) -> dict:
     the output. Returns the report: {"input", "output", "written", "config", "counts": {"read", "kept",
     "dropped": {reason: n}}, "settings", "grade" (the grading's summary, or None), "dropped": [{"id",
     "line", "reason", "detail"}]}."""
-    from tessy.synth import config_path_for
+    from tessy.engine.synth import config_path_for
 
     where = {"RECORDS": Path(job.records), "--out": Path(job.out), "--dropped": job.dropped and Path(job.dropped)}
     named = [(k, v.resolve()) for k, v in where.items() if v]

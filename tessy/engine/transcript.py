@@ -21,7 +21,7 @@ class Party:
     backend: Backend
     profile: Profile
     session: Session
-    # How the role's prompts are rendered: a side prompt of this model (tessy/methods.py) is
+    # How the role's prompts are rendered: a side prompt of this model (tessy/engine/methods.py) is
     # rendered as the sample's own prompt was (profile, tokenizer, chat template arguments).
     renderer: Renderer | None = None
 
@@ -39,7 +39,7 @@ class Transcript:
     stop_reason: str | None = None
     predictors: dict[str, str] = field(default_factory=dict)  # role -> name of its boundary predictor
     cuts: list[dict] = field(default_factory=list)  # every cut: round, role, predictor
-    method_stats: dict = field(default_factory=dict)  # a baseline's own numbers (tessy/methods.py), into stats
+    method_stats: dict = field(default_factory=dict)  # a baseline's own numbers (tessy/engine/methods.py), into stats
     started: float = field(default_factory=time.perf_counter)
 
     # --- what the loop reads ------------------------------------------------------------------

@@ -17,7 +17,7 @@ from llama_server import find_binary, free_port, missing_reason
 
 from tessy.cli import main
 from tessy.models import EMBEDDED, STUDENT_DEFAULT, TEACHER_DEFAULT
-from tessy.serve import f16_copy, gguf_facts, gguf_of, server_command, wait_until_healthy
+from tessy.serve import ServerProcess, f16_copy, gguf_facts, gguf_of, server_command, wait_until_healthy
 from tessy.serve_weights import choose_weights
 
 
@@ -181,10 +181,8 @@ def test_swa_full_keeps_a_turn_taking_teacher_cached(tmp_path, swa_full):
     port = free_port()
     cmd = server_command(find_binary(), EMBEDDED[TEACHER_DEFAULT](), port=port, parallel=1, ctx_per_slot=2048,
                          threads=1, swa_full=swa_full)
-    proc = subprocess.Popen(cmd, stdout=open(tmp_path / "server.log", "w"), stderr=subprocess.STDOUT)
     root = f"http://127.0.0.1:{port}"
-    try:
-        _health(root, proc)
+    with ServerProcess(cmd, root, log=tmp_path / "server.log", name="llama-server").start().ready(120):
         text = "Solve it step by step. " * 12
         request = urllib.request.Request(root + "/tokenize", json.dumps({"content": text}).encode())
         with urllib.request.urlopen(request, timeout=30) as r:
@@ -195,9 +193,6 @@ def test_swa_full_keeps_a_turn_taking_teacher_cached(tmp_path, swa_full):
                                       "seed": turn, "ignore_eos": True})
             computed.append(answer["timings"]["prompt_n"])
             ids = ids + answer["tokens"]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
     assert computed[0] == len(first)  # the first prompt, whole
     if swa_full:
         assert computed[1:] == [1, 1], computed  # only the last sampled token, which the server never evaluated

@@ -101,15 +101,13 @@ def test_the_card_says_how_the_data_was_made(tmp_path, run):
     config = load_config(run.with_name("records.config.yaml"))
     records = records_of(run)
     assert meta["license"] == "other" and "whose licenses apply" in card
-    assert f"`{config.hash()}`" in card and f"`{records[0]['config_hash']}`" in card
-    # This config was saved by an older tessy: it hashes differently now, and the card says so.
-    assert "is not the one the records carry" in card.split("## How to load")[0]
+    assert config.hash() == records[0]["config_hash"] and f"`{config.hash()}`" in card
+    assert "Warning" not in card  # the config beside the records is the one they were written with
     assert "`smollm2-135m-instruct` (profile `plain`" in card and "`gemma3-270m` (profile `plain`" in card
     assert "- B_S (student_predictor): lexicon, the built-in phrase list (no checkpoint)" in card
-    # The figures are tessy synth's own: the summary the run saved, and generated per kept token (which
-    # that older summary lacks) by the same function.
+    # The figures are tessy synth's own: the summary the run saved, by the same functions.
     figures = json.loads((EXAMPLE / "tessy.summary.json").read_text())
-    figures.setdefault("generated_per_kept", generated_per_kept(records))
+    assert figures["generated_per_kept"] == generated_per_kept(records)
     stops = Counter(r["stats"]["stop_reason"] for r in records)
     assert f"| stop reasons | {', '.join(f'{k}: {v}' for k, v in stops.items())} |" in card
     assert "| records | 20 |" in card and f"| teacher token share (mean) | {figures['teacher_token_share']} |" in card
@@ -175,6 +173,17 @@ def test_checkpoints_are_hashed_and_missing_ones_named(tmp_path, run):
     assert f"- B_S (student_predictor): checkpoint `{checkpoint}`" in card
     assert f"`model.safetensors` sha256 `{hashlib.sha256(b'weights').hexdigest()}`" in card
     assert f"- B_T (teacher_predictor): checkpoint `{tmp_path / 'gone'}` (labels: next-token): not found" in card
+
+
+def test_a_config_that_is_not_the_records_one_is_flagged(tmp_path, run):
+    from tessy.config import load_config
+
+    saved = run.with_name("records.config.yaml")
+    saved.write_text(load_config(saved, k=10).to_yaml())  # another config beside the same records
+    out = tmp_path / "hub"
+    assert export(run, "--format", "hub", "--out", out) == OK
+    _, card = card_of(out)
+    assert "is not the one the records carry" in card.split("## How to load")[0]
 
 
 def test_records_with_several_config_hashes_are_flagged(tmp_path, run):
